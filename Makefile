@@ -1,0 +1,46 @@
+# One command each, on a fresh machine: `make demo` (or `make serve`), `make test`, `make lint`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo serve test test-fast lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Race 8 writers on one record in ./revstore.db (SQLite) and check the history.
+demo: venv
+	$(BIN)/revstore demo
+
+## Start the HTTP service on ./revstore.db (SQLite), http://127.0.0.1:8000
+serve: venv
+	$(BIN)/revstore serve
+
+## The whole suite on SQLite, PostgreSQL and MariaDB (slow concurrency tests included).
+test: venv
+	$(BIN)/pytest -q
+
+## The quick subset while developing.
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/bench_store.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""revstore: versioned records and sequenced streams in SQL databases, safe under any
+number of concurrent writers."""
+
+from revstore.errors import (
+    AmbiguousCommit,
+    Conflict,
+    DuplicateItem,
+    InvalidInput,
+    NotFound,
+    RevstoreError,
+    SequenceConflict,
+    Unavailable,
+    VersionConflict,
+)
+from revstore.record import HistoryPage, Record, RecordPage, Version
+from revstore.retry import RetryPolicy
+from revstore.store import Store
+from revstore.stream import AppendResult, ReadPage, StreamInfo, StreamItem
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousCommit",
+    "AppendResult",
+    "Conflict",
+    "DuplicateItem",
+    "HistoryPage",
+    "InvalidInput",
+    "NotFound",
+    "ReadPage",
+    "Record",
+    "RecordPage",
+    "RetryPolicy",
+    "RevstoreError",
+    "SequenceConflict",
+    "Store",
+    "StreamInfo",
+    "StreamItem",
+    "Unavailable",
+    "Version",
+    "VersionConflict",
+]

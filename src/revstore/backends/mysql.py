@@ -1,0 +1,189 @@
+"""MySQL / MariaDB (PyMySQL): the atomic counter with ``LAST_INSERT_ID(n + 1)``.
+
+``UPDATE … SET revision = LAST_INSERT_ID(revision + 1)`` takes the InnoDB row lock and
+hands the new number back in the statement's OK packet, without a second query.
+Sessions run READ COMMITTED: no gap locks (two first writers of a new id do not
+deadlock on a gap), and each statement sees every commit made before it, which is
+what the re-check of item ids under the stream lock relies on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, bindparam, create_engine, event, text
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.sql.dml import Insert
+
+from revstore import schema
+from revstore.backends.sql import (
+    AppendBatch,
+    SqlBackend,
+    Transform,
+    install_liveness_probe,
+    now,
+)
+from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.record import Mode, Record, WriteIntent
+from revstore.stream import AppendResult
+
+RETRYABLE = {1213: "deadlock", 1205: "lock wait timeout", 1040: "too many connections"}
+DISCONNECT = {2003, 2006, 2013, 2055, 1053, 1927, 4031}
+
+_BUMP_HEAD = text(
+    """
+    UPDATE revstore_records
+       SET revision = LAST_INSERT_ID(revision + 1),
+           version = version + :bump,
+           content = :content,
+           content_hash = :hash,
+           updated_at = :now
+     WHERE namespace = :ns AND id = :id AND deleted = 0
+       AND content_hash <> :hash
+       AND (:exp IS NULL OR revision = :exp)
+    """
+).bindparams(bindparam("now", type_=schema.Timestamp))
+
+_HEAD_AFTER_BUMP = text(
+    "SELECT version, created_at FROM revstore_records WHERE namespace = :ns AND id = :id"
+)
+
+_BUMP_STREAM = text(
+    """
+    UPDATE revstore_streams
+       SET last_sequence = LAST_INSERT_ID(last_sequence + :n),
+           item_count = item_count + :n,
+           updated_at = :now
+     WHERE namespace = :ns AND id = :id
+       AND (:exp IS NULL OR last_sequence = :exp)
+    """
+).bindparams(bindparam("now", type_=schema.Timestamp))
+
+
+def _engine(
+    url: str, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
+) -> Engine:
+    rest = url.split("://", 1)[1]
+    if "charset=" not in rest:
+        rest += ("&" if "?" in rest else "?") + "charset=utf8mb4"
+    engine = create_engine(
+        f"{dialect}+pymysql://{rest}",
+        # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself.
+        isolation_level="AUTOCOMMIT",
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_reset_on_return=None,  # see SqlBackend._release
+        pool_recycle=3600,
+        connect_args={"connect_timeout": connect_timeout},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.close()
+
+    install_liveness_probe(engine, lambda conn: int(conn._sock.fileno()))
+    return engine
+
+
+class MysqlBackend(SqlBackend):
+    name: ClassVar[str] = "mysql"
+    default_strategy: ClassVar[str] = "counter"
+
+    def __init__(
+        self,
+        url: str,
+        strategy: str | None = None,
+        pool_size: int = 16,
+        max_overflow: int = 32,
+        connect_timeout: int = 10,
+        **_: Any,
+    ) -> None:
+        engine = _engine(url, "mysql", pool_size, max_overflow, connect_timeout)
+        try:
+            with engine.connect():
+                mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+        except SQLAlchemyError:
+            mariadb = False  # unreachable now; errors surface on first use
+        if mariadb:
+            # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
+            engine.dispose()
+            engine = _engine(url, "mariadb", pool_size, max_overflow, connect_timeout)
+        super().__init__(engine, strategy)
+
+    def insert_ignore(self, table: Any) -> Insert:
+        return mysql_insert(table).prefix_with("IGNORE")
+
+    def translate(self, exc: DBAPIError) -> RevstoreError:
+        orig = exc.orig
+        args: tuple[Any, ...] = getattr(orig, "args", ())
+        errno = args[0] if args and isinstance(args[0], int) else None
+        if errno in RETRYABLE:
+            return Retryable(f"{RETRYABLE[errno]}: {orig}", code=str(errno))
+        if errno == 1062:
+            message = str(args[1]) if len(args) > 1 else str(orig)
+            constraint = (
+                message.rsplit("for key ", 1)[-1].strip("'") if "for key" in message else None
+            )
+            return Duplicate(f"unique key violated: {message}", code="1062", constraint=constraint)
+        if errno in DISCONNECT or errno is None:
+            return Retryable(f"connection lost: {orig}", code="disconnect")
+        return Unavailable(f"MySQL error {errno}: {orig}")
+
+    # ---------------------------------------------------------------- counter paths
+
+    def write_record(self, intent: WriteIntent, transform: Transform | None = None) -> Record:
+        if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
+            return super().write_record(intent, transform)
+        return self.transaction(lambda c: self._counter_put(c, intent))
+
+    def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
+        ts = now()
+        result = conn.execute(
+            _BUMP_HEAD,
+            {
+                "bump": 1 if intent.create_version else 0,
+                "content": intent.content_text,
+                "hash": intent.content_hash,
+                "now": ts,
+                "ns": intent.namespace,
+                "id": intent.id,
+                "exp": intent.expected_revision,
+            },
+        )
+        if result.rowcount != 1:
+            # Absent, deleted, unchanged or conflicting: the general path decides.
+            return self._write_from_head(conn, intent, None, lock=True)
+        revision = int(result.lastrowid)
+        # This transaction holds the row lock taken by the UPDATE: the row read here is
+        # the one it just wrote.
+        head = conn.execute(_HEAD_AFTER_BUMP, {"ns": intent.namespace, "id": intent.id}).one()
+        return self._finish_counter_put(conn, intent, revision, int(head[0]), head[1], ts)
+
+    def append(self, batch: AppendBatch) -> AppendResult:
+        if self.strategy != "counter" or batch.item_ids is not None:
+            return super().append(batch)
+        return self.transaction(lambda c: self._counter_append(c, batch))
+
+    def _counter_append(self, conn: Connection, batch: AppendBatch) -> AppendResult:
+        ts = now()
+        n = len(batch.bodies)
+        result = conn.execute(
+            _BUMP_STREAM,
+            {
+                "n": n,
+                "now": ts,
+                "ns": batch.namespace,
+                "id": batch.stream_id,
+                "exp": batch.expected,
+            },
+        )
+        if result.rowcount != 1:
+            return self._append_locked(conn, batch)
+        last = int(result.lastrowid)
+        # The range last-n+1 … last is ours: the row lock is held until COMMIT.
+        self._insert_items(conn, batch, last - n + 1, ts)
+        return self._appended(batch, last - n + 1, ts)

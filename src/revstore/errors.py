@@ -1,0 +1,96 @@
+"""The one error hierarchy of revstore.
+
+Every backend translates its driver's exceptions into these classes in one
+place (its ``translate_error``), always chained with ``raise ... from e``, so no
+raw driver exception ever escapes the public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from revstore.record import Record
+
+
+class RevstoreError(Exception):
+    """Base class of every error revstore raises."""
+
+
+class InvalidInput(RevstoreError, ValueError):
+    """The caller's input was rejected before anything was written."""
+
+
+class NotFound(RevstoreError, LookupError):
+    """The record, version or stream does not exist (or the record is deleted)."""
+
+
+class Conflict(RevstoreError):
+    """A stated expectation did not hold. Never retried blindly: it goes back to the caller."""
+
+
+class VersionConflict(Conflict):
+    """``expected_revision`` did not match the record's current revision.
+
+    ``current`` is the current head (``None`` when the record does not exist or is
+    deleted) so the caller can re-apply its change without another read.
+    """
+
+    def __init__(self, message: str, current: Record | None) -> None:
+        super().__init__(message)
+        self.current = current
+
+    @property
+    def current_revision(self) -> int:
+        return 0 if self.current is None else self.current.revision
+
+    @property
+    def current_version(self) -> int:
+        return 0 if self.current is None else self.current.version
+
+
+class SequenceConflict(Conflict):
+    """``expected_sequence`` did not match the stream's last sequence."""
+
+    def __init__(self, message: str, current_sequence: int) -> None:
+        super().__init__(message)
+        self.current_sequence = current_sequence
+
+
+class DuplicateItem(Conflict):
+    """A batch mixes stored and new item ids, or re-uses an id with another body."""
+
+    def __init__(self, message: str, item_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.item_ids = list(item_ids)
+
+
+class Unavailable(RevstoreError):
+    """The database could not be reached, or retries were exhausted. Safe to retry later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AmbiguousCommit(Unavailable):
+    """The connection was lost while the write was committing: it may or may not have
+    landed. Only an idempotency key (stream ``item_ids``, HTTP ``Idempotency-Key``) makes
+    a retry safe; otherwise read the current state before deciding."""
+
+
+class Retryable(RevstoreError):
+    """A transient database condition (serialization failure, deadlock, lock timeout,
+    SQLite busy, lost race on a unique key). The whole transaction is re-run."""
+
+    def __init__(self, message: str, code: str | None = None, constraint: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.constraint = constraint
+
+
+class Duplicate(Retryable):
+    """A unique key fired. With the counter and lock strategies it never does; with the
+    optimistic strategy it means a lost race, so the transaction is re-run. It only
+    reaches a caller as :class:`Unavailable` once the retry budget is exhausted."""

@@ -1,0 +1,154 @@
+"""Fault injection while the writers run.
+
+- ``kill-connections``: every interval, terminate the target's database sessions
+  (PostgreSQL ``pg_terminate_backend`` on sessions named ``revstore`` in the target
+  database; MariaDB/MySQL ``KILL`` on the target user's connections to the target
+  database). Statements and COMMITs in flight die with them: the ops they carried are
+  either retried by the Store, refused, or reported as AmbiguousCommit.
+- ``kill-workers`` (with ``--processes``): every interval, ``kill -9`` one worker process
+  and start a replacement. Its ops in flight are indeterminate.
+
+The checks must still pass: an indeterminate op is resolved by the final state.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from revstore.lab.naive import APPLICATION_NAME as NAIVE_APPLICATION_NAME
+from revstore.lab.naive import sqlalchemy_url
+from revstore.lab.targets import ProcessTarget
+
+CHAOS = ("kill-connections", "kill-workers")
+CHAOS_APPLICATION_NAME = "revstore-lab-chaos"
+
+# Only sessions of the target database, never our own.
+_PG_KILL = text(
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE application_name IN ('revstore', :naive) AND datname = current_database() "
+    "AND pid <> pg_backend_pid()"
+)
+_MY_SESSIONS = text(
+    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() "
+    "AND USER = SUBSTRING_INDEX(USER(), '@', 1) AND ID <> CONNECTION_ID()"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosEvent:
+    t: float
+    action: str
+    detail: str
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def chaos_backend(db: str | None) -> str | None:
+    """'postgresql' or 'mysql' when connections of ``db`` can be killed, else None."""
+    if not db:
+        return None
+    scheme = db.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    if scheme in ("mysql", "mariadb"):
+        return "mysql"
+    return None
+
+
+class Chaos(threading.Thread):
+    """Acts every ``interval`` seconds (with jitter) until stopped."""
+
+    def __init__(self, interval: float, rng: random.Random, t0: float) -> None:
+        super().__init__(name=f"lab-chaos-{type(self).__name__}", daemon=True)
+        self.interval = interval
+        self.rng = rng
+        self.t0 = t0
+        self.events: list[ChaosEvent] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval * self.rng.uniform(0.5, 1.5)):
+            try:
+                self.act()
+            except Exception as exc:  # chaos failing must not end the run; it is reported
+                self.record("error", f"{type(exc).__name__}: {exc}"[:200], 0)
+
+    def act(self) -> None:
+        raise NotImplementedError
+
+    def record(self, action: str, detail: str, count: int) -> None:
+        self.events.append(ChaosEvent(time.monotonic() - self.t0, action, detail, count))
+
+    def halt(self) -> None:
+        if self._halt.is_set():
+            return
+        self._halt.set()
+        if self.is_alive():
+            self.join(10)
+        self.close()
+
+    def close(self) -> None:
+        """Release resources."""
+
+    @property
+    def hits(self) -> int:
+        return sum(e.count for e in self.events if e.action != "error")
+
+
+class ConnectionKiller(Chaos):
+    def __init__(self, db: str, interval: float, rng: random.Random, t0: float) -> None:
+        super().__init__(interval, rng, t0)
+        kind = chaos_backend(db)
+        if kind is None:
+            raise ValueError(
+                "--chaos kill-connections needs a PostgreSQL or MariaDB/MySQL database "
+                "(SQLite has no sessions to kill)"
+            )
+        self.kind = kind
+        connect_args: dict[str, Any] = {}
+        if kind == "postgresql":
+            connect_args["application_name"] = CHAOS_APPLICATION_NAME
+        self.engine = create_engine(
+            sqlalchemy_url(db),
+            isolation_level="AUTOCOMMIT",
+            pool_size=1,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
+
+    def act(self) -> None:
+        with self.engine.connect() as conn:
+            if self.kind == "postgresql":
+                n = int(conn.execute(_PG_KILL, {"naive": NAIVE_APPLICATION_NAME}).scalar() or 0)
+            else:
+                n = 0
+                for (session,) in conn.execute(_MY_SESSIONS).all():
+                    try:
+                        conn.exec_driver_sql(f"KILL CONNECTION {int(session)}")
+                        n += 1
+                    except SQLAlchemyError:
+                        pass  # the session ended by itself in between
+        self.record("kill-connections", f"terminated {n} database session(s)", n)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class WorkerKiller(Chaos):
+    def __init__(self, target: ProcessTarget, interval: float, rng: random.Random, t0: float):
+        super().__init__(interval, rng, t0)
+        self.target = target
+
+    def act(self) -> None:
+        name = self.target.kill_random_worker(self.rng)
+        if name is not None:
+            self.record("kill-workers", f"kill -9 worker {name}, started a replacement", 1)

@@ -1,0 +1,115 @@
+"""The one schema definition (SQLAlchemy Core metadata) shared by every backend.
+
+Content is stored as the canonical JSON *text* rather than a native JSON type, so
+every backend hands back exactly the bytes that were hashed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+
+# Ids compare byte for byte everywhere. MySQL's default collations fold case and
+# MariaDB's *_bin collations ignore trailing spaces, so "Doc" / "doc " would collide.
+Id = (
+    String(255)
+    .with_variant(String(255, collation="C"), "postgresql")
+    .with_variant(mysql.VARCHAR(255, collation="utf8mb4_0900_bin"), "mysql")
+    .with_variant(mysql.VARCHAR(255, collation="utf8mb4_nopad_bin"), "mariadb")
+)
+Json = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+Hash = String(64)
+
+metadata = MetaData()
+
+records = Table(
+    "revstore_records",
+    metadata,
+    Column("namespace", Id, nullable=False),
+    Column("id", Id, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("content", Json, nullable=False),
+    Column("content_hash", Hash, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("namespace", "id", name="revstore_records_pk"),
+    mysql_charset="utf8mb4",
+)
+
+versions = Table(
+    "revstore_versions",
+    metadata,
+    Column("namespace", Id, nullable=False),
+    Column("record_id", Id, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("content", Json, nullable=False),
+    Column("content_hash", Hash, nullable=False),
+    Column("author", String(255), nullable=True),
+    Column("summary", String(1000), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    # The last line of defence: with the counter and lock strategies it never fires.
+    PrimaryKeyConstraint("namespace", "record_id", "version", name="revstore_versions_pk"),
+    UniqueConstraint("namespace", "record_id", "revision", name="revstore_versions_revision_uq"),
+    mysql_charset="utf8mb4",
+)
+
+streams = Table(
+    "revstore_streams",
+    metadata,
+    Column("namespace", Id, nullable=False),
+    Column("id", Id, nullable=False),
+    Column("last_sequence", BigInteger, nullable=False),
+    Column("item_count", BigInteger, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("namespace", "id", name="revstore_streams_pk"),
+    mysql_charset="utf8mb4",
+)
+
+stream_items = Table(
+    "revstore_stream_items",
+    metadata,
+    Column("namespace", Id, nullable=False),
+    Column("stream_id", Id, nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("item_id", Id, nullable=True),
+    Column("body", Json, nullable=False),
+    Column("body_hash", Hash, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("namespace", "stream_id", "sequence", name="revstore_stream_items_pk"),
+    # NULL item ids never collide (SQL NULL semantics on every backend).
+    UniqueConstraint("namespace", "stream_id", "item_id", name="revstore_stream_items_item_uq"),
+    mysql_charset="utf8mb4",
+)
+
+idempotency = Table(
+    "revstore_idempotency",
+    metadata,
+    Column("key", Id, nullable=False),
+    Column("request_hash", Hash, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("body", Json, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("key", name="revstore_idempotency_pk"),
+    Index("revstore_idempotency_expires_ix", "expires_at"),
+    mysql_charset="utf8mb4",
+)

@@ -1,0 +1,162 @@
+"""The FastAPI application over a :class:`revstore.Store`.
+
+``create_app(store_or_url, settings)`` builds one; ``app_factory()`` builds one from
+the environment and is what ``revstore serve`` hands to uvicorn (as an import string,
+so that every worker process builds its own Store).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import revstore
+from revstore.errors import RevstoreError
+from revstore.service.context import Services, services
+from revstore.service.idempotency import IdempotencyStore
+from revstore.service.metrics import MULTIPROC_ENV, Metrics, install_retry_counter
+from revstore.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from revstore.service.problems import MEDIA_TYPE
+from revstore.service.routes import router
+from revstore.service.routing import problem_response
+from revstore.service.settings import Settings
+from revstore.store import Store
+
+log = logging.getLogger("revstore.service")
+
+DESCRIPTION = """\
+Versioned records and sequenced streams over revstore.
+
+* `ETag` is the record revision (strong, e.g. `"3"`): send it back in `If-Match` for a
+  conditional write (412 on mismatch), `If-None-Match: *` to create only.
+* `Idempotency-Key` on any write: a re-send returns the first response, once written.
+* Errors are RFC 9457 `application/problem+json`; types are `urn:revstore:problem:<kind>`.
+"""
+
+
+def create_app(store: Store | str | None = None, settings: Settings | None = None) -> FastAPI:
+    """An app over ``store`` (a Store, a database URL, or ``settings.url``).
+
+    A Store passed in stays the caller's to close; one opened here is closed at shutdown.
+    """
+    settings = settings or Settings()
+    owns = not isinstance(store, Store)
+    the_store = (
+        store
+        if isinstance(store, Store)
+        else Store(
+            store or settings.url,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+        )
+    )
+    svc = Services(
+        store=the_store,
+        settings=settings,
+        metrics=Metrics(),
+        idempotency=IdempotencyStore(
+            the_store, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease
+        ),
+        owns_store=owns,
+    )
+    install_retry_counter()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await run_in_threadpool(the_store.create_schema)
+        except RevstoreError as exc:
+            # Serve anyway: /readyz says 503 until the database answers.
+            log.warning("database not ready at startup: %s", exc, extra={"event": "startup"})
+        yield
+        if owns:
+            the_store.close()
+        if svc.metrics.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+    app = FastAPI(
+        title="revstore",
+        version=revstore.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    app.include_router(router)
+
+    # Errors raised outside the routes (unknown path, wrong method) use the same bodies.
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+            # Starlette names only the first route matching the path; list them all.
+            allowed = _allowed_methods(request.url.path)
+            exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(allowed)})
+        return problem_response(request, services(request), exc)
+
+    app.add_exception_handler(StarletteHTTPException, on_error)
+    app.add_exception_handler(RequestValidationError, on_error)
+    app.add_exception_handler(RevstoreError, on_error)
+
+    # The last one added is the outermost.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=svc.metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _problem_media_types(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _allowed_methods(path: str) -> list[str]:
+    methods: set[str] = set()
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
+def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Error responses are declared with the Problem model; FastAPI lists them as
+    application/json, which is not what is sent."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content")
+                if not content:
+                    continue
+                if str(status).isdigit() and int(status) >= 400 and "application/json" in content:
+                    content[MEDIA_TYPE] = content.pop("application/json")
+                elif str(status) in ("204", "304"):
+                    response.pop("content")
+    return schema
+
+
+def app_factory() -> FastAPI:
+    """For ``uvicorn --factory revstore.service.app:app_factory`` (settings from the
+    environment: REVSTORE_URL, REVSTORE_REQUIRE_IF_MATCH, REVSTORE_MAX_BODY_BYTES,
+    REVSTORE_IDEMPOTENCY_TTL, REVSTORE_POOL_SIZE, REVSTORE_MAX_OVERFLOW)."""
+    settings = Settings.from_env()
+    if os.environ.get(MULTIPROC_ENV):
+        log.info("prometheus multiprocess mode", extra={"dir": os.environ[MULTIPROC_ENV]})
+    return create_app(settings.url, settings)

@@ -1,0 +1,485 @@
+"""The endpoints: parse, call the Store, shape the reply. Every rule lives in the
+Store; every error is rendered by the route class (``routing.ServiceRoute``)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from revstore.errors import DuplicateItem, RevstoreError
+from revstore.record import Record
+from revstore.service import models as m
+from revstore.service.conditions import etag, not_modified, write_condition
+from revstore.service.context import services
+from revstore.service.models import BIGINT, MAX_ID
+from revstore.service.problems import ProblemError
+from revstore.service.routing import MERGE_PATCH_TYPE, ServiceRoute
+from revstore.store import MAX_AUTHOR, MAX_SUMMARY
+
+router = APIRouter(route_class=ServiceRoute)
+
+# ---------------------------------------------------------------- parameters
+
+RecordId = Annotated[str, Path(min_length=1, max_length=MAX_ID, description="Record id.")]
+StreamId = Annotated[str, Path(min_length=1, max_length=MAX_ID, description="Stream id.")]
+Namespace = Annotated[
+    str, Query(min_length=1, max_length=MAX_ID, description="Namespace of the record or stream.")
+]
+After = Annotated[int, Query(ge=0, le=BIGINT, description="Cursor: the last number seen.")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).")]
+TAGS_PATTERN = r'^(\*|\s*(W/)?"[^"]*"\s*(,\s*(W/)?"[^"]*"\s*)*)$'
+IfMatch = Annotated[
+    str | None,
+    Header(
+        max_length=1024,
+        pattern=TAGS_PATTERN,
+        description='Write only if the record is at this revision: `"3"` (412 otherwise).',
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        max_length=1024,
+        pattern=TAGS_PATTERN,
+        description="On a write: `*` creates only (412 if the record exists). "
+        "On GET: 304 when the revision matches.",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Re-sending the same request with the same key returns the first "
+        "response without writing again (kept 24 h, shared by all service processes).",
+    ),
+]
+
+# ---------------------------------------------------------------- OpenAPI responses
+
+
+def problem(description: str) -> dict[str, Any]:
+    return {"model": m.Problem, "description": description}
+
+
+ETAG_HEADER = {
+    "ETag": {"description": 'The record revision, e.g. `"3"`.', "schema": {"type": "string"}}
+}
+COMMON: dict[int | str, dict[str, Any]] = {
+    404: problem("Not found (record, version, stream, or route)."),
+    405: problem("Method not allowed on this path (see Allow)."),
+    422: problem("Invalid input (parameters, JSON body, or an Idempotency-Key reused)."),
+    500: problem("Unexpected error (the body carries only a request id)."),
+    503: problem("Database unavailable or retries exhausted (see Retry-After)."),
+}
+WRITE: dict[int | str, dict[str, Any]] = {
+    **COMMON,
+    409: problem(
+        "Conflict: expected_revision/expected_sequence mismatch (current values "
+        "included), duplicate item ids, or a request with this Idempotency-Key in progress."
+    ),
+    412: problem("If-Match / If-None-Match precondition failed (current revision included)."),
+    413: problem("Request body over the size limit."),
+    415: problem("Wrong Content-Type."),
+    428: problem("The server requires If-Match on record writes."),
+}
+STREAM_WRITE = {k: v for k, v in WRITE.items() if k not in (412, 428)}
+
+
+def json_response(
+    body: Any, status: int = 200, revision: int | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    out = dict(headers or {})
+    if revision is not None:
+        out["ETag"] = etag(revision)
+    return JSONResponse(body, status_code=status, headers=out)
+
+
+def record_location(id: str, namespace: str) -> str:
+    path = f"/v1/records/{quote(id, safe='')}"
+    return path if namespace == "default" else f"{path}?namespace={quote(namespace, safe='')}"
+
+
+def _write_reply(rec: Record, status: int = 200) -> JSONResponse:
+    return json_response(m.write_json(rec), status, rec.revision)
+
+
+# ---------------------------------------------------------------- health
+
+
+@router.get(
+    "/healthz",
+    response_model=m.StatusOut,
+    tags=["health"],
+    responses={500: COMMON[500]},
+)
+def healthz() -> dict[str, str]:
+    """The process is alive (does not touch the database)."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=m.StatusOut,
+    tags=["health"],
+    responses={500: COMMON[500], 503: problem("The database does not answer.")},
+)
+async def readyz(request: Request) -> dict[str, str]:
+    """The database answers (one ``SELECT 1``, no retries)."""
+    svc = services(request)
+    try:
+        await run_in_threadpool(svc.store.backend.ping)
+    except RevstoreError as exc:
+        raise ProblemError(
+            503,
+            "unavailable",
+            f"database not reachable: {exc}",
+            headers={"Retry-After": str(svc.settings.retry_after)},
+            retry_after=svc.settings.retry_after,
+        ) from exc
+    return {"status": "ready"}
+
+
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        500: COMMON[500],
+    },
+)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    data, content_type = services(request).metrics.render()
+    return Response(data, media_type=content_type)
+
+
+# ---------------------------------------------------------------- records
+
+
+@router.put(
+    "/v1/records/{id}",
+    tags=["records"],
+    response_model=m.WriteOut,
+    responses={
+        **WRITE,
+        200: {"description": "Updated (or `unchanged`: same content).", "headers": ETAG_HEADER},
+        201: {
+            "model": m.WriteOut,
+            "description": "Created.",
+            "headers": {**ETAG_HEADER, "Location": {"schema": {"type": "string"}}},
+        },
+    },
+)
+def put_record(
+    request: Request,
+    id: RecordId,
+    body: m.PutRecord,
+    namespace: Namespace = "default",
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create or replace a record. 201 when it is created, 200 otherwise."""
+    svc = services(request)
+    cond = write_condition(
+        if_match, if_none_match, body.expected_revision, require=svc.settings.require_if_match
+    )
+    rec = cond.run(
+        svc.store,
+        id,
+        namespace,
+        lambda expected: svc.store.put(
+            id,
+            body.content,
+            expected_revision=expected,
+            create_version=body.create_version,
+            author=body.author,
+            summary=body.summary,
+            namespace=namespace,
+        ),
+    )
+    if rec.created:
+        return json_response(
+            m.write_json(rec), 201, rec.revision, {"Location": record_location(id, namespace)}
+        )
+    return _write_reply(rec)
+
+
+@router.patch(
+    "/v1/records/{id}",
+    tags=["records"],
+    response_model=m.WriteOut,
+    responses={**WRITE, 200: {"description": "Patched.", "headers": ETAG_HEADER}},
+)
+def patch_record(
+    request: Request,
+    id: RecordId,
+    patch: Annotated[
+        Any,
+        Body(
+            media_type=MERGE_PATCH_TYPE,
+            description="RFC 7396 JSON Merge Patch: objects merge, null removes a member.",
+        ),
+    ],
+    namespace: Namespace = "default",
+    create_version: Annotated[bool, Query(description="Append a history snapshot.")] = True,
+    author: Annotated[str | None, Query(max_length=MAX_AUTHOR)] = None,
+    summary: Annotated[str | None, Query(max_length=MAX_SUMMARY)] = None,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Merge-patch a record's content, atomically with respect to other writers."""
+    svc = services(request)
+    cond = write_condition(if_match, if_none_match, None, require=svc.settings.require_if_match)
+    rec = cond.run(
+        svc.store,
+        id,
+        namespace,
+        lambda expected: svc.store.patch(
+            id,
+            patch,
+            expected_revision=expected,
+            create_version=create_version,
+            author=author,
+            summary=summary,
+            namespace=namespace,
+        ),
+    )
+    return _write_reply(rec)
+
+
+@router.get(
+    "/v1/records/{id}",
+    tags=["records"],
+    response_model=m.RecordOut,
+    responses={
+        **COMMON,
+        200: {"description": "The record's head.", "headers": ETAG_HEADER},
+        304: {"description": "Not modified (If-None-Match matched)."},
+    },
+)
+def get_record(
+    request: Request,
+    id: RecordId,
+    namespace: Namespace = "default",
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Read a record's head; its ETag is the revision."""
+    rec = services(request).store.get(id, namespace=namespace)
+    if not_modified(if_none_match, rec.revision):
+        return Response(status_code=304, headers={"ETag": etag(rec.revision)})
+    return json_response(m.record_json(rec), 200, rec.revision)
+
+
+@router.delete(
+    "/v1/records/{id}",
+    tags=["records"],
+    status_code=204,
+    response_class=Response,
+    responses={**WRITE, 204: {"description": "Deleted (history is kept)."}},
+)
+def delete_record(
+    request: Request,
+    id: RecordId,
+    namespace: Namespace = "default",
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Delete a record (a tombstone: history stays readable only after a new PUT)."""
+    svc = services(request)
+    cond = write_condition(if_match, if_none_match, None, require=svc.settings.require_if_match)
+    cond.run(
+        svc.store,
+        id,
+        namespace,
+        lambda expected: svc.store.delete(id, expected_revision=expected, namespace=namespace),
+    )
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/records",
+    tags=["records"],
+    response_model=m.RecordPageOut,
+    responses=COMMON,
+)
+def list_records(
+    request: Request,
+    namespace: Namespace = "default",
+    prefix: Annotated[str | None, Query(max_length=MAX_ID, description="Id prefix.")] = None,
+    after: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_ID, description="Cursor: last id seen.")
+    ] = None,
+    limit: Limit = 50,
+) -> Response:
+    """Live records in id order; pass ``next_after`` as ``after`` for the next page."""
+    page = services(request).store.list(prefix, after, limit, namespace=namespace)
+    return json_response(m.record_page_json(page))
+
+
+@router.get(
+    "/v1/records/{id}/versions",
+    tags=["records"],
+    response_model=m.HistoryOut,
+    responses=COMMON,
+)
+def list_versions(
+    request: Request,
+    id: RecordId,
+    namespace: Namespace = "default",
+    after: After = 0,
+    limit: Limit = 50,
+) -> Response:
+    """History snapshots, oldest first; ``after`` is a version number."""
+    page = services(request).store.history(id, after=after, limit=limit, namespace=namespace)
+    return json_response(m.history_json(page))
+
+
+@router.get(
+    "/v1/records/{id}/versions/{n}",
+    tags=["records"],
+    response_model=m.VersionOut,
+    responses=COMMON,
+)
+def get_version(
+    request: Request,
+    id: RecordId,
+    n: Annotated[int, Path(ge=1, le=BIGINT, description="Version number.")],
+    namespace: Namespace = "default",
+) -> Response:
+    """One history snapshot."""
+    v = services(request).store.get_version(id, n, namespace=namespace)
+    return json_response(m.version_json(v))
+
+
+@router.get(
+    "/v1/records/{id}/diff",
+    tags=["records"],
+    response_model=m.DiffOut,
+    responses=COMMON,
+)
+def diff_versions(
+    request: Request,
+    id: RecordId,
+    from_: Annotated[int, Query(alias="from", ge=1, le=BIGINT, description="Old version.")],
+    to: Annotated[int, Query(ge=1, le=BIGINT, description="New version.")],
+    namespace: Namespace = "default",
+) -> Response:
+    """RFC 6902 JSON Patch turning version ``from`` into version ``to``."""
+    ops = services(request).store.diff(id, from_, to, namespace=namespace)
+    return json_response({"from_version": from_, "to_version": to, "patch": ops})
+
+
+@router.post(
+    "/v1/records/{id}/restore",
+    tags=["records"],
+    response_model=m.WriteOut,
+    responses={**WRITE, 200: {"description": "Restored as a new version.", "headers": ETAG_HEADER}},
+)
+def restore_record(
+    request: Request,
+    id: RecordId,
+    body: m.RestoreRecord,
+    namespace: Namespace = "default",
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Make a new version whose content is that of an old one."""
+    svc = services(request)
+    cond = write_condition(
+        if_match, if_none_match, body.expected_revision, require=svc.settings.require_if_match
+    )
+    rec = cond.run(
+        svc.store,
+        id,
+        namespace,
+        lambda expected: svc.store.restore(
+            id,
+            body.version,
+            expected_revision=expected,
+            author=body.author,
+            summary=body.summary,
+            namespace=namespace,
+        ),
+    )
+    return _write_reply(rec)
+
+
+# ---------------------------------------------------------------- streams
+
+
+@router.post(
+    "/v1/streams/{id}/items",
+    tags=["streams"],
+    status_code=201,
+    response_model=m.AppendOut,
+    responses={
+        **STREAM_WRITE,
+        200: {"model": m.AppendOut, "description": "A re-sent batch: `duplicate: true`."},
+        201: {"description": "Appended."},
+    },
+)
+def append_items(
+    request: Request,
+    id: StreamId,
+    body: m.AppendItems,
+    namespace: Namespace = "default",
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Append a batch atomically at a contiguous range of sequences."""
+    store = services(request).store
+    try:
+        res = store.append(
+            id,
+            body.items,
+            expected_sequence=body.expected_sequence,
+            item_ids=body.item_ids,
+            namespace=namespace,
+        )
+    except DuplicateItem as exc:
+        extra: dict[str, Any] = {"item_ids": exc.item_ids}
+        with contextlib.suppress(RevstoreError):  # the 409 stands without it
+            extra["current_sequence"] = store.stream_info(id, namespace=namespace).last_sequence
+        raise ProblemError(409, "duplicate-item", str(exc), **extra) from exc
+    return json_response(m.append_json(namespace, id, res), 200 if res.duplicate else 201)
+
+
+@router.get(
+    "/v1/streams/{id}/items",
+    tags=["streams"],
+    response_model=m.ReadOut,
+    responses=COMMON,
+)
+def read_items(
+    request: Request,
+    id: StreamId,
+    namespace: Namespace = "default",
+    after: After = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).")] = 100,
+) -> Response:
+    """Items in sequence order; ``after`` is a sequence number."""
+    page = services(request).store.read(id, after=after, limit=limit, namespace=namespace)
+    return json_response(m.read_json(page))
+
+
+@router.get(
+    "/v1/streams/{id}",
+    tags=["streams"],
+    response_model=m.StreamInfoOut,
+    responses=COMMON,
+)
+def get_stream(request: Request, id: StreamId, namespace: Namespace = "default") -> Response:
+    """A stream's last sequence and item count."""
+    info = services(request).store.stream_info(id, namespace=namespace)
+    return json_response(m.stream_info_json(info))

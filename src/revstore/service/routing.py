@@ -1,0 +1,286 @@
+"""The route class every endpoint uses: the edge checks shared by all routes, the
+idempotency layer, and the mapping of every error to a problem response.
+
+Doing this around each route handler (rather than in exception handlers) means the
+idempotency layer sees the final response of every request, errors included, and the
+route template is known for logs and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import anyio
+from fastapi import Request
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from revstore.errors import RevstoreError
+from revstore.service import idempotency as idem
+from revstore.service.context import Services, services
+from revstore.service.logs import request_context
+from revstore.service.problems import ProblemError, from_exception, internal_error
+
+log = logging.getLogger("revstore.http")
+
+JSON_TYPE = "application/json"
+MERGE_PATCH_TYPE = "application/merge-patch+json"
+WRITE_METHODS = frozenset({"PUT", "PATCH", "POST", "DELETE"})
+# A JSON escape of a UTF-16 surrogate: only then can the parsed body hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_json_body(request: Request, expected: str) -> None:
+    """415 unless the body has ``expected`` media type; 422 unless it is JSON that can
+    be stored. Parsed here with our own errors; FastAPI then reuses the parsed value."""
+    if media_type(request) != expected:
+        headers = {"Accept-Patch": MERGE_PATCH_TYPE} if expected == MERGE_PATCH_TYPE else {}
+        got = request.headers.get("content-type")
+        raise ProblemError(
+            415,
+            "unsupported-media-type",
+            f"send the body as {expected}" + (f", not {got}" if got else ""),
+            headers=headers,
+        )
+    body = await request.body()
+    if not body.strip():
+        raise ProblemError(422, "invalid-input", "the request body is empty; send a JSON object")
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ProblemError(
+            422, "invalid-input", f"the body is not valid JSON: {exc.msg} at position {exc.pos}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ProblemError(422, "invalid-input", "the body is not valid UTF-8") from exc
+    except RecursionError as exc:
+        raise ProblemError(422, "invalid-input", "the body is nested too deeply") from exc
+    if _SURROGATE_ESCAPE.search(body):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ProblemError(
+                422, "invalid-input", "the body contains an unpaired UTF-16 surrogate escape"
+            ) from exc
+    request._json = value  # Starlette's cache: FastAPI's own parse reuses it
+
+
+class ServiceRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        methods = self.methods or set()
+        body_type: str | None = None
+        if self.body_field is not None:
+            body_type = MERGE_PATCH_TYPE if "PATCH" in methods else JSON_TYPE
+        is_write = bool(methods & WRITE_METHODS)
+        id_field = "stream_id" if self.path_format.startswith("/v1/streams") else "record_id"
+
+        async def run(request: Request) -> Response:
+            svc = services(request)
+            try:
+                if body_type is not None:
+                    await read_json_body(request, body_type)
+                return await handler(request)
+            except Exception as exc:
+                return problem_response(request, svc, exc)
+
+        async def app(request: Request) -> Response:
+            ctx = request_context.get()
+            if ctx is not None:
+                # Seen by every log line of this request, the Store's retries included.
+                ctx["route"] = self.path_format
+                if "id" in request.path_params:
+                    ctx[id_field] = request.path_params["id"]
+            key = request.headers.get("idempotency-key")
+            if is_write and key is not None:
+                return await idempotent(request, key, run)
+            return await run(request)
+
+        return app
+
+
+def problem_response(request: Request, svc: Services, exc: BaseException) -> Response:
+    """Render any exception of a route as problem+json (500 for unexpected ones)."""
+    rid = request.scope.get("revstore.request_id")
+    problem = from_exception(exc, svc.settings.retry_after)
+    if problem is None or problem.kind == "internal":
+        log.error(
+            "unhandled error in %s %s",
+            request.method,
+            request.url.path,
+            exc_info=exc,
+            extra={"event": "error", "error_type": type(exc).__name__},
+        )
+        problem = internal_error(rid)
+    if problem.status in (409, 412):
+        route = request.scope.get("route")
+        svc.metrics.conflicts.labels(getattr(route, "path_format", "?"), problem.kind).inc()
+        log.info(
+            "%s: %s",
+            problem.kind,
+            problem.detail,
+            extra={
+                "event": "conflict",
+                "kind": problem.kind,
+                "status": problem.status,
+                **{
+                    k: v
+                    for k, v in problem.extra.items()
+                    if k in ("current_revision", "current_version", "current_sequence", "item_ids")
+                },
+            },
+        )
+    elif problem.status == 503:
+        log.warning(
+            "unavailable: %s",
+            problem.detail,
+            extra={
+                "event": "unavailable",
+                "kind": problem.kind,
+                "error_type": type(exc).__name__,
+                **_db_fields(exc),
+            },
+        )
+    return problem.response(request.url.path, rid)
+
+
+def _db_fields(exc: BaseException) -> dict[str, Any]:
+    """The database error code and constraint behind an error (its own, or the cause's:
+    retries exhausted wrap the last Retryable)."""
+    for err in (exc, exc.__cause__):
+        code = getattr(err, "code", None)
+        constraint = getattr(err, "constraint", None)
+        if code or constraint:
+            return {"db_code": code, "constraint": constraint}
+    return {}
+
+
+async def idempotent(request: Request, key: str, run: Handler) -> Response:
+    svc = services(request)
+    if not idem.valid_key(key):
+        svc.metrics.idempotency.labels("invalid").inc()
+        return problem_response(
+            request,
+            svc,
+            ProblemError(
+                422,
+                "invalid-input",
+                f"Idempotency-Key must be 1 to {idem.MAX_KEY} printable ASCII characters",
+            ),
+        )
+    body = await request.body()
+    conditions = "\0".join(request.headers.get(h, "") for h in ("if-match", "if-none-match"))
+    req_hash = idem.request_hash(
+        request.method, request.url.path, request.url.query, conditions, body
+    )
+    owner = idem.new_owner()
+    ctx = request_context.get()
+    if ctx is not None:
+        ctx["idempotency_key"] = key
+    store = svc.idempotency
+    deadline = asyncio.get_running_loop().time() + svc.settings.idempotency_wait
+    delay = 0.01
+    try:
+        state: idem.Reservation | None = await run_in_threadpool(
+            store.reserve, key, req_hash, owner
+        )
+        while True:
+            if state is None:
+                # The holder released the key (its request failed): take it ourselves.
+                state = await run_in_threadpool(store.reserve, key, req_hash, owner)
+            if state.outcome is idem.Outcome.RESERVED:
+                break
+            if state.outcome is idem.Outcome.REPLAY:
+                assert state.stored is not None
+                svc.metrics.idempotency.labels("replayed").inc()
+                return replay(request, state.stored)
+            if state.outcome is idem.Outcome.MISMATCH:
+                svc.metrics.idempotency.labels("mismatch").inc()
+                return problem_response(
+                    request,
+                    svc,
+                    ProblemError(
+                        422,
+                        "idempotency-key-reused",
+                        "this Idempotency-Key was used for a different request "
+                        "(method, path, query, preconditions or body differ)",
+                    ),
+                )
+            if asyncio.get_running_loop().time() >= deadline:
+                svc.metrics.idempotency.labels("in_progress").inc()
+                after = svc.settings.retry_after
+                return problem_response(
+                    request,
+                    svc,
+                    ProblemError(
+                        409,
+                        "idempotency-in-progress",
+                        "a request with this Idempotency-Key is still in progress; "
+                        "retry later to get its response",
+                        headers={"Retry-After": str(after)},
+                        retry_after=after,
+                    ),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            state = await run_in_threadpool(store.lookup, key, req_hash)
+    except RevstoreError as exc:
+        # The key cannot be reserved or read: never run the write unprotected.
+        return problem_response(request, svc, exc)
+
+    svc.metrics.idempotency.labels("new").inc()
+    try:
+        response = await run(request)
+    except BaseException:
+        # Cancelled (client gone, shutdown): free the key now rather than after the lease.
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await run_in_threadpool(store.release, key, owner)
+        raise
+    try:
+        if response.status_code >= 500:
+            await run_in_threadpool(store.release, key, owner)
+        else:
+            stored = idem.StoredResponse(
+                response.status_code, idem.pick_headers(response.headers), bytes(response.body)
+            )
+            if not await run_in_threadpool(store.complete, key, owner, stored):
+                log.warning(
+                    "idempotency reservation lost before the response was stored",
+                    extra={"event": "idempotency_lost"},
+                )
+    except RevstoreError:
+        # The write is done and its response goes back; only re-sends lose protection
+        # until the reservation's lease expires.
+        log.warning(
+            "could not store the response of an idempotent request",
+            exc_info=True,
+            extra={"event": "idempotency_store_failed"},
+        )
+    return response
+
+
+def replay(request: Request, stored: idem.StoredResponse) -> Response:
+    headers = {k: v for k, v in stored.headers.items() if k != "content-type"}
+    headers["Idempotent-Replayed"] = "true"
+    ctx = request_context.get()
+    if ctx is not None:
+        ctx["idempotent_replay"] = True
+    return Response(
+        content=stored.body if stored.status not in (204, 304) else b"",
+        status_code=stored.status,
+        headers=headers,
+        media_type=stored.headers.get("content-type"),
+    )

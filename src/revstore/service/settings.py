@@ -1,0 +1,75 @@
+"""Service configuration: one frozen value, built from arguments or the environment
+(the ``serve`` command passes its options to uvicorn's worker processes that way)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_URL = "sqlite:///revstore.db"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
+
+ENV_URL = "REVSTORE_URL"
+ENV_REQUIRE_IF_MATCH = "REVSTORE_REQUIRE_IF_MATCH"
+ENV_MAX_BODY_BYTES = "REVSTORE_MAX_BODY_BYTES"
+ENV_IDEMPOTENCY_TTL = "REVSTORE_IDEMPOTENCY_TTL"
+ENV_POOL_SIZE = "REVSTORE_POOL_SIZE"
+ENV_MAX_OVERFLOW = "REVSTORE_MAX_OVERFLOW"
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    url: str = DEFAULT_URL
+    require_if_match: bool = False
+    """Record writes without a precondition (If-Match, If-None-Match: *, or
+    expected_revision) are refused with 428."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Request bodies over this size are refused with 413 before they are parsed."""
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    """How long a stored response answers re-sends of the same Idempotency-Key."""
+    idempotency_wait: float = 5.0
+    """How long a re-send waits for the first request with its key to finish (then 409)."""
+    idempotency_lease: float = 60.0
+    """After this long an unfinished reservation (a crashed process) may be taken over.
+    Kept well above the Store's retry budget (10 s) so a live request never loses it."""
+    retry_after: int = 1
+    """Seconds announced in Retry-After on 503 and on an in-progress 409."""
+    pool_size: int = 16
+    max_overflow: int = 32
+    """Database connections per process, when the app opens its own Store: at most
+    pool_size + max_overflow (the Store's defaults). Requests run on at most 40
+    threads per process, so more than 40 is never used."""
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be 1 or more, got {self.max_body_bytes}")
+        if self.idempotency_ttl <= 0 or self.idempotency_wait < 0 or self.idempotency_lease <= 0:
+            raise ValueError("idempotency durations must be positive")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            url=env.get(ENV_URL) or DEFAULT_URL,
+            require_if_match=_flag(env.get(ENV_REQUIRE_IF_MATCH)),
+            max_body_bytes=int(env.get(ENV_MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
+            idempotency_ttl=float(env.get(ENV_IDEMPOTENCY_TTL) or DEFAULT_IDEMPOTENCY_TTL),
+            pool_size=int(env.get(ENV_POOL_SIZE) or 16),
+            max_overflow=int(env.get(ENV_MAX_OVERFLOW) or 32),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes ``from_env`` rebuild these settings in a worker."""
+        return {
+            ENV_URL: self.url,
+            ENV_REQUIRE_IF_MATCH: "1" if self.require_if_match else "0",
+            ENV_MAX_BODY_BYTES: str(self.max_body_bytes),
+            ENV_IDEMPOTENCY_TTL: str(self.idempotency_ttl),
+            ENV_POOL_SIZE: str(self.pool_size),
+            ENV_MAX_OVERFLOW: str(self.max_overflow),
+        }

@@ -1,0 +1,59 @@
+"""Fixtures of the HTTP service tests: an app over the shared ``store`` fixture (so
+write paths run on SQLite, PostgreSQL and MariaDB), or over a SQLite file only where
+the backend does not matter."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI
+from service_helpers import AppFactory, TestClient
+
+from revstore import Store
+from revstore.service import Settings, create_app
+
+
+@pytest.fixture
+def make_client() -> Iterator[AppFactory]:
+    """Build a TestClient over a Store (or URL) with optional settings."""
+    clients: list[TestClient] = []
+
+    def make(store: Store | str, settings: Settings | None = None, **options: object) -> TestClient:
+        if settings is None:
+            settings = Settings(**options)  # type: ignore[arg-type]
+        app: FastAPI = create_app(store, settings)
+        client = TestClient(app, raise_server_exceptions=False)
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def client(store: Store, make_client: AppFactory) -> TestClient:
+    """On every backend (parametrised through the shared ``store`` fixture)."""
+    return make_client(store)
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[Store]:
+    s = Store(sqlite_url)
+    s.create_schema()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_client(sqlite_store: Store, make_client: AppFactory) -> TestClient:
+    """SQLite only: for behaviour that lives in the HTTP layer, not the database."""
+    return make_client(sqlite_store)
+
+
+@pytest.fixture
+def key() -> str:
+    """A fresh Idempotency-Key (keys are global, not per namespace)."""
+    return f"k-{uuid.uuid4().hex}"
