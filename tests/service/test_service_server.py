@@ -40,12 +40,19 @@ def free_port() -> int:
 
 @contextmanager
 def serve(
-    db: str, tmp: Path, *args: str, env: dict[str, str] | None = None
+    db: str, tmp: Path, *args: str, env: dict[str, str] | None = None, workers: int = 1
 ) -> Iterator[tuple[str, Path]]:
-    """Start ``revstore serve`` on a free loopback port; yield its URL and log file."""
+    """Start ``revstore serve`` on a free loopback port; yield its URL and log file.
+
+    With several workers, wait until every one of them has started: /readyz is
+    answered by whichever worker is up first, and load sent before the others
+    start would all land on that one.
+    """
     port = free_port()
     log = tmp / f"serve-{port}.log"
     cmd = [sys.executable, "-m", "revstore.cli", "serve", "--db", db, "--port", str(port), *args]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("REVSTORE_URL", None)
     with log.open("wb") as out:
@@ -56,10 +63,11 @@ def serve(
         while True:
             assert proc.poll() is None, log.read_text()
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
+                ready = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
+                ready = False
+            if ready and len(started_workers(log)) >= workers:
+                break
             assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
             time.sleep(0.1)
         yield base, log
@@ -70,6 +78,30 @@ def serve(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def started_workers(log: Path) -> set[int]:
+    return {x["pid"] for x in log_lines(log) if x.get("message") == "Application startup complete."}
+
+
+def request_pids(log: Path) -> set[int]:
+    return {x["pid"] for x in log_lines(log) if x.get("event") == "request"}
+
+
+def reach_every_worker(base: str, log: Path, workers: int, tries: int = 300) -> set[int]:
+    """Pids of the workers that served requests, after fresh connections if needed.
+
+    The kernel hands each new connection to one worker, so a load whose
+    keep-alive connections were all accepted by one worker proves nothing about
+    the other; a few hundred fresh connections reach every live worker.
+    """
+    for i in range(tries):
+        if i % 20 == 0 and len(request_pids(log)) >= workers:
+            break
+        with httpx.Client(base_url=base, timeout=5) as c:
+            c.get("/healthz")
+    time.sleep(0.2)  # let the last access-log lines reach the file
+    return request_pids(log)
 
 
 def log_lines(log: Path) -> list[dict[str, Any]]:
@@ -264,9 +296,10 @@ def test_two_workers_under_64_clients(backend_url: str, tmp_path: Path) -> None:
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    with serve(backend_url, tmp_path, "--workers", "2", env=env) as (base, log):
+    with serve(backend_url, tmp_path, env=env, workers=2) as (base, log):
         t = asyncio.run(load(base, ns, seconds=6.0))
         metrics = httpx.get(f"{base}/metrics").text
+        pids = reach_every_worker(base, log, workers=2)
     print(
         f"\n{backend_url.split(':')[0]}: writes {t.statuses}, reads {t.reads}, "
         f"{len(t.writes)} record writes, "
@@ -277,8 +310,7 @@ def test_two_workers_under_64_clients(backend_url: str, tmp_path: Path) -> None:
     assert t.writes and t.items and t.replays and t.duplicates
     check_history(backend_url, ns, t)
     # Both workers served requests, and /metrics adds them up (multiprocess mode).
-    lines = log_lines(log)
-    assert len({x["pid"] for x in lines if x.get("event") == "request"}) == 2
+    assert len(pids) == 2, pids
     served = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
