@@ -182,26 +182,16 @@ def _free_port() -> int:
 
 
 def _serve_command(db: str, port: int, workers: int) -> list[str]:
-    from revstore.cli import app
-
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    if "serve" in names:
-        exe = Path(sys.executable).with_name("revstore")
-        return [
-            *(str(exe), "serve", "--db", db, "--host", "127.0.0.1"),
-            *("--port", str(port), "--workers", str(workers), "--log-level", "warning"),
-        ]
-    # Before the serve command existed: the same app factory under uvicorn.
+    exe = Path(sys.executable).with_name("revstore")
     return [
-        *(sys.executable, "-m", "uvicorn", "revstore.service.app:app_factory", "--factory"),
-        *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+        *(str(exe), "serve", "--db", db, "--host", "127.0.0.1"),
+        *("--port", str(port), "--workers", str(workers), "--log-level", "warning"),
     ]
 
 
 @contextmanager
 def running_service(db: str, log_path: Path, workers: int = 1) -> Iterator[str]:
     """``revstore serve`` in a subprocess on a free port, until the block ends."""
-    pytest.importorskip("revstore.service.app", reason="the HTTP service is not built yet")
     port = _free_port()
     env = {**os.environ, "REVSTORE_URL": db}
     with open(log_path, "wb") as log:
