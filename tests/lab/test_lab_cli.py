@@ -40,7 +40,9 @@ def test_a_clean_run_exits_0_and_writes_json_and_report(sqlite_url: str, tmp_pat
         str(page),
     )
     assert code == 0, text
-    assert "all checks passed" in text and "throughput" in text and "p99 ms" in text
+    assert (
+        "all checks passed" in text and "throughput" in text and "p99" in text and "in ms" in text
+    )
     data = json.loads(out.read_text())
     assert data["ok"] is True and data["config"]["seed"] == 7
     assert all(c["passed"] for c in data["checks"]["checks"])
