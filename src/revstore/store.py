@@ -54,6 +54,11 @@ class Store:
     """Versioned records and sequenced streams in one SQL database.
 
     Safe to share between threads; every process opens its own ``Store``.
+
+    ``group_commit`` (PostgreSQL, ``counter`` strategy): puts that threads of this
+    process make at the same moment on different records are sent as one statement
+    with one commit; each keeps its own result and errors. ``False`` sends every write
+    alone.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class Store:
         retry: RetryPolicy | None = None,
         pool_size: int = 16,
         max_overflow: int = 32,
+        group_commit: bool = True,
     ) -> None:
         if strategy is not None and strategy not in STRATEGIES:
             raise InvalidInput(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -75,7 +81,11 @@ class Store:
         self.retry = retry or RetryPolicy()
         self.stats = RetryStats()
         self.backend: SqlBackend = open_backend(
-            url, strategy=strategy, pool_size=pool_size, max_overflow=max_overflow
+            url,
+            strategy=strategy,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            group_commit=group_commit,
         )
         self._schema_lock = threading.Lock()
 

@@ -11,6 +11,7 @@ writer that queued on the lock re-evaluates its ``WHERE`` on the newest row vers
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from psycopg import Cursor
@@ -19,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
+from revstore.backends.groupcommit import GroupCommit
 from revstore.backends.sql import (
     AppendBatch,
     SqlBackend,
@@ -31,6 +33,10 @@ from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
 
 T = TypeVar("T")
+_Put = tuple[int, int, datetime, datetime]
+"""An applied counter put: revision, version, created_at, updated_at."""
+_Appended = tuple[int, datetime]
+"""An applied counter append: its first sequence, and the time stored."""
 
 RETRYABLE = {
     "40001": "serialization_failure",
@@ -71,6 +77,48 @@ _PUT = """
     SELECT revision, version, created_at FROM head
     """
 
+# The same write for several records at once (group commit, see ``groupcommit``): one
+# statement, one commit. ``locked`` takes the row locks in key order first, so two
+# batches from different processes that share records can never deadlock (each waits
+# for the other's first common key in the same order); the UPDATE then sees, under
+# READ COMMITTED, the newest version of every row it holds.
+_PUT_MANY = """
+    WITH req AS (
+        SELECT * FROM unnest(
+            CAST(%(ns)s AS text[]), CAST(%(id)s AS text[]), CAST(%(bump)s AS int[]),
+            CAST(%(content)s AS text[]), CAST(%(hash)s AS text[]), CAST(%(exp)s AS bigint[]),
+            CAST(%(author)s AS text[]), CAST(%(summary)s AS text[])
+        ) WITH ORDINALITY AS r(ns, id, bump, content, hash, exp, author, summary, ord)
+    ), locked AS (
+        SELECT t.namespace, t.id
+          FROM revstore_records AS t JOIN req ON t.namespace = req.ns AND t.id = req.id
+         ORDER BY t.namespace, t.id
+           FOR UPDATE OF t
+    ), head AS (
+        UPDATE revstore_records AS t
+           SET revision = t.revision + 1,
+               version = t.version + r.bump,
+               content = r.content,
+               content_hash = r.hash,
+               updated_at = %(now)s
+          FROM req AS r, locked AS l
+         WHERE l.namespace = r.ns AND l.id = r.id
+           AND t.namespace = r.ns AND t.id = r.id AND NOT t.deleted
+           AND t.content_hash <> r.hash
+           AND (r.exp IS NULL OR t.revision = r.exp)
+        RETURNING r.ord, r.ns, r.id, r.bump, r.content, r.hash, r.author, r.summary,
+                  t.revision, t.version, t.created_at
+    ), snapshot AS (
+        INSERT INTO revstore_versions
+            (namespace, record_id, version, revision, content, content_hash,
+             author, summary, created_at)
+        SELECT ns, id, version, revision, content, hash, author, summary, %(now)s
+          FROM head
+         WHERE bump = 1
+    )
+    SELECT ord, revision, version, created_at FROM head
+    """
+
 _APPEND = """
     WITH stream AS (
         UPDATE revstore_streams
@@ -90,12 +138,50 @@ _APPEND = """
     RETURNING sequence
     """
 
+# Appends to several streams at once (group commit), locking the stream rows in key
+# order as ``_PUT_MANY`` does. Each item names its request (``owner``, the ordinal in
+# ``req``) and its place in that request's batch (``pos``).
+_APPEND_MANY = """
+    WITH req AS (
+        SELECT * FROM unnest(
+            CAST(%(ns)s AS text[]), CAST(%(id)s AS text[]), CAST(%(n)s AS bigint[]),
+            CAST(%(exp)s AS bigint[])
+        ) WITH ORDINALITY AS r(ns, id, n, exp, ord)
+    ), locked AS (
+        SELECT s.namespace, s.id
+          FROM revstore_streams AS s JOIN req ON s.namespace = req.ns AND s.id = req.id
+         ORDER BY s.namespace, s.id
+           FOR UPDATE OF s
+    ), stream AS (
+        UPDATE revstore_streams AS s
+           SET last_sequence = s.last_sequence + r.n,
+               item_count = s.item_count + r.n,
+               updated_at = %(now)s
+          FROM req AS r, locked AS l
+         WHERE l.namespace = r.ns AND l.id = r.id
+           AND s.namespace = r.ns AND s.id = r.id
+           AND (r.exp IS NULL OR s.last_sequence = r.exp)
+        RETURNING r.ord, r.ns, r.id, r.n, s.last_sequence
+    ), items AS (
+        INSERT INTO revstore_stream_items
+            (namespace, stream_id, sequence, item_id, body, body_hash, created_at)
+        SELECT st.ns, st.id, st.last_sequence - st.n + b.pos, NULL, b.body, b.body_hash, %(now)s
+          FROM stream AS st
+          JOIN unnest(
+                   CAST(%(owner)s AS bigint[]), CAST(%(pos)s AS bigint[]),
+                   CAST(%(bodies)s AS text[]), CAST(%(hashes)s AS text[])
+               ) AS b(owner, pos, body, body_hash)
+            ON b.owner = st.ord
+    )
+    SELECT ord, last_sequence - n + 1 FROM stream
+    """
+
 
 _CURSOR = "revstore.pg.cursor"
 """Key of the reusable psycopg cursor in a pooled connection's ``info``."""
 
 
-def _text_array(values: list[str]) -> str:
+def _text_array(values: list[str] | list[str | None]) -> str:
     """The ``text[]`` literal of ``values``, for ``CAST(%(…)s AS text[])``.
 
     psycopg adapts a Python list parameter element by element in Python: for a batch
@@ -104,10 +190,16 @@ def _text_array(values: list[str]) -> str:
     arrays the same way, as text). Every element is quoted,
     so no content (``NULL``, braces, commas, spaces) is read as syntax, and inside
     quotes only the backslash and the double quote are escaped, as ``array_in`` reads.
+    ``None`` is the unquoted ``NULL``.
     """
     return (
         "{"
-        + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values])
+        + ",".join(
+            [
+                "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                for v in values
+            ]
+        )
         + "}"
     )
 
@@ -130,6 +222,7 @@ class PostgresBackend(SqlBackend):
         pool_size: int = 16,
         max_overflow: int = 32,
         connect_timeout: int = 10,
+        group_commit: bool = True,
         **_: Any,
     ) -> None:
         engine = create_engine(
@@ -144,6 +237,19 @@ class PostgresBackend(SqlBackend):
         )
         install_liveness_probe(engine, lambda conn: int(conn.fileno()))
         super().__init__(engine, strategy)
+        # Concurrent counter puts on different records share one statement and commit.
+        self._puts: GroupCommit[WriteIntent, _Put | None] | None = (
+            GroupCommit(self._put_one, self._put_many, key=lambda i: (i.namespace, i.id))
+            if group_commit
+            else None
+        )
+        self._appends: GroupCommit[AppendBatch, _Appended | None] | None = (
+            GroupCommit(
+                self._append_one, self._append_many, key=lambda b: (b.namespace, b.stream_id)
+            )
+            if group_commit
+            else None
+        )
 
     def insert_ignore(self, table: Any) -> Insert:
         return pg_insert(table).on_conflict_do_nothing()
@@ -205,6 +311,23 @@ class PostgresBackend(SqlBackend):
     def write_record(self, intent: WriteIntent, transform: Transform | None = None) -> Record:
         if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
             return super().write_record(intent, transform)
+        done = self._puts.submit(intent) if self._puts is not None else self._put_one(intent)
+        if done is None:
+            # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
+            return super().write_record(intent, None)
+        revision, version, created_at, ts = done
+        return Record(
+            intent.namespace,
+            intent.id,
+            revision,
+            version,
+            intent.content_value,
+            intent.content_hash,
+            created_at,
+            ts,
+        )
+
+    def _put_one(self, intent: WriteIntent) -> _Put | None:
         ts = now()
         params = {
             "bump": 1 if intent.create_version else 0,
@@ -218,24 +341,41 @@ class PostgresBackend(SqlBackend):
             "summary": intent.summary,
         }
         row = self._statement(_PUT, params, lambda cur: cur.fetchone())
-        if row is None:
-            # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
-            return super().write_record(intent, None)
-        return Record(
-            intent.namespace,
-            intent.id,
-            int(row[0]),
-            int(row[1]),
-            intent.content_value,
-            intent.content_hash,
-            row[2],
-            ts,
-        )
+        return None if row is None else (int(row[0]), int(row[1]), row[2], ts)
+
+    def _put_many(self, intents: list[WriteIntent]) -> list[_Put | None]:
+        ts = now()
+        params = {
+            "ns": _text_array([i.namespace for i in intents]),
+            "id": _text_array([i.id for i in intents]),
+            "bump": "{" + ",".join(["1" if i.create_version else "0" for i in intents]) + "}",
+            "content": _text_array([i.content_text for i in intents]),
+            "hash": _text_array([i.content_hash for i in intents]),
+            "exp": _text_array(
+                [None if i.expected_revision is None else str(i.expected_revision) for i in intents]
+            ),
+            "author": _text_array([i.author for i in intents]),
+            "summary": _text_array([i.summary for i in intents]),
+            "now": ts,
+        }
+        rows = self._statement(_PUT_MANY, params, lambda cur: cur.fetchall())
+        out: list[_Put | None] = [None] * len(intents)
+        for ordinal, revision, version, created_at in rows:
+            out[int(ordinal) - 1] = (int(revision), int(version), created_at, ts)
+        return out
 
     def append(self, batch: AppendBatch) -> AppendResult:
         if self.strategy != "counter" or batch.item_ids is not None:
             # Client item ids must be checked under the stream lock: the general path.
             return super().append(batch)
+        done = self._appends.submit(batch) if self._appends is not None else self._append_one(batch)
+        if done is None:
+            # New stream or expectation mismatch: the general path creates or reports.
+            return super().append(batch)
+        first, ts = done
+        return self._appended(batch, first, ts)
+
+    def _append_one(self, batch: AppendBatch) -> _Appended | None:
         ts = now()
         params = {
             "n": len(batch.bodies),
@@ -247,7 +387,33 @@ class PostgresBackend(SqlBackend):
             "hashes": _text_array([b.hash for b in batch.bodies]),
         }
         sequences = self._statement(_APPEND, params, lambda cur: [int(r[0]) for r in cur])
-        if not sequences:
-            # New stream or expectation mismatch: the general path creates or reports.
-            return super().append(batch)
-        return self._appended(batch, min(sequences), ts)
+        return (min(sequences), ts) if sequences else None
+
+    def _append_many(self, batches: list[AppendBatch]) -> list[_Appended | None]:
+        ts = now()
+        owners: list[str] = []
+        positions: list[str] = []
+        bodies: list[str] = []
+        hashes: list[str] = []
+        for ordinal, b in enumerate(batches, 1):
+            for position, body in enumerate(b.bodies, 1):
+                owners.append(str(ordinal))
+                positions.append(str(position))
+                bodies.append(body.text)
+                hashes.append(body.hash)
+        params = {
+            "ns": _text_array([b.namespace for b in batches]),
+            "id": _text_array([b.stream_id for b in batches]),
+            "n": "{" + ",".join([str(len(b.bodies)) for b in batches]) + "}",
+            "exp": _text_array([None if b.expected is None else str(b.expected) for b in batches]),
+            "owner": "{" + ",".join(owners) + "}",
+            "pos": "{" + ",".join(positions) + "}",
+            "bodies": _text_array(bodies),
+            "hashes": _text_array(hashes),
+            "now": ts,
+        }
+        rows = self._statement(_APPEND_MANY, params, lambda cur: cur.fetchall())
+        out: list[_Appended | None] = [None] * len(batches)
+        for ordinal, first in rows:
+            out[int(ordinal) - 1] = (int(first), ts)
+        return out

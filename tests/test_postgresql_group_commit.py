@@ -1,0 +1,247 @@
+"""Group commit on the real PostgreSQL server: the batched counter statement.
+
+Many threads put to different records at once, so their writes share statements;
+every write must still get exactly its own outcome (applied at its own revision,
+conflict with the current head, unchanged, created through the ordinary path), with
+every field stored byte for byte. Two Stores (two pools, two group commits: what two
+processes are to each other) share records, so batches that overlap take their row
+locks in the same order and never deadlock.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from revstore import SequenceConflict, Store, VersionConflict
+from revstore.backends.postgresql import PostgresBackend
+
+AWKWARD = ["plain", 'quote " in it', "back\\slash", "{braces,comma}", "NULL", "", "é ☃ 𝄞"]
+
+
+@pytest.fixture
+def pg_url(server_url: Callable[[str], str]) -> str:
+    return server_url("postgresql")
+
+
+@pytest.fixture
+def stores(pg_url: str) -> Iterator[list[Store]]:
+    opened = [Store(pg_url), Store(pg_url)]
+    opened[0].create_schema()
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def puts(store: Store) -> Any:
+    backend = store.backend
+    assert isinstance(backend, PostgresBackend) and backend._puts is not None
+    return backend._puts.stats
+
+
+def appends(store: Store) -> Any:
+    backend = store.backend
+    assert isinstance(backend, PostgresBackend) and backend._appends is not None
+    return backend._appends.stats
+
+
+def test_batched_writes_each_keep_their_own_outcome(stores: list[Store], ns: str) -> None:
+    store = stores[0]
+    keys = [f"r{i}" for i in range(48)]
+    for k in keys:
+        store.put(k, {"w": "seed"}, namespace=ns)
+    acked: list[tuple[str, int, int, dict[str, Any], str | None, str | None, bool]] = []
+    conflicts: list[tuple[str, int, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def writer(t: int) -> None:
+        rng = random.Random(t)
+        try:
+            for n in range(40):
+                key = rng.choice(keys)
+                content = {"w": f"{t}.{n}", "text": rng.choice(AWKWARD)}
+                author = rng.choice([None, *AWKWARD])
+                summary = rng.choice([None, *AWKWARD])
+                snapshot = rng.random() < 0.8
+                stale = rng.random() < 0.2
+                try:
+                    rec = store.put(
+                        key,
+                        content,
+                        expected_revision=1 if stale else None,
+                        create_version=snapshot,
+                        author=author,
+                        summary=summary,
+                        namespace=ns,
+                    )
+                except VersionConflict as exc:
+                    assert exc.current is not None
+                    with lock:
+                        conflicts.append((key, 1, exc.current.revision))
+                    continue
+                with lock:
+                    acked.append(
+                        (key, rec.revision, rec.version, content, author, summary, snapshot)
+                    )
+        except BaseException as exc:  # any other error fails the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(24)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    stats = puts(store)
+    assert stats.batches > 0 and stats.largest > 1, "no write was batched: the test raced nothing"
+    # A conflict was only ever reported against a head that had moved on.
+    assert conflicts and all(current > expected for _, expected, current in conflicts)
+
+    for key in keys:
+        history = store.history(key, limit=1000, namespace=ns).versions
+        head = store.get(key, namespace=ns)
+        mine = sorted((a for a in acked if a[0] == key), key=lambda a: a[1])
+        # Revisions: seed, then each acknowledged write at its own, gapless.
+        assert [a[1] for a in mine] == list(range(2, head.revision + 1))
+        assert [v.version for v in history] == list(range(1, head.version + 1))
+        by_version = {v.version: v for v in history}
+        for _, revision, version, content, author, summary, snapshot in mine:
+            if snapshot:
+                v = by_version[version]
+                assert (v.revision, v.content, v.author, v.summary) == (
+                    revision,
+                    content,
+                    author,
+                    summary,
+                )
+            else:
+                assert version not in by_version or by_version[version].revision < revision
+        if mine:
+            assert head.content == mine[-1][3]
+
+
+def test_unchanged_and_missing_records_take_the_ordinary_path(stores: list[Store], ns: str) -> None:
+    store = stores[0]
+    keys = [f"u{i}" for i in range(32)]
+    for k in keys[:16]:
+        store.put(k, {"same": k}, namespace=ns)
+    results: dict[str, Any] = {}
+
+    def write(key: str) -> None:
+        # The first 16 exist with this very content: unchanged; the rest are created.
+        results[key] = store.put(key, {"same": key}, namespace=ns)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in keys]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in keys[:16]:
+        assert results[k].unchanged and results[k].revision == 1
+    for k in keys[16:]:
+        assert results[k].created and not results[k].unchanged and results[k].revision == 1
+
+
+def test_overlapping_batches_from_two_stores_never_deadlock(stores: list[Store], ns: str) -> None:
+    keys = [f"o{i}" for i in range(12)]
+    for k in keys:
+        stores[0].put(k, {"n": -1}, namespace=ns)
+    errors: list[BaseException] = []
+    acked: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def writer(store: Store, t: int) -> None:
+        rng = random.Random(t)
+        try:
+            for n in range(60):
+                key = rng.choice(keys)
+                rec = store.put(key, {"n": n, "t": t}, namespace=ns)
+                with lock:
+                    acked.append((key, rec.revision))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(32)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    assert puts(stores[0]).batches > 0 and puts(stores[1]).batches > 0
+    # A deadlock would have been detected by the server and retried: none happened.
+    assert stores[0].stats.retries == 0 and stores[1].stats.retries == 0
+    assert len(set(acked)) == len(acked) == 32 * 60
+    for key in keys:
+        head = stores[0].get(key, namespace=ns)
+        assert sorted(r for k, r in acked if k == key) == list(range(2, head.revision + 1))
+
+
+def test_batched_appends_are_contiguous_and_each_keep_their_outcome(
+    stores: list[Store], ns: str
+) -> None:
+    streams = [f"s{i}" for i in range(40)]
+    for name in streams[:36]:  # the last four are created by the writers themselves
+        stores[0].append(name, [{"seed": True}], namespace=ns)
+    acked: list[tuple[str, int, list[Any]]] = []
+    refused: list[tuple[str, int, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def writer(store: Store, t: int) -> None:
+        rng = random.Random(t)
+        try:
+            for n in range(40):
+                name = rng.choice(streams)
+                items = [
+                    {"w": f"{t}.{n}.{k}", "text": rng.choice(AWKWARD)}
+                    for k in range(rng.randint(1, 5))
+                ]
+                expected = 1 if rng.random() < 0.15 else None
+                try:
+                    res = store.append(name, items, expected_sequence=expected, namespace=ns)
+                except SequenceConflict as exc:
+                    with lock:
+                        refused.append((name, 1, exc.current_sequence))
+                    continue
+                assert [i.sequence for i in res.items] == list(range(res.first_sequence, res.last_sequence + 1))
+                with lock:
+                    acked.append((name, res.first_sequence, items))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(24)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    assert appends(stores[0]).batches > 0 and appends(stores[0]).largest > 1
+    assert refused and all(current != expected for _, expected, current in refused)
+    assert stores[0].stats.retries == 0 and stores[1].stats.retries == 0
+    for name in streams:
+        stored = stores[0].read(name, limit=1000, namespace=ns).items
+        assert [i.sequence for i in stored] == list(range(1, len(stored) + 1))
+        expected_bodies: dict[int, Any] = {}
+        for _, first, items in (a for a in acked if a[0] == name):
+            for k, body in enumerate(items):
+                assert first + k not in expected_bodies, "a sequence acknowledged twice"
+                expected_bodies[first + k] = body
+        seeded = 1 if name in streams[:36] else 0
+        assert len(stored) == seeded + len(expected_bodies)
+        for item in stored[seeded:]:
+            assert item.body == expected_bodies[item.sequence]
+
+
+def test_group_commit_can_be_turned_off(pg_url: str, ns: str) -> None:
+    store = Store(pg_url, group_commit=False)
+    try:
+        assert isinstance(store.backend, PostgresBackend) and store.backend._puts is None
+        assert store.put("x", {"a": 1}, namespace=ns).revision == 1
+        assert store.put("x", {"a": 2}, namespace=ns).revision == 2
+    finally:
+        store.close()
