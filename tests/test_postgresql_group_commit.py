@@ -208,7 +208,9 @@ def test_batched_appends_are_contiguous_and_each_keep_their_outcome(
                     with lock:
                         refused.append((name, 1, exc.current_sequence))
                     continue
-                assert [i.sequence for i in res.items] == list(range(res.first_sequence, res.last_sequence + 1))
+                assert [i.sequence for i in res.items] == list(
+                    range(res.first_sequence, res.last_sequence + 1)
+                )
                 with lock:
                     acked.append((name, res.first_sequence, items))
         except BaseException as exc:

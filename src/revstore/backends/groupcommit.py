@@ -29,15 +29,24 @@ Res = TypeVar("Res")
 
 
 class _Slot(Generic[Req, Res]):
-    __slots__ = ("done", "error", "key", "lead", "request", "result")
+    __slots__ = ("_done", "error", "key", "lead", "request", "result")
 
     def __init__(self, request: Req, key: Hashable) -> None:
         self.request = request
         self.key = key
-        self.done = threading.Event()
+        # A lock taken at birth and released when the slot is served: the cheapest
+        # one-shot signal between two threads (an Event builds a Condition per wait).
+        self._done = threading.Lock()
+        self._done.acquire()
         self.lead = False  # set when a finishing leader hands the lead to this slot
         self.result: Res | None = None
         self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        self._done.acquire()
+
+    def set(self) -> None:
+        self._done.release()
 
     def outcome(self) -> Res:
         if self.error is not None:
@@ -62,6 +71,8 @@ class GroupCommit(Generic[Req, Res]):
 
     At most ``max_leaders`` batches are in flight per instance (per process): while
     they run, new writes queue, and the next leader takes up to ``max_batch`` of them.
+    One leader measured best (benchmarks/results/2026-11-22-group-commit.md): a
+    second one mostly sends the writes that would have made the first batch larger.
     """
 
     def __init__(
@@ -71,7 +82,7 @@ class GroupCommit(Generic[Req, Res]):
         key: Callable[[Req], Hashable],
         *,
         max_batch: int = 64,
-        max_leaders: int = 2,
+        max_leaders: int = 1,
     ) -> None:
         if max_batch < 1 or max_leaders < 1:
             raise ValueError("max_batch and max_leaders must be at least 1")
@@ -105,7 +116,7 @@ class GroupCommit(Generic[Req, Res]):
             self.stats.solo_writes += 1
             return self._run_one(request)
         if not lead:
-            slot.done.wait()
+            slot.wait()
             if not slot.lead:
                 return slot.outcome()
         self._lead(slot)
@@ -145,6 +156,6 @@ class GroupCommit(Generic[Req, Res]):
             else:
                 self._leaders -= 1
         for s in batch[1:]:
-            s.done.set()
+            s.set()
         if successor is not None:
-            successor.done.set()
+            successor.set()
