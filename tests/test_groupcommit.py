@@ -69,7 +69,7 @@ def test_concurrent_writes_on_distinct_keys_share_statements() -> None:
     assert gc.stats.batches > 0 and gc.stats.largest > 1
     assert len(ledger.batches) < 320  # fewer statements than writes
     assert gc.stats.batched_writes + gc.stats.solo_writes == 320
-    assert ledger.most_in_flight <= 2  # max_leaders
+    assert ledger.most_in_flight == 1  # one leader per GroupCommit by default
 
 
 def test_a_busy_key_is_sent_alone_and_in_order_per_key() -> None:
@@ -156,3 +156,12 @@ def test_bad_limits_are_refused() -> None:
         group(ledger, max_batch=0)
     with pytest.raises(ValueError):
         group(ledger, max_leaders=0)
+
+
+def test_max_leaders_bounds_the_statements_in_flight() -> None:
+    ledger = Ledger(delay=0.01)
+    gc = group(ledger, max_leaders=2)
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(gc.submit, [(f"k{i}", i) for i in range(256)]))
+    assert results == [1] * 256
+    assert ledger.most_in_flight == 2
