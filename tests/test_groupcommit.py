@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -136,9 +135,8 @@ def test_waiters_are_served_without_new_traffic() -> None:
     with ThreadPoolExecutor(20) as pool:
         futures = [pool.submit(gc.submit, (f"k{i}", i)) for i in range(20)]
         results = [f.result(timeout=10) for f in futures]
-    assert results == [1] * 20
-    sizes = Counter(len(b) for b in ledger.batches)
-    assert sum(n * c for n, c in sizes.items()) == 20
+    assert results == [1] * 20  # every waiter served (a starved one times out above)
+    assert len(ledger.batches) < 20  # and they were served in batches
 
 
 def test_max_batch_bounds_a_statement() -> None:

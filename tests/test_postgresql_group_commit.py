@@ -37,6 +37,13 @@ def stores(pg_url: str) -> Iterator[list[Store]]:
         s.close()
 
 
+def race(threads: list[threading.Thread]) -> None:
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+
 def puts(store: Store) -> Any:
     backend = store.backend
     assert isinstance(backend, PostgresBackend) and backend._puts is not None
@@ -91,11 +98,7 @@ def test_batched_writes_each_keep_their_own_outcome(stores: list[Store], ns: str
         except BaseException as exc:  # any other error fails the test below
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(24)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    race([threading.Thread(target=writer, args=(t,)) for t in range(24)])
     assert not errors, errors[:3]
     stats = puts(store)
     assert stats.batches > 0 and stats.largest > 1, "no write was batched: the test raced nothing"
@@ -136,11 +139,7 @@ def test_unchanged_and_missing_records_take_the_ordinary_path(stores: list[Store
         # The first 16 exist with this very content: unchanged; the rest are created.
         results[key] = store.put(key, {"same": key}, namespace=ns)
 
-    threads = [threading.Thread(target=write, args=(k,)) for k in keys]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    race([threading.Thread(target=write, args=(k,)) for k in keys])
     for k in keys[:16]:
         assert results[k].unchanged and results[k].revision == 1
     for k in keys[16:]:
@@ -166,11 +165,7 @@ def test_overlapping_batches_from_two_stores_never_deadlock(stores: list[Store],
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(32)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    race([threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(32)])
     assert not errors, errors[:3]
     assert puts(stores[0]).batches > 0 and puts(stores[1]).batches > 0
     # A deadlock would have been detected by the server and retried: none happened.
@@ -216,11 +211,7 @@ def test_batched_appends_are_contiguous_and_each_keep_their_outcome(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(24)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    race([threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(24)])
     assert not errors, errors[:3]
     assert appends(stores[0]).batches > 0 and appends(stores[0]).largest > 1
     assert refused and all(current != expected for _, expected, current in refused)

@@ -55,10 +55,10 @@ class Store:
 
     Safe to share between threads; every process opens its own ``Store``.
 
-    ``group_commit`` (PostgreSQL, ``counter`` strategy): puts that threads of this
-    process make at the same moment on different records are sent as one statement
-    with one commit; each keeps its own result and errors. ``False`` sends every write
-    alone.
+    ``group_commit`` (PostgreSQL, ``counter`` strategy): puts, and appends without
+    item ids, that threads of this process make at the same moment on different
+    records or streams are sent as one statement with one commit; each keeps its own
+    result and errors. ``False`` sends every write alone.
     """
 
     def __init__(

@@ -10,7 +10,7 @@ writer that queued on the lock re-evaluates its ``WHERE`` on the newest row vers
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -181,7 +181,12 @@ _CURSOR = "revstore.pg.cursor"
 """Key of the reusable psycopg cursor in a pooled connection's ``info``."""
 
 
-def _text_array(values: list[str] | list[str | None]) -> str:
+def _int_array(values: Iterable[int | None]) -> str:
+    """The ``bigint[]`` literal of ``values`` (``None`` is ``NULL``), like ``_text_array``."""
+    return "{" + ",".join(["NULL" if v is None else str(int(v)) for v in values]) + "}"
+
+
+def _text_array(values: Sequence[str | None]) -> str:
     """The ``text[]`` literal of ``values``, for ``CAST(%(…)s AS text[])``.
 
     psycopg adapts a Python list parameter element by element in Python: for a batch
@@ -315,17 +320,7 @@ class PostgresBackend(SqlBackend):
         if done is None:
             # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
             return super().write_record(intent, None)
-        revision, version, created_at, ts = done
-        return Record(
-            intent.namespace,
-            intent.id,
-            revision,
-            version,
-            intent.content_value,
-            intent.content_hash,
-            created_at,
-            ts,
-        )
+        return self._written_head(intent, *done)
 
     def _put_one(self, intent: WriteIntent) -> _Put | None:
         ts = now()
@@ -348,12 +343,10 @@ class PostgresBackend(SqlBackend):
         params = {
             "ns": _text_array([i.namespace for i in intents]),
             "id": _text_array([i.id for i in intents]),
-            "bump": "{" + ",".join(["1" if i.create_version else "0" for i in intents]) + "}",
+            "bump": _int_array([1 if i.create_version else 0 for i in intents]),
             "content": _text_array([i.content_text for i in intents]),
             "hash": _text_array([i.content_hash for i in intents]),
-            "exp": _text_array(
-                [None if i.expected_revision is None else str(i.expected_revision) for i in intents]
-            ),
+            "exp": _int_array([i.expected_revision for i in intents]),
             "author": _text_array([i.author for i in intents]),
             "summary": _text_array([i.summary for i in intents]),
             "now": ts,
@@ -391,23 +384,23 @@ class PostgresBackend(SqlBackend):
 
     def _append_many(self, batches: list[AppendBatch]) -> list[_Appended | None]:
         ts = now()
-        owners: list[str] = []
-        positions: list[str] = []
+        owners: list[int] = []
+        positions: list[int] = []
         bodies: list[str] = []
         hashes: list[str] = []
         for ordinal, b in enumerate(batches, 1):
             for position, body in enumerate(b.bodies, 1):
-                owners.append(str(ordinal))
-                positions.append(str(position))
+                owners.append(ordinal)
+                positions.append(position)
                 bodies.append(body.text)
                 hashes.append(body.hash)
         params = {
             "ns": _text_array([b.namespace for b in batches]),
             "id": _text_array([b.stream_id for b in batches]),
-            "n": "{" + ",".join([str(len(b.bodies)) for b in batches]) + "}",
-            "exp": _text_array([None if b.expected is None else str(b.expected) for b in batches]),
-            "owner": "{" + ",".join(owners) + "}",
-            "pos": "{" + ",".join(positions) + "}",
+            "n": _int_array([len(b.bodies) for b in batches]),
+            "exp": _int_array([b.expected for b in batches]),
+            "owner": _int_array(owners),
+            "pos": _int_array(positions),
             "bodies": _text_array(bodies),
             "hashes": _text_array(hashes),
             "now": ts,

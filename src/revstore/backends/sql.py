@@ -450,6 +450,13 @@ class SqlBackend:
         if intent.create_version:
             plan = Plan(Action.UPDATE, revision=revision, version=version, snapshot=True)
             self._insert_version(conn, intent, plan, ts)
+        return self._written_head(intent, revision, version, created_at, ts)
+
+    @staticmethod
+    def _written_head(
+        intent: WriteIntent, revision: int, version: int, created_at: datetime | str, ts: datetime
+    ) -> Record:
+        """The head a counter write left: the intent's content at the numbers it took."""
         return Record(
             intent.namespace,
             intent.id,
