@@ -27,6 +27,7 @@ from revstore.service import idempotency as idem
 from revstore.service.context import Services, services
 from revstore.service.logs import request_context
 from revstore.service.problems import ProblemError, from_exception, internal_error
+from revstore.service.replies import CLAIM, applied_reply
 
 log = logging.getLogger("revstore.http")
 
@@ -207,6 +208,12 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
                 assert state.stored is not None
                 svc.metrics.idempotency.labels("replayed").inc()
                 return replay(request, state.stored)
+            if state.outcome is idem.Outcome.APPLIED:
+                # The first request wrote, then died (or lost its connection) before
+                # storing its reply: rebuild the reply from the result it stored.
+                assert state.applied is not None
+                svc.metrics.idempotency.labels("replayed").inc()
+                return await rebuilt(request, svc, key, req_hash, state.applied)
             if state.outcome is idem.Outcome.MISMATCH:
                 svc.metrics.idempotency.labels("mismatch").inc()
                 return problem_response(
@@ -242,6 +249,8 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
         return problem_response(request, svc, exc)
 
     svc.metrics.idempotency.labels("new").inc()
+    # The write applies the key in its own transaction (see revstore.idempotency).
+    request.scope[CLAIM] = store.claim(key, owner, req_hash)
     try:
         response = await run(request)
     except BaseException:
@@ -251,6 +260,8 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
         raise
     try:
         if response.status_code >= 500:
+            # Deletes the reservation only if the write did not commit (an ambiguous
+            # commit that landed leaves the key applied: a re-send gets its reply).
             await run_in_threadpool(store.release, key, owner)
         else:
             stored = idem.StoredResponse(
@@ -270,6 +281,26 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
             extra={"event": "idempotency_store_failed"},
         )
     return response
+
+
+async def rebuilt(
+    request: Request, svc: Services, key: str, req_hash: str, applied: idem.Applied
+) -> Response:
+    """Replay the reply rebuilt from an applied result, and store it (best effort:
+    every re-send would rebuild the same one)."""
+    response = applied_reply(applied)
+    stored = idem.StoredResponse(
+        response.status_code, idem.pick_headers(response.headers), bytes(response.body)
+    )
+    try:
+        await run_in_threadpool(svc.idempotency.complete_applied, key, req_hash, stored)
+    except RevstoreError:
+        log.warning(
+            "could not store a rebuilt idempotent response",
+            exc_info=True,
+            extra={"event": "idempotency_store_failed"},
+        )
+    return replay(request, stored)
 
 
 def replay(request: Request, stored: idem.StoredResponse) -> Response:
