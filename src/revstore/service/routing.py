@@ -267,20 +267,30 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
             stored = idem.StoredResponse(
                 response.status_code, idem.pick_headers(response.headers), bytes(response.body)
             )
-            if not await run_in_threadpool(store.complete, key, owner, stored):
+            if not await run_in_threadpool(store.complete, key, owner, stored) and not (
+                # A re-send may have stored the same reply, rebuilt from the result,
+                # between this write's commit and now: nothing was lost.
+                await _answered(store, key, req_hash)
+            ):
                 log.warning(
                     "idempotency reservation lost before the response was stored",
                     extra={"event": "idempotency_lost"},
                 )
     except RevstoreError:
-        # The write is done and its response goes back; only re-sends lose protection
-        # until the reservation's lease expires.
+        # The response goes back anyway. A write that committed applied the key with
+        # its result, so re-sends are answered from it; a request that wrote nothing
+        # (a 4xx) leaves a reservation that re-sends may take over after its lease.
         log.warning(
             "could not store the response of an idempotent request",
             exc_info=True,
             extra={"event": "idempotency_store_failed"},
         )
     return response
+
+
+async def _answered(store: idem.IdempotencyStore, key: str, req_hash: str) -> bool:
+    state = await run_in_threadpool(store.lookup, key, req_hash)
+    return state is not None and state.outcome is idem.Outcome.REPLAY
 
 
 async def rebuilt(
