@@ -21,8 +21,10 @@ from cut_proxy import CutProxy
 from service_helpers import AppFactory, TestClient, assert_problem
 from sqlalchemy import create_engine, text
 
-from revstore import Store
+from revstore import RetryPolicy, Store
+from revstore.idempotency import lease_for
 from revstore.service import Settings, create_app
+from revstore.service.idempotency import CALLS_PER_REQUEST, IdempotencyStore
 
 LEASE = 0.5
 """A short lease, so a test can show that even an expired lease re-runs nothing."""
@@ -260,3 +262,68 @@ def test_a_session_killed_mid_write_writes_once(
         killer.close()
         engine.dispose()
         store.close()
+
+
+# ---------------------------------------------------------------- the rebuilt reply
+
+
+REQUESTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "create": ("PUT", "/v1/records/new", {"json": {"content": {"v": 1}}}),
+    "put": ("PUT", "/v1/records/doc", {"json": {"content": {"v": 2}, "author": "ann"}}),
+    "unchanged": ("PUT", "/v1/records/doc", {"json": {"content": {"v": 1}}}),
+    "patch": (
+        "PATCH",
+        "/v1/records/doc",
+        {
+            "content": b'{"w": [1, 2.5, "\\u00e9"]}',
+            "headers": {"Content-Type": "application/merge-patch+json"},
+        },
+    ),
+    "restore": ("POST", "/v1/records/doc/restore", {"json": {"version": 1}}),
+    "delete": ("DELETE", "/v1/records/doc", {}),
+    "append": ("POST", "/v1/streams/s/items", {"json": {"items": [{"a": 1}, [2], "3", None]}}),
+    "append-ids": ("POST", "/v1/streams/s/items", {"json": {"items": [1], "item_ids": ["i"]}}),
+    "append-resent": ("POST", "/v1/streams/t/items", {"json": {"items": [0], "item_ids": ["x"]}}),
+}
+
+
+@pytest.mark.parametrize("name", list(REQUESTS))
+def test_the_rebuilt_reply_is_the_first_reply(
+    store: Store, make_client: AppFactory, ns: str, key: str, name: str, monkeypatch: Any
+) -> None:
+    """The first request's reply is never stored (as if its worker died right after
+    answering): the re-send's reply, rebuilt from the stored result, is the same
+    status, headers and body bytes."""
+    store.put("doc", {"v": 1}, namespace=ns)
+    store.append("t", [0], item_ids=["x"], namespace=ns)
+    c = make_client(store)
+    method, path, options = REQUESTS[name]
+    kw = dict(options)
+    headers = {"Idempotency-Key": key, **kw.pop("headers", {})}
+    url = f"{path}?namespace={ns}"
+    with monkeypatch.context() as m:
+        m.setattr(IdempotencyStore, "complete", lambda *a: True)
+        first = c.request(method, url, headers=headers, **kw)
+    assert first.status_code < 300 and "idempotent-replayed" not in first.headers
+    again = c.request(method, url, headers=headers, **kw)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (again.status_code, again.content) == (first.status_code, first.content)
+    for h in ("etag", "location", "content-type"):
+        assert again.headers.get(h) == first.headers.get(h), h
+
+
+def test_the_lease_is_computed_from_the_retry_policy(sqlite_url: str) -> None:
+    """A live request must never lose its key to a re-send: the default lease
+    outlives every retry budget of the Store calls a request makes while holding it."""
+    for policy in (RetryPolicy(), RetryPolicy(max_seconds=100, max_wait=2)):
+        store = Store(sqlite_url, retry=policy)
+        try:
+            app = create_app(store, Settings())
+            lease = app.state.services.idempotency.lease
+            assert lease == lease_for(policy, CALLS_PER_REQUEST)
+            assert lease > CALLS_PER_REQUEST * policy.budget > policy.max_seconds
+            # An explicit lease (tests, special deployments) wins.
+            explicit = create_app(store, Settings(idempotency_lease=7))
+            assert explicit.state.services.idempotency.lease == 7
+        finally:
+            store.close()
