@@ -186,7 +186,7 @@ def test_a_connection_lost_during_commit_never_writes_twice(
         store.close()
 
 
-def _holder_and_killer(url: str, backend: str, ns: str) -> tuple[Any, str, str]:
+def _holder_and_killer(url: str, backend: str, ns: str) -> tuple[Any, str, str, str]:
     engine = create_engine(
         url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
             "mysql://", "mysql+pymysql://", 1
@@ -199,6 +199,7 @@ def _holder_and_killer(url: str, backend: str, ns: str) -> tuple[Any, str, str]:
             "AND :holder = ANY(pg_blocking_pids(pid))"
         )
         kill = "SELECT pg_terminate_backend(:pid)"
+        alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"
     else:
         # PyMySQL sends the values inline: the namespace singles our session out.
         find = (
@@ -207,7 +208,8 @@ def _holder_and_killer(url: str, backend: str, ns: str) -> tuple[Any, str, str]:
             "AND :holder = :holder"
         )
         kill = "KILL CONNECTION :pid"
-    return engine, find, kill
+        alive = "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = :pid"
+    return engine, find, kill, alive
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
@@ -220,7 +222,7 @@ def test_a_session_killed_mid_write_writes_once(
     url = server_url(backend)
     store = Store(url)
     store.append("s", [{"n": 0}], namespace=ns)  # the stream row exists: lock it
-    engine, find, kill = _holder_and_killer(url, backend, ns)
+    engine, find, kill, alive = _holder_and_killer(url, backend, ns)
     holder = engine.connect()
     killer = engine.connect()
     holder_id = holder.execute(
@@ -248,7 +250,15 @@ def test_a_session_killed_mid_write_writes_once(
         assert len(victims) == 1, victims
         killer.execute(text(kill.replace(":pid", str(victims[0]))))
         killer.commit()
-        time.sleep(0.2)
+        # Termination is asynchronous: keep the lock until the session is gone, so the
+        # killed attempt can only have failed before its COMMIT.
+        for _ in range(400):
+            if not killer.execute(text(alive), {"pid": victims[0]}).scalar():
+                break
+            killer.commit()
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the killed session is still there")
         holder.rollback()  # release the lock: the re-run goes through
         t.join(60)
         r = result["r"]
