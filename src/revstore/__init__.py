@@ -3,6 +3,7 @@ number of concurrent writers."""
 
 from revstore.errors import (
     AmbiguousCommit,
+    ClaimLost,
     Conflict,
     DuplicateItem,
     InvalidInput,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmbiguousCommit",
     "AppendResult",
+    "ClaimLost",
     "Conflict",
     "DuplicateItem",
     "HistoryPage",

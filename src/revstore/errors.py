@@ -66,6 +66,12 @@ class DuplicateItem(Conflict):
         self.item_ids = list(item_ids)
 
 
+class ClaimLost(Conflict):
+    """A write carrying an idempotency claim found that its owner no longer holds the
+    key (the reservation's lease expired and another request took it over): the write
+    was rolled back. Whoever holds the key now writes, once."""
+
+
 class Unavailable(RevstoreError):
     """The database could not be reached, or retries were exhausted. Safe to retry later."""
 

@@ -43,6 +43,13 @@ class RetryPolicy:
     initial_wait: float = 0.002
     max_wait: float = 0.25
 
+    @property
+    def budget(self) -> float:
+        """The longest one ``run`` keeps re-running, in seconds: no attempt starts after
+        the delay budget plus the backoff before it (the first one's jitter included).
+        The attempts' own time (a lock wait) is not bounded by the policy."""
+        return self.max_seconds + self.max_wait + 2 * self.initial_wait
+
     def run(self, fn: Callable[[], T], *, op: str, key: str, stats: RetryStats | None = None) -> T:
         try:
             # The common case pays for no retry machinery: building tenacity's state

@@ -23,6 +23,7 @@ from revstore.content import (
     validate_positive,
 )
 from revstore.errors import InvalidInput
+from revstore.idempotency import Claim, IdempotencyKeys
 from revstore.record import HistoryPage, Mode, Record, RecordPage, Version, WriteIntent
 from revstore.retry import RetryPolicy, RetryStats
 from revstore.stream import AppendResult, ReadPage, StreamInfo
@@ -43,6 +44,12 @@ def _optional_text(value: object, what: str, limit: int) -> str | None:
     if len(value) > limit:
         raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {limit}")
     utf8(value, what)
+    return value
+
+
+def _claim(value: object) -> Claim | None:
+    if value is not None and not isinstance(value, Claim):
+        raise InvalidInput(f"claim must be a Claim from Store.keys.claim(), got {value!r}")
     return value
 
 
@@ -88,6 +95,9 @@ class Store:
             group_commit=group_commit,
         )
         self._schema_lock = threading.Lock()
+        self.keys = IdempotencyKeys(self.backend, self._call)
+        """Idempotency keys: reserve one, then pass ``keys.claim(...)`` to a write so the
+        key is applied in the write's own transaction (see ``revstore.idempotency``)."""
 
     @property
     def strategy(self) -> str:
@@ -137,13 +147,18 @@ class Store:
         author: str | None = None,
         summary: str | None = None,
         namespace: str = "default",
+        claim: Claim | None = None,
     ) -> Record:
-        """Create or replace a record. ``expected_revision=0`` means create-only."""
+        """Create or replace a record. ``expected_revision=0`` means create-only.
+
+        ``claim`` (every write takes one): an idempotency key reserved through
+        ``keys``, applied with this write's result in the write's own transaction."""
         body = self._content(content)
         intent = self._intent(
             Mode.PUT, namespace, id, expected_revision, create_version, author, summary, body
         )
-        return self._call("put", id, lambda: self.backend.write_record(intent))
+        claim = _claim(claim)
+        return self._call("put", id, lambda: self.backend.write_record(intent, None, claim))
 
     def patch(
         self,
@@ -155,6 +170,7 @@ class Store:
         author: str | None = None,
         summary: str | None = None,
         namespace: str = "default",
+        claim: Claim | None = None,
     ) -> Record:
         """Apply an RFC 7396 JSON Merge Patch to the current content, atomically."""
         patch_doc = self._content(patch)
@@ -166,7 +182,8 @@ class Store:
             # Runs under the record's lock, on the content it holds.
             return self._content(merge_patch(current, patch_doc.value))
 
-        return self._call("patch", id, lambda: self.backend.write_record(intent, transform))
+        claim = _claim(claim)
+        return self._call("patch", id, lambda: self.backend.write_record(intent, transform, claim))
 
     def restore(
         self,
@@ -177,6 +194,7 @@ class Store:
         author: str | None = None,
         summary: str | None = None,
         namespace: str = "default",
+        claim: Claim | None = None,
     ) -> Record:
         """Make a new version whose content is that of ``version``."""
         old = self.get_version(id, version, namespace=namespace)
@@ -185,16 +203,23 @@ class Store:
         intent = self._intent(
             Mode.UPDATE, namespace, id, expected_revision, True, author, summary, body
         )
-        return self._call("restore", id, lambda: self.backend.write_record(intent))
+        claim = _claim(claim)
+        return self._call("restore", id, lambda: self.backend.write_record(intent, None, claim))
 
     def delete(
-        self, id: str, *, expected_revision: int | None = None, namespace: str = "default"
+        self,
+        id: str,
+        *,
+        expected_revision: int | None = None,
+        namespace: str = "default",
+        claim: Claim | None = None,
     ) -> Record:
         """Tombstone the record: history is kept, get() raises NotFound, put() revives it."""
         intent = self._intent(
             Mode.DELETE, namespace, id, expected_revision, False, None, None, None
         )
-        return self._call("delete", id, lambda: self.backend.write_record(intent))
+        claim = _claim(claim)
+        return self._call("delete", id, lambda: self.backend.write_record(intent, None, claim))
 
     def _intent(
         self,
@@ -286,6 +311,7 @@ class Store:
         expected_sequence: int | None = None,
         item_ids: Sequence[str] | None = None,
         namespace: str = "default",
+        claim: Claim | None = None,
     ) -> AppendResult:
         """Append a batch atomically at a contiguous range of sequences."""
         validate_id(namespace, "namespace")
@@ -317,7 +343,8 @@ class Store:
         batch = AppendBatch(
             namespace, stream, bodies, ids, _expected(expected_sequence, "expected_sequence")
         )
-        return self._call("append", stream, lambda: self.backend.append(batch))
+        claim = _claim(claim)
+        return self._call("append", stream, lambda: self.backend.append(batch, claim))
 
     def read(
         self, stream: str, *, after: int = 0, limit: int = 100, namespace: str = "default"

@@ -182,7 +182,7 @@ class AmbiguousOnce(Store):
         return rec
 
 
-def test_ambiguous_commit_is_503_and_releases_the_key(
+def test_ambiguous_commit_is_503_and_the_resend_gets_the_first_result(
     backend_url: str, make_client: AppFactory, ns: str, key: str
 ) -> None:
     store = AmbiguousOnce(backend_url)
@@ -193,10 +193,12 @@ def test_ambiguous_commit_is_503_and_releases_the_key(
         body = assert_problem(r, 503, "ambiguous-commit")
         assert body["may_have_landed"] is True and "may have landed" in body["detail"]
         assert int(r.headers["retry-after"]) >= 1
-        # A 5xx is not stored: the re-send runs, and finds the write had landed.
+        # A 5xx is not stored, but the write had landed with its key applied: the
+        # re-send is answered with the write's own result (201, created), not re-run.
         r = c.put(rec_url("doc", ns), json={"content": {"v": 1}}, headers=h)
-        assert r.status_code == 200 and r.json()["unchanged"] is True
-        assert r.json()["revision"] == 1
+        assert r.status_code == 201 and r.json()["unchanged"] is False
+        assert r.json()["revision"] == 1 and r.headers["idempotent-replayed"] == "true"
+        assert r.headers["location"] == f"/v1/records/doc?namespace={ns}"
     finally:
         store.close()
 

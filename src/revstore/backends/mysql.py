@@ -26,6 +26,7 @@ from revstore.backends.sql import (
     now,
 )
 from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
 
@@ -135,10 +136,14 @@ class MysqlBackend(SqlBackend):
 
     # ---------------------------------------------------------------- counter paths
 
-    def write_record(self, intent: WriteIntent, transform: Transform | None = None) -> Record:
+    def write_record(
+        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
+    ) -> Record:
         if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
-            return super().write_record(intent, transform)
-        return self.transaction(lambda c: self._counter_put(c, intent))
+            return super().write_record(intent, transform, claim)
+        return self.transaction(
+            lambda c: self._settle_record(c, claim, intent, self._counter_put(c, intent))
+        )
 
     def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
         ts = now()
@@ -163,10 +168,12 @@ class MysqlBackend(SqlBackend):
         head = conn.execute(_HEAD_AFTER_BUMP, {"ns": intent.namespace, "id": intent.id}).one()
         return self._finish_counter_put(conn, intent, revision, int(head[0]), head[1], ts)
 
-    def append(self, batch: AppendBatch) -> AppendResult:
+    def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
         if self.strategy != "counter" or batch.item_ids is not None:
-            return super().append(batch)
-        return self.transaction(lambda c: self._counter_append(c, batch))
+            return super().append(batch, claim)
+        return self.transaction(
+            lambda c: self._settle_append(c, claim, batch, self._counter_append(c, batch))
+        )
 
     def _counter_append(self, conn: Connection, batch: AppendBatch) -> AppendResult:
         ts = now()

@@ -29,6 +29,7 @@ from revstore.backends.sql import (
     now,
 )
 from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
 
@@ -313,9 +314,18 @@ class PostgresBackend(SqlBackend):
 
         return self.run_write_statement(run)
 
-    def write_record(self, intent: WriteIntent, transform: Transform | None = None) -> Record:
-        if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
-            return super().write_record(intent, transform)
+    def write_record(
+        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
+    ) -> Record:
+        if (
+            claim is not None
+            or self.strategy != "counter"
+            or transform is not None
+            or intent.mode is not Mode.PUT
+        ):
+            # A claimed write applies its idempotency key in its own transaction, which
+            # the one-statement (and group commit) paths do not have: the lock path.
+            return super().write_record(intent, transform, claim)
         done = self._puts.submit(intent) if self._puts is not None else self._put_one(intent)
         if done is None:
             # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
@@ -357,10 +367,11 @@ class PostgresBackend(SqlBackend):
             out[int(ordinal) - 1] = (int(revision), int(version), created_at, ts)
         return out
 
-    def append(self, batch: AppendBatch) -> AppendResult:
-        if self.strategy != "counter" or batch.item_ids is not None:
-            # Client item ids must be checked under the stream lock: the general path.
-            return super().append(batch)
+    def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
+        if claim is not None or self.strategy != "counter" or batch.item_ids is not None:
+            # Client item ids must be checked under the stream lock, and a claimed
+            # append applies its key in its own transaction: the general path.
+            return super().append(batch, claim)
         done = self._appends.submit(batch) if self._appends is not None else self._append_one(batch)
         if done is None:
             # New stream or expectation mismatch: the general path creates or reports.

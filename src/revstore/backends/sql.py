@@ -16,10 +16,10 @@ import json
 import logging
 import select as io_select
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, event, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, event, insert, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
@@ -27,11 +27,13 @@ from revstore import schema
 from revstore.content import Canonical
 from revstore.errors import (
     AmbiguousCommit,
+    ClaimLost,
     NotFound,
     Retryable,
     RevstoreError,
     Unavailable,
 )
+from revstore.idempotency import IN_PROGRESS, Applied, Claim, KeyRow
 from revstore.record import (
     Action,
     Head,
@@ -61,6 +63,7 @@ R = schema.records
 V = schema.versions
 S = schema.streams
 I = schema.stream_items  # noqa: E741
+K = schema.idempotency
 
 Transform = Callable[[Any], Canonical]
 """Computes the new content from the current one, under the record's lock (merge-patch)."""
@@ -351,14 +354,23 @@ class SqlBackend:
 
     # ---------------------------------------------------------------- records: writes
 
-    def write_record(self, intent: WriteIntent, transform: Transform | None = None) -> Record:
-        """One attempt at a write with this backend's strategy (the Store retries)."""
+    def write_record(
+        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
+    ) -> Record:
+        """One attempt at a write with this backend's strategy (the Store retries).
+        With a ``claim``, the idempotency key is applied in the same transaction."""
         if self.strategy == "optimistic":
             return self.transaction(
-                lambda c: self._write_from_head(c, intent, transform, lock=False),
+                lambda c: self._settle_record(
+                    c, claim, intent, self._write_from_head(c, intent, transform, lock=False)
+                ),
                 self.begin_optimistic,
             )
-        return self.transaction(lambda c: self._write_from_head(c, intent, transform, lock=True))
+        return self.transaction(
+            lambda c: self._settle_record(
+                c, claim, intent, self._write_from_head(c, intent, transform, lock=True)
+            )
+        )
 
     def _read_head(self, conn: Connection, intent: WriteIntent, lock: bool) -> Row[Any] | None:
         query = select(R).where(self._pk(intent.namespace, intent.id))
@@ -589,9 +601,10 @@ class SqlBackend:
             utc(m["updated_at"]),
         )
 
-    def append(self, batch: AppendBatch) -> AppendResult:
-        """One attempt at an append with this backend's strategy (the Store retries)."""
-        if batch.item_ids is not None:
+    def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
+        """One attempt at an append with this backend's strategy (the Store retries).
+        With a ``claim``, the idempotency key is applied in the same transaction."""
+        if batch.item_ids is not None and claim is None:
             # Stored items never change, so a complete re-send is answered from a plain
             # read without taking the stream lock (the common case of a retrying pod).
             found = self.run(lambda c: self._stored_items(c, batch))
@@ -602,9 +615,12 @@ class SqlBackend:
                 return resent
         if self.strategy == "optimistic":
             return self.transaction(
-                lambda c: self._append_optimistic(c, batch), self.begin_optimistic
+                lambda c: self._settle_append(c, claim, batch, self._append_optimistic(c, batch)),
+                self.begin_optimistic,
             )
-        return self.transaction(lambda c: self._append_locked(c, batch))
+        return self.transaction(
+            lambda c: self._settle_append(c, claim, batch, self._append_locked(c, batch))
+        )
 
     def _stored_items(self, conn: Connection, batch: AppendBatch) -> dict[str, StoredItem]:
         assert batch.item_ids is not None
@@ -730,3 +746,138 @@ class SqlBackend:
             for k, (item_id, body) in enumerate(zip(ids, batch.bodies, strict=True))
         ]
         return AppendResult(first, first + len(items) - 1, items)
+
+    # ---------------------------------------------------------------- idempotency keys
+
+    def _settle_record(
+        self, conn: Connection, claim: Claim | None, intent: WriteIntent, rec: Record
+    ) -> Record:
+        if claim is not None:
+            self._settle(conn, claim, Applied.of_record(intent.mode, rec))
+        return rec
+
+    def _settle_append(
+        self, conn: Connection, claim: Claim | None, batch: AppendBatch, res: AppendResult
+    ) -> AppendResult:
+        if claim is not None:
+            self._settle(conn, claim, Applied.of_append(batch.namespace, batch.stream_id, res))
+        return res
+
+    def _settle(self, conn: Connection, claim: Claim, applied: Applied) -> None:
+        """Mark the claimed key applied, with the write's result, in the write's own
+        transaction: the key and the write commit together or not at all.
+
+        Done last, after the write took its record or stream lock: nothing that locks a
+        key row first ever waits for a record lock, so the order cannot deadlock. The
+        ``WHERE`` is the ownership check: if the reservation expired and was taken over
+        (or released), no row matches and the whole write rolls back. A competing
+        takeover that deletes the expired row waits for this row lock and, seeing the
+        new expiry once this commits, deletes nothing (READ COMMITTED re-check;
+        SQLite has a single writer).
+        """
+        ts = now()
+        result = conn.execute(
+            update(K)
+            .where(
+                K.c.key == claim.key,
+                K.c.status == IN_PROGRESS,
+                K.c.headers == claim.marker,
+                K.c.body == "",
+                K.c.request_hash == claim.request_hash,
+            )
+            .values(body=applied.to_text(), expires_at=ts + timedelta(seconds=claim.keep_for))
+            .execution_options(preserve_rowcount=True)
+        )
+        if result.rowcount != 1:
+            raise ClaimLost(
+                f"idempotency key {claim.key!r} is no longer held by this request "
+                "(its lease expired or it was released); nothing was written"
+            )
+
+    def key_insert(
+        self, key: str, request_hash: str, marker: str, ts: datetime, until: datetime
+    ) -> bool:
+        """Reserve ``key`` if absent (True when this call inserted it)."""
+        stmt = (
+            self.insert_ignore(K)
+            .values(
+                key=key,
+                request_hash=request_hash,
+                status=IN_PROGRESS,
+                headers=marker,
+                body="",
+                created_at=ts,
+                expires_at=until,
+            )
+            .execution_options(preserve_rowcount=True)
+        )
+        # Safe to re-run after a lost connection: a landed insert is recognised by its
+        # owner marker.
+        return bool(self.run(lambda c: c.execute(stmt).rowcount == 1))
+
+    def key_get(self, key: str) -> KeyRow | None:
+        row = self.run(lambda c: c.execute(select(K).where(K.c.key == key)).first())
+        if row is None:
+            return None
+        m = row._mapping
+        return KeyRow(
+            m["key"],
+            m["request_hash"],
+            int(m["status"]),
+            m["headers"] or "",
+            m["body"] or "",
+            utc(m["expires_at"]),
+        )
+
+    def key_expire(self, key: str, ts: datetime) -> int:
+        """Delete ``key`` if it has expired by ``ts``."""
+        stmt = (
+            delete(K)
+            .where(K.c.key == key, K.c.expires_at <= ts)
+            .execution_options(preserve_rowcount=True)
+        )
+        return int(self.run(lambda c: c.execute(stmt).rowcount))
+
+    def key_answer(
+        self,
+        key: str,
+        status: int,
+        headers: str,
+        body: str,
+        until: datetime | None,
+        *,
+        marker: str | None = None,
+        request_hash: str | None = None,
+    ) -> bool:
+        """Store the reply for ``key``: as its holder (``marker``; reserved or applied),
+        or as a re-send that rebuilt it from the applied result (``request_hash``)."""
+        stmt = update(K).where(K.c.key == key, K.c.status == IN_PROGRESS)
+        if marker is not None:
+            stmt = stmt.where(K.c.headers == marker)
+        if request_hash is not None:
+            stmt = stmt.where(K.c.request_hash == request_hash, K.c.body != "")
+        values: dict[str, Any] = {"status": status, "headers": headers, "body": body}
+        if until is not None:
+            values["expires_at"] = until
+        final = stmt.values(**values).execution_options(preserve_rowcount=True)
+        return bool(self.run(lambda c: c.execute(final).rowcount == 1))
+
+    def key_release(self, key: str, marker: str) -> int:
+        """Delete a reservation of ``marker`` that was never applied."""
+        stmt = (
+            delete(K)
+            .where(
+                K.c.key == key,
+                K.c.status == IN_PROGRESS,
+                K.c.headers == marker,
+                # An applied key stays: its write committed. A release racing with a
+                # write still committing waits for its row lock, then re-checks.
+                K.c.body == "",
+            )
+            .execution_options(preserve_rowcount=True)
+        )
+        return int(self.run(lambda c: c.execute(stmt).rowcount))
+
+    def key_purge(self, ts: datetime) -> int:
+        stmt = delete(K).where(K.c.expires_at <= ts).execution_options(preserve_rowcount=True)
+        return int(self.run(lambda c: c.execute(stmt).rowcount))

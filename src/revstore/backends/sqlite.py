@@ -20,6 +20,7 @@ from sqlalchemy.sql.dml import Insert
 from revstore import schema
 from revstore.backends.sql import SqlBackend, Transform, now
 from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 
 SQLITE_BUSY = 5
@@ -100,10 +101,14 @@ class SqliteBackend(SqlBackend):
             return Duplicate(f"unique key violated: {orig}", code=name, constraint=str(orig))
         return Unavailable(f"SQLite error {name}: {orig}")
 
-    def write_record(self, intent: WriteIntent, transform: Transform | None = None) -> Record:
+    def write_record(
+        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
+    ) -> Record:
         if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
-            return super().write_record(intent, transform)
-        return self.transaction(lambda c: self._counter_put(c, intent))
+            return super().write_record(intent, transform, claim)
+        return self.transaction(
+            lambda c: self._settle_record(c, claim, intent, self._counter_put(c, intent))
+        )
 
     def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
         # Under BEGIN IMMEDIATE this transaction is the only writer of the file, so the

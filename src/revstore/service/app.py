@@ -40,7 +40,8 @@ Versioned records and sequenced streams over revstore.
 
 * `ETag` is the record revision (strong, e.g. `"3"`): send it back in `If-Match` for a
   conditional write (412 on mismatch), `If-None-Match: *` to create only.
-* `Idempotency-Key` on any write: a re-send returns the first response, once written.
+* `Idempotency-Key` on any write: a re-send returns the first response and never writes
+  twice, even after a lost connection or a crashed worker (the key commits with the write).
 * Errors are RFC 9457 `application/problem+json`; types are `urn:revstore:problem:<kind>`.
 """
 

@@ -1,16 +1,20 @@
-"""Idempotency keys, kept in the database so every service process sees them.
+"""Idempotency keys over HTTP: the request hash, the stored reply, and the calls to
+the Store's key table (``Store.keys``, see ``revstore.idempotency``).
 
-A write carrying ``Idempotency-Key`` first *reserves* the key: an insert-if-absent of
-a row with status 0 (in progress) and an owner token. Exactly one request wins the
-insert, whatever the number of processes racing; it runs and then stores its
-response (status, a few headers, body) in the row. A re-send with the same request
-hash is answered from the row without writing again; one with a different request is
-refused (422); one arriving while the winner still runs waits for its response, then
-answers 409 after a bounded wait.
+A write carrying ``Idempotency-Key`` first *reserves* the key. Exactly one request
+wins, whatever the number of processes racing; it runs its write with a *claim*, so
+the write itself marks the key applied with its result, in its own transaction; then
+it stores its reply (status, a few headers, body). A re-send with the same request
+hash is answered from the stored reply, or, if the writer died (or lost its database
+connection) before storing it, from a reply rebuilt out of the stored result: never by
+writing again. One with a different request is refused (422); one arriving while the
+winner still runs waits for it, then answers 409 after a bounded wait.
 
-A 5xx outcome is not stored: the row is deleted so the client may retry. Rows expire
-(``expires_at``): finished ones after the TTL (24 h), unfinished ones after a lease, so
-a process that died mid-request does not block its key for a day.
+A 5xx outcome is not stored: a reservation whose write did not commit is released so
+the client may retry; one whose write committed stays applied. Rows expire
+(``expires_at``): answered and applied ones after the TTL (24 h), unapplied
+reservations after a lease, so a process that died mid-request does not block its key
+for a day.
 """
 
 from __future__ import annotations
@@ -21,26 +25,30 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import TypeVar
 
-from sqlalchemy import Connection, Executable, RowMapping, delete, select, update
-
-from revstore.backends.sql import utc
-from revstore.schema import idempotency as T
+from revstore.idempotency import MAX_KEY, Applied, Claim, KeyRow, KeyState, lease_for
+from revstore.idempotency import Outcome as KeyOutcome
 from revstore.store import Store
-
-T_ = TypeVar("T_")
 
 log = logging.getLogger("revstore.idempotency")
 
-MAX_KEY = 255
-IN_PROGRESS = 0
+__all__ = [
+    "MAX_KEY",
+    "Applied",
+    "IdempotencyStore",
+    "Outcome",
+    "Reservation",
+    "StoredResponse",
+]
+
 STORED_HEADERS = ("content-type", "etag", "location", "retry-after", "allow", "accept-patch")
 PURGE_EVERY = 60.0
+CALLS_PER_REQUEST = 2 + 2 * 5
+"""Store calls a request makes in sequence while it holds its key: the reservation,
+the reply, and up to five read-then-write rounds (``If-Match: *`` in conditions.py)."""
 
 
 def valid_key(key: str) -> bool:
@@ -68,6 +76,7 @@ class StoredResponse:
 class Outcome(Enum):
     RESERVED = "reserved"
     REPLAY = "replay"
+    APPLIED = "applied"
     MISMATCH = "mismatch"
     IN_PROGRESS = "in_progress"
 
@@ -76,135 +85,81 @@ class Outcome(Enum):
 class Reservation:
     outcome: Outcome
     stored: StoredResponse | None = None
+    """The reply to send again (REPLAY)."""
+    applied: Applied | None = None
+    """The result to rebuild the reply from (APPLIED)."""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+_OUTCOMES = {
+    KeyOutcome.RESERVED: Outcome.RESERVED,
+    KeyOutcome.ANSWERED: Outcome.REPLAY,
+    KeyOutcome.APPLIED: Outcome.APPLIED,
+    KeyOutcome.MISMATCH: Outcome.MISMATCH,
+    KeyOutcome.IN_PROGRESS: Outcome.IN_PROGRESS,
+}
+
+
+def _reservation(state: KeyState) -> Reservation:
+    outcome = _OUTCOMES[state.outcome]
+    if outcome is Outcome.REPLAY:
+        assert state.row is not None
+        return Reservation(outcome, stored=_stored(state.row))
+    if outcome is Outcome.APPLIED:
+        return Reservation(outcome, applied=state.applied)
+    return Reservation(outcome)
 
 
 class IdempotencyStore:
-    """The ``revstore_idempotency`` table, through the Store's backend (its error
-    translation and its retry policy)."""
+    """The service's view of ``Store.keys``: replies in, replies out.
 
-    def __init__(self, store: Store, *, ttl: float, lease: float) -> None:
+    ``lease`` defaults to one computed from the Store's retry policy
+    (``revstore.idempotency.lease_for``): a live request never loses its key to a
+    re-send, and one that somehow did would only see its write roll back."""
+
+    def __init__(self, store: Store, *, ttl: float, lease: float | None = None) -> None:
         self.store = store
-        self.ttl = timedelta(seconds=ttl)
-        self.lease = timedelta(seconds=lease)
-        self._schema_ok = False
+        self.ttl = ttl
+        self.lease = lease if lease is not None else lease_for(store.retry, CALLS_PER_REQUEST)
         self._last_purge = 0.0
         self._purge_lock = threading.Lock()
-
-    def _call(self, op: str, key: str, fn: Callable[[Connection], T_]) -> T_:
-        if not self._schema_ok:
-            self.store.create_schema()
-            self._schema_ok = True
-        backend = self.store.backend
-        return self.store.retry.run(
-            lambda: backend.run(fn), op=f"idempotency.{op}", key=key, stats=self.store.stats
-        )
 
     def reserve(self, key: str, req_hash: str, owner: str) -> Reservation:
         """Try to become the one request that runs for ``key``."""
         self._maybe_purge()
-        marker = json.dumps({"owner": owner})
-        for _ in range(5):
-            now = _now()
-            values = {
-                "key": key,
-                "request_hash": req_hash,
-                "status": IN_PROGRESS,
-                "headers": marker,
-                "body": "",
-                "created_at": now,
-                "expires_at": now + self.lease,
-            }
-            stmt = (
-                self.store.backend.insert_ignore(T)
-                .values(**values)
-                .execution_options(preserve_rowcount=True)
-            )
-            if self._call("reserve", key, _rowcount(stmt)) == 1:
-                return Reservation(Outcome.RESERVED)
-            row = self._call(
-                "lookup", key, lambda c: c.execute(select(T).where(T.c.key == key)).first()
-            )
-            if row is None:
-                continue  # released or purged in between: try again
-            m = row._mapping
-            if utc(m["expires_at"]) <= now:
-                # An expired answer, or the lease of a process that died: free the key.
-                expired = delete(T).where(T.c.key == key, T.c.expires_at <= now)
-                self._call("expire", key, _rowcount(expired))
-                continue
-            if m["request_hash"] != req_hash:
-                return Reservation(Outcome.MISMATCH)
-            if int(m["status"]) == IN_PROGRESS:
-                if m["headers"] == marker:
-                    # Our own insert landed although its reply was lost (then retried).
-                    return Reservation(Outcome.RESERVED)
-                return Reservation(Outcome.IN_PROGRESS)
-            return Reservation(Outcome.REPLAY, _stored(m))
-        return Reservation(Outcome.IN_PROGRESS)
+        return _reservation(self.store.keys.reserve(key, req_hash, owner, lease=self.lease))
 
     def lookup(self, key: str, req_hash: str) -> Reservation | None:
         """The state of a key another request holds (None: gone, the caller may reserve)."""
-        row = self._call(
-            "lookup", key, lambda c: c.execute(select(T).where(T.c.key == key)).first()
-        )
-        if row is None:
-            return None
-        m = row._mapping
-        if utc(m["expires_at"]) <= _now():
-            return None
-        if m["request_hash"] != req_hash:
-            return Reservation(Outcome.MISMATCH)
-        if int(m["status"]) == IN_PROGRESS:
-            return Reservation(Outcome.IN_PROGRESS)
-        return Reservation(Outcome.REPLAY, _stored(m))
+        state = self.store.keys.lookup(key, req_hash)
+        return None if state is None else _reservation(state)
+
+    def claim(self, key: str, owner: str, req_hash: str) -> Claim:
+        """What the reserving request passes to its write."""
+        return self.store.keys.claim(key, owner, req_hash, keep_for=self.ttl)
 
     def complete(self, key: str, owner: str, response: StoredResponse) -> bool:
         """Store the response of the reserving request (False: it lost its lease)."""
-        marker = json.dumps({"owner": owner})
-        now = _now()
-        stmt = (
-            update(T)
-            .where(T.c.key == key, T.c.status == IN_PROGRESS, T.c.headers == marker)
-            .values(
-                status=response.status,
-                headers=json.dumps(response.headers),
-                body=response.body.decode("utf-8"),
-                expires_at=now + self.ttl,
-            )
-            .execution_options(preserve_rowcount=True)
+        return self.store.keys.answer(
+            key,
+            owner,
+            response.status,
+            json.dumps(response.headers),
+            response.body.decode("utf-8"),
+            keep_for=self.ttl,
         )
-        return bool(self._call("complete", key, lambda c: c.execute(stmt).rowcount == 1))
+
+    def complete_applied(self, key: str, req_hash: str, response: StoredResponse) -> bool:
+        """Store a response rebuilt from an applied result (any re-send may)."""
+        return self.store.keys.answer_applied(
+            key, req_hash, response.status, json.dumps(response.headers), response.body.decode()
+        )
 
     def release(self, key: str, owner: str) -> None:
-        """Forget a reservation whose request failed (5xx), so a retry can run."""
-        marker = json.dumps({"owner": owner})
-        self._call(
-            "release",
-            key,
-            lambda c: c.execute(
-                delete(T).where(T.c.key == key, T.c.status == IN_PROGRESS, T.c.headers == marker)
-            ),
-        )
+        """Forget a reservation whose write did not commit (5xx), so a retry can run."""
+        self.store.keys.release(key, owner)
 
     def purge_expired(self) -> int:
-        now = _now()
-        return int(
-            self._call(
-                "purge",
-                "*",
-                lambda c: (
-                    c.execute(
-                        delete(T)
-                        .where(T.c.expires_at <= now)
-                        .execution_options(preserve_rowcount=True)
-                    ).rowcount
-                ),
-            )
-        )
+        return self.store.keys.purge_expired()
 
     def _maybe_purge(self) -> None:
         # Expired rows are also ignored when read; deleting them keeps the table small.
@@ -220,20 +175,13 @@ class IdempotencyStore:
             self._purge_lock.release()
 
 
-def _rowcount(stmt: Executable) -> Callable[[Connection], int]:
-    def run(conn: Connection) -> int:
-        return int(conn.execute(stmt).rowcount)
-
-    return run
-
-
 def new_owner() -> str:
     return uuid.uuid4().hex
 
 
-def _stored(m: RowMapping) -> StoredResponse:
-    headers = json.loads(m["headers"] or "{}")
-    return StoredResponse(int(m["status"]), dict(headers), str(m["body"] or "").encode("utf-8"))
+def _stored(row: KeyRow) -> StoredResponse:
+    headers = json.loads(row.headers or "{}")
+    return StoredResponse(row.status, dict(headers), row.body.encode("utf-8"))
 
 
 def pick_headers(headers: Mapping[str, str]) -> dict[str, str]:

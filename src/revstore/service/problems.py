@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from revstore.errors import (
     AmbiguousCommit,
+    ClaimLost,
     Conflict,
     DuplicateItem,
     InvalidInput,
@@ -155,6 +156,15 @@ def _from_revstore(exc: RevstoreError, retry_after: int) -> ProblemError:
         )
     if isinstance(exc, DuplicateItem):
         return ProblemError(409, "duplicate-item", str(exc), item_ids=exc.item_ids)
+    if isinstance(exc, ClaimLost):
+        # Another request with the same key took over: its reply answers this one.
+        return ProblemError(
+            409,
+            "idempotency-in-progress",
+            f"{exc}; retry later to get the response of the request that holds it",
+            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
+        )
     if isinstance(exc, Conflict):
         return ProblemError(409, "conflict", str(exc))
     if isinstance(exc, NotFound):

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import contextlib
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from revstore.errors import DuplicateItem, RevstoreError
-from revstore.record import Record
+from revstore.record import Mode
 from revstore.service import models as m
 from revstore.service.conditions import etag, not_modified, write_condition
 from revstore.service.context import services
 from revstore.service.models import BIGINT, MAX_ID
 from revstore.service.problems import ProblemError
+from revstore.service.replies import append_reply, claim_of, json_response, record_reply
 from revstore.service.routing import MERGE_PATCH_TYPE, ServiceRoute
 from revstore.store import MAX_AUTHOR, MAX_SUMMARY
 
@@ -57,7 +57,8 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[\x20-\x7e]+$",
         description="Re-sending the same request with the same key returns the first "
-        "response without writing again (kept 24 h, shared by all service processes).",
+        "response without writing again, even after a lost connection or a crashed "
+        "worker (kept 24 h, shared by all service processes).",
     ),
 ]
 
@@ -90,24 +91,6 @@ WRITE: dict[int | str, dict[str, Any]] = {
     428: problem("The server requires If-Match on record writes."),
 }
 STREAM_WRITE = {k: v for k, v in WRITE.items() if k not in (412, 428)}
-
-
-def json_response(
-    body: Any, status: int = 200, revision: int | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    out = dict(headers or {})
-    if revision is not None:
-        out["ETag"] = etag(revision)
-    return JSONResponse(body, status_code=status, headers=out)
-
-
-def record_location(id: str, namespace: str) -> str:
-    path = f"/v1/records/{quote(id, safe='')}"
-    return path if namespace == "default" else f"{path}?namespace={quote(namespace, safe='')}"
-
-
-def _write_reply(rec: Record, status: int = 200) -> JSONResponse:
-    return json_response(m.write_json(rec), status, rec.revision)
 
 
 # ---------------------------------------------------------------- health
@@ -204,13 +187,10 @@ def put_record(
             author=body.author,
             summary=body.summary,
             namespace=namespace,
+            claim=claim_of(request),
         ),
     )
-    if rec.created:
-        return json_response(
-            m.write_json(rec), 201, rec.revision, {"Location": record_location(id, namespace)}
-        )
-    return _write_reply(rec)
+    return record_reply(Mode.PUT, rec)
 
 
 @router.patch(
@@ -252,9 +232,10 @@ def patch_record(
             author=author,
             summary=summary,
             namespace=namespace,
+            claim=claim_of(request),
         ),
     )
-    return _write_reply(rec)
+    return record_reply(Mode.UPDATE, rec)
 
 
 @router.get(
@@ -298,13 +279,15 @@ def delete_record(
     """Delete a record (a tombstone: history stays readable only after a new PUT)."""
     svc = services(request)
     cond = write_condition(if_match, if_none_match, None, require=svc.settings.require_if_match)
-    cond.run(
+    rec = cond.run(
         svc.store,
         id,
         namespace,
-        lambda expected: svc.store.delete(id, expected_revision=expected, namespace=namespace),
+        lambda expected: svc.store.delete(
+            id, expected_revision=expected, namespace=namespace, claim=claim_of(request)
+        ),
     )
-    return Response(status_code=204)
+    return record_reply(Mode.DELETE, rec)
 
 
 @router.get(
@@ -411,9 +394,10 @@ def restore_record(
             author=body.author,
             summary=body.summary,
             namespace=namespace,
+            claim=claim_of(request),
         ),
     )
-    return _write_reply(rec)
+    return record_reply(Mode.UPDATE, rec)
 
 
 # ---------------------------------------------------------------- streams
@@ -446,13 +430,14 @@ def append_items(
             expected_sequence=body.expected_sequence,
             item_ids=body.item_ids,
             namespace=namespace,
+            claim=claim_of(request),
         )
     except DuplicateItem as exc:
         extra: dict[str, Any] = {"item_ids": exc.item_ids}
         with contextlib.suppress(RevstoreError):  # the 409 stands without it
             extra["current_sequence"] = store.stream_info(id, namespace=namespace).last_sequence
         raise ProblemError(409, "duplicate-item", str(exc), **extra) from exc
-    return json_response(m.append_json(namespace, id, res), 200 if res.duplicate else 201)
+    return append_reply(namespace, id, res)
 
 
 @router.get(

@@ -27,6 +27,7 @@ from revstore.service import idempotency as idem
 from revstore.service.context import Services, services
 from revstore.service.logs import request_context
 from revstore.service.problems import ProblemError, from_exception, internal_error
+from revstore.service.replies import CLAIM, applied_reply
 
 log = logging.getLogger("revstore.http")
 
@@ -207,6 +208,12 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
                 assert state.stored is not None
                 svc.metrics.idempotency.labels("replayed").inc()
                 return replay(request, state.stored)
+            if state.outcome is idem.Outcome.APPLIED:
+                # The first request wrote, then died (or lost its connection) before
+                # storing its reply: rebuild the reply from the result it stored.
+                assert state.applied is not None
+                svc.metrics.idempotency.labels("replayed").inc()
+                return await rebuilt(request, svc, key, req_hash, state.applied)
             if state.outcome is idem.Outcome.MISMATCH:
                 svc.metrics.idempotency.labels("mismatch").inc()
                 return problem_response(
@@ -242,6 +249,8 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
         return problem_response(request, svc, exc)
 
     svc.metrics.idempotency.labels("new").inc()
+    # The write applies the key in its own transaction (see revstore.idempotency).
+    request.scope[CLAIM] = store.claim(key, owner, req_hash)
     try:
         response = await run(request)
     except BaseException:
@@ -251,25 +260,57 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
         raise
     try:
         if response.status_code >= 500:
+            # Deletes the reservation only if the write did not commit (an ambiguous
+            # commit that landed leaves the key applied: a re-send gets its reply).
             await run_in_threadpool(store.release, key, owner)
         else:
             stored = idem.StoredResponse(
                 response.status_code, idem.pick_headers(response.headers), bytes(response.body)
             )
-            if not await run_in_threadpool(store.complete, key, owner, stored):
+            if not await run_in_threadpool(store.complete, key, owner, stored) and not (
+                # A re-send may have stored the same reply, rebuilt from the result,
+                # between this write's commit and now: nothing was lost.
+                await _answered(store, key, req_hash)
+            ):
                 log.warning(
                     "idempotency reservation lost before the response was stored",
                     extra={"event": "idempotency_lost"},
                 )
     except RevstoreError:
-        # The write is done and its response goes back; only re-sends lose protection
-        # until the reservation's lease expires.
+        # The response goes back anyway. A write that committed applied the key with
+        # its result, so re-sends are answered from it; a request that wrote nothing
+        # (a 4xx) leaves a reservation that re-sends may take over after its lease.
         log.warning(
             "could not store the response of an idempotent request",
             exc_info=True,
             extra={"event": "idempotency_store_failed"},
         )
     return response
+
+
+async def _answered(store: idem.IdempotencyStore, key: str, req_hash: str) -> bool:
+    state = await run_in_threadpool(store.lookup, key, req_hash)
+    return state is not None and state.outcome is idem.Outcome.REPLAY
+
+
+async def rebuilt(
+    request: Request, svc: Services, key: str, req_hash: str, applied: idem.Applied
+) -> Response:
+    """Replay the reply rebuilt from an applied result, and store it (best effort:
+    every re-send would rebuild the same one)."""
+    response = applied_reply(applied)
+    stored = idem.StoredResponse(
+        response.status_code, idem.pick_headers(response.headers), bytes(response.body)
+    )
+    try:
+        await run_in_threadpool(svc.idempotency.complete_applied, key, req_hash, stored)
+    except RevstoreError:
+        log.warning(
+            "could not store a rebuilt idempotent response",
+            exc_info=True,
+            extra={"event": "idempotency_store_failed"},
+        )
+    return replay(request, stored)
 
 
 def replay(request: Request, stored: idem.StoredResponse) -> Response:

@@ -34,9 +34,12 @@ class Settings:
     """How long a stored response answers re-sends of the same Idempotency-Key."""
     idempotency_wait: float = 5.0
     """How long a re-send waits for the first request with its key to finish (then 409)."""
-    idempotency_lease: float = 60.0
-    """After this long an unfinished reservation (a crashed process) may be taken over.
-    Kept well above the Store's retry budget (10 s) so a live request never loses it."""
+    idempotency_lease: float | None = None
+    """After this long a reservation whose write never committed (a crashed process)
+    may be taken over. None (the default): computed from the Store's retry policy so
+    that it outlives every retry of a live request (``revstore.idempotency.lease_for``,
+    about 4 minutes with the default policy). A request that outlived it anyway loses
+    its key: its write rolls back (409), it never writes twice."""
     retry_after: int = 1
     """Seconds announced in Retry-After on 503 and on an in-progress 409."""
     pool_size: int = 16
@@ -48,7 +51,12 @@ class Settings:
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be 1 or more, got {self.max_body_bytes}")
-        if self.idempotency_ttl <= 0 or self.idempotency_wait < 0 or self.idempotency_lease <= 0:
+        lease = self.idempotency_lease
+        if (
+            self.idempotency_ttl <= 0
+            or self.idempotency_wait < 0
+            or (lease is not None and lease <= 0)
+        ):
             raise ValueError("idempotency durations must be positive")
 
     @classmethod
