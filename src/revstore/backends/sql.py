@@ -141,6 +141,7 @@ class SqlBackend:
         self.strategy = strategy or self.default_strategy
         self._schema_ready = False
         self.migrator = Migrator()
+        self.schema_version: int | None = None
         """Creates and upgrades the tables under the schema lock (tests inject steps)."""
 
     # ---------------------------------------------------------------- plumbing
@@ -232,17 +233,18 @@ class SqlBackend:
         """INSERT that does nothing when the primary key exists (dialect-specific)."""
         raise NotImplementedError
 
-    def create_schema(self) -> None:
+    def create_schema(self) -> int:
         """Create the tables, or bring older ones to this release's schema version, or
-        refuse a newer one (:class:`SchemaMismatch`); once per backend.
+        refuse a newer one (:class:`SchemaMismatch`); once per backend. Returns the
+        schema version.
 
         Any number of processes may make their first call at the same instant on a
         fresh database: each takes the database-level schema lock of its backend
         (``_schema_lock``) and only then looks at what exists, so one of them creates
         or migrates and the others find the work done.
         """
-        if self._schema_ready:
-            return
+        if self._schema_ready and self.schema_version is not None:
+            return self.schema_version
         conn = self._connect()
         try:
             for attempt in range(1, SCHEMA_ATTEMPTS + 1):
@@ -250,7 +252,7 @@ class SqlBackend:
                     # Outside the lock and any transaction (SQLite's switch to WAL).
                     self._prepare_ddl(conn)
                     with self._schema_lock(conn):
-                        self.migrator.ensure(conn)
+                        version = self.migrator.ensure(conn)
                     break
                 except DBAPIError as exc:
                     if attempt == SCHEMA_ATTEMPTS or not self._already_exists(exc):
@@ -263,7 +265,9 @@ class SqlBackend:
             raise self._translate_any(exc) from exc
         finally:
             self._release(conn)
+        self.schema_version = version
         self._schema_ready = True
+        return version
 
     @contextmanager
     def _schema_lock(self, conn: Connection) -> Iterator[None]:

@@ -137,8 +137,13 @@ class SqliteBackend(SqlBackend):
         # IMMEDIATE (every new connection has done it already; this covers a file
         # switched back by someone else meanwhile).
         driver = conn.connection.driver_connection
-        if driver is not None:
+        if driver is None:
+            return
+        try:
             enable_wal(driver, self._busy_timeout_s)
+        except sqlite3.Error as exc:
+            # Straight from the driver: wrapped as SQLAlchemy would, for translate().
+            raise DBAPIError.instance("PRAGMA journal_mode=WAL", None, exc, sqlite3.Error) from exc
 
     def _already_exists(self, exc: DBAPIError) -> bool:
         # SQLite has no error code for it (plain SQLITE_ERROR): the message is all
