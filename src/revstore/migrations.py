@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Column, Connection, insert, inspect, select, update
 from sqlalchemy.schema import CreateColumn
@@ -69,7 +70,7 @@ def _record_schema_version(conn: Connection) -> None:
     V.create(conn, checkfirst=True)
 
 
-def add_column(table: str, column: Column[object]) -> Callable[[Connection], None]:
+def add_column(table: str, column: Column[Any]) -> Callable[[Connection], None]:
     """A step that adds ``column`` to ``table`` unless it is there already (so it can
     run again after a cut-short attempt on MySQL). Give a NOT NULL column a
     ``server_default``: existing rows need a value."""

@@ -141,8 +141,8 @@ class SqlBackend:
         self.strategy = strategy or self.default_strategy
         self._schema_ready = False
         self.migrator = Migrator()
-        self.schema_version: int | None = None
         """Creates and upgrades the tables under the schema lock (tests inject steps)."""
+        self.schema_version: int | None = None
 
     # ---------------------------------------------------------------- plumbing
 
@@ -278,10 +278,11 @@ class SqlBackend:
         try:
             self._take_schema_lock(conn)
             yield
+            conn.exec_driver_sql("COMMIT")
         except BaseException:
+            # Nothing half-done stays: the next look under the lock starts clean.
             self._rollback(conn)
             raise
-        conn.exec_driver_sql("COMMIT")
 
     def _take_schema_lock(self, conn: Connection) -> None:
         """Hook run right after ``begin_schema`` (PostgreSQL: the advisory lock)."""
