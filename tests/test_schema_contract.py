@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     String,
     create_engine,
+    event,
     insert,
     inspect,
     make_url,
@@ -343,6 +344,50 @@ def test_first_creation_cut_short_is_finished(fresh_db: FreshDb, ns: str) -> Non
         store.put("doc", {"n": 1}, namespace=ns)
         assert _stored_version(store) == SCHEMA_VERSION
         assert _tables(store) == V1_TABLES | {"revstore_schema"}
+
+
+def test_release_1_creation_cut_short_is_completed(fresh_db: FreshDb, ns: str) -> None:
+    """Release 1 created its tables one by one without a lock; one cut short left some
+    missing. The upgrade makes them (as release 1 itself would have on its next call)."""
+    url = fresh_db()
+    with Store(url) as store:
+        with store.backend.engine.connect() as conn:
+            schema.records.create(conn)
+            schema.versions.create(conn)
+        store.append("chat", [{"m": "hi"}], namespace=ns)
+        store.put("doc", {"n": 1}, namespace=ns)
+        assert _stored_version(store) == SCHEMA_VERSION
+        assert _tables(store) == V1_TABLES | {"revstore_schema"}
+
+
+def test_table_made_meanwhile_by_an_unlocked_creator(
+    fresh_db: FreshDb, ns: str, request: pytest.FixtureRequest
+) -> None:
+    """A creator that takes no lock (an older release, a DBA) makes a table between
+    revstore's look and its CREATE: the "already exists" counts as success, revstore
+    looks again under the lock and finishes from what it finds."""
+    if request.node.callspec.params["fresh_db"] == "sqlite":
+        pytest.skip("SQLite: BEGIN IMMEDIATE shuts every other writer out of the file")
+    url = fresh_db()
+    made: list[str] = []
+
+    def meanwhile(target: object, connection: Connection, **_: object) -> None:
+        if not made:
+            made.append("revstore_streams")  # first, as this fires for the intruder too
+            # Another connection, committed at once: the CREATE about to run collides.
+            with Store(url) as intruder, intruder.backend.engine.connect() as conn:
+                schema.streams.create(conn)
+
+    event.listen(schema.streams, "before_create", meanwhile)
+    try:
+        with Store(url) as store:
+            assert store.put("doc", {"n": 1}, namespace=ns).revision == 1
+            assert made == ["revstore_streams"]
+            assert store.append("chat", [{"m": "hi"}], namespace=ns).first_sequence == 1
+            assert _stored_version(store) == SCHEMA_VERSION
+            assert _tables(store) == V1_TABLES | {"revstore_schema"}
+    finally:
+        event.remove(schema.streams, "before_create", meanwhile)
 
 
 def test_migrations_must_be_consecutive() -> None:

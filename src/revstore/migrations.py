@@ -14,12 +14,14 @@ Adding a migration (a later release):
    bump ``schema.SCHEMA_VERSION``;
 2. append ``Migration(<that version>, "<what it does>", <function>)`` to
    :data:`MIGRATIONS`. The function gets the locked connection and turns the previous
-   version into the new one, keeping every row (e.g. :func:`add_column`).
+   version into the new one, keeping every row (e.g. :func:`add_column`). It must
+   check before it changes (a table may already be in its new shape: made by step 2
+   from today's definitions, or by a step cut short on MySQL).
 
 On PostgreSQL and SQLite DDL is transactional: all steps and their version bumps
 commit together or not at all. On MySQL/MariaDB each DDL statement commits by itself,
-so a step can be cut short after its DDL and before its version bump: write steps so
-that running one again is harmless (check before changing, as :func:`add_column`).
+so a step can be cut short after its DDL and before its version bump, and is then run
+again.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ class Migration:
 
 
 def _record_schema_version(conn: Connection) -> None:
+    # Release 1 created its tables one by one, unlocked: a creation cut short (or lost
+    # to a racing creator) left some missing, and release 1 would have made them on its
+    # next call. Made here from today's definitions; later steps check before they
+    # change anything, so they leave such a table as it is.
+    legacy = [t for t in schema.metadata.sorted_tables if t.name in LEGACY_TABLES]
+    schema.metadata.create_all(conn, tables=legacy, checkfirst=True)
     # The version row itself is written by the Migrator right after this step.
     V.create(conn, checkfirst=True)
 
@@ -87,7 +95,11 @@ def add_column(table: str, column: Column[Any]) -> Callable[[Connection], None]:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(2, "record the schema version in revstore_schema", _record_schema_version),
+    Migration(
+        2,
+        "complete the release-1 tables; record the schema version in revstore_schema",
+        _record_schema_version,
+    ),
     # Append the next step here (and bump schema.SCHEMA_VERSION).
 )
 
