@@ -277,6 +277,19 @@ def serve(
     run_server(settings, host=host, port=port, workers=workers, log_level=log_level)
 
 
+@app.command()
+def migrate(db: DbOption = None) -> None:
+    """Create the tables, or upgrade them in place to this release's schema version
+    (what every process also does on its first call); prints the version."""
+    store = open_store(db)
+    try:
+        emit({"schema_version": store.create_schema()})
+    except RevstoreError as exc:
+        fail(exc)
+    finally:
+        store.close()
+
+
 def main() -> None:
     app()
 

@@ -86,6 +86,26 @@ class AmbiguousCommit(Unavailable):
     a retry safe; otherwise read the current state before deciding."""
 
 
+class SchemaMismatch(Unavailable):
+    """The database's schema is newer than this release of revstore knows: a newer
+    release has upgraded it. Nothing was read or written. Run a release that knows
+    ``found`` (every process on one database must); revstore never downgrades a schema.
+
+    An :class:`Unavailable` (HTTP 503): this process cannot serve the database, while
+    an upgraded one can."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"the database schema is version {found}, but this release of revstore knows "
+            f"versions up to {supported}: a newer revstore has upgraded this database. "
+            f"Upgrade revstore here too (every process on one database must run a release "
+            f"that knows schema version {found}); revstore never downgrades a schema",
+            retry_after=30.0,
+        )
+        self.found = found
+        self.supported = supported
+
+
 class Retryable(RevstoreError):
     """A transient database condition (serialization failure, deadlock, lock timeout,
     SQLite busy, lost race on a unique key). The whole transaction is re-run."""

@@ -2,6 +2,11 @@
 
 Content is stored as the canonical JSON *text* rather than a native JSON type, so
 every backend hands back exactly the bytes that were hashed.
+
+The metadata always describes the newest schema, :data:`SCHEMA_VERSION`, and
+``revstore_schema`` records which version a database has. Changing a table means
+changing it here, bumping :data:`SCHEMA_VERSION` and appending the step that turns
+the previous version into this one to ``revstore.migrations.MIGRATIONS``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ Id = (
 Json = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 Hash = String(64)
+
+SCHEMA_VERSION = 2
+"""The version these tables are. 1 is the release before versions were recorded (the
+same five tables, no ``revstore_schema``); 2 adds ``revstore_schema``."""
 
 metadata = MetaData()
 
@@ -111,5 +120,17 @@ idempotency = Table(
     Column("expires_at", Timestamp, nullable=False),
     PrimaryKeyConstraint("key", name="revstore_idempotency_pk"),
     Index("revstore_idempotency_expires_ix", "expires_at"),
+    mysql_charset="utf8mb4",
+)
+
+schema_version = Table(
+    "revstore_schema",
+    metadata,
+    # One row (id = 1): the schema version of this database. Written under the schema
+    # lock only (see SqlBackend.create_schema); 0 means a first creation was cut short.
+    Column("id", Integer, nullable=False, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("id", name="revstore_schema_pk"),
     mysql_charset="utf8mb4",
 )

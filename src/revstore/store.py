@@ -116,10 +116,13 @@ class Store:
     def close(self) -> None:
         self.backend.dispose()
 
-    def create_schema(self) -> None:
-        """Create the tables if they do not exist (idempotent; also done on first use)."""
+    def create_schema(self) -> int:
+        """Create the tables, or upgrade older ones in place, and return the schema
+        version (idempotent; also done on first use). Safe for any number of processes
+        at once: they take a database-level lock. A schema newer than this release
+        knows raises :class:`~revstore.errors.SchemaMismatch`."""
         with self._schema_lock:
-            self.retry.run(
+            return self.retry.run(
                 self.backend.create_schema, op="create_schema", key="-", stats=self.stats
             )
 

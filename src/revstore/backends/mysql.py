@@ -9,6 +9,9 @@ what the re-check of item ids under the stream lock relies on.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, bindparam, create_engine, event, text
@@ -114,6 +117,43 @@ class MysqlBackend(SqlBackend):
             engine.dispose()
             engine = _engine(url, "mariadb", pool_size, max_overflow, connect_timeout)
         super().__init__(engine, strategy)
+
+    # ---------------------------------------------------------------- schema
+
+    schema_lock_timeout: ClassVar[int] = 300
+    """Seconds to wait for another process's schema creation or migration."""
+
+    @contextmanager
+    def _schema_lock(self, conn: Connection) -> Iterator[None]:
+        # DDL commits by itself here, so no transaction can hold the work together: a
+        # named server lock does, taken and released on this one connection (the server
+        # drops it too if the connection dies). The name is server-wide, hence the
+        # database in it; at most 64 characters.
+        name = "LEFT(CONCAT('revstore_schema.', COALESCE(DATABASE(), '')), 64)"
+        got = conn.exec_driver_sql(f"SELECT GET_LOCK({name}, {self.schema_lock_timeout})").scalar()
+        if got != 1:
+            # 0: timed out; NULL: the server refused (e.g. killed while waiting).
+            raise Unavailable(
+                f"could not take the schema lock within {self.schema_lock_timeout} s "
+                f"(GET_LOCK returned {got}): another process is creating or upgrading "
+                "the tables"
+            )
+        try:
+            yield
+        finally:
+            try:
+                conn.exec_driver_sql(f"DO RELEASE_LOCK({name})")
+            except SQLAlchemyError:
+                # Never hand a connection that may still hold the lock back to the pool.
+                logging.getLogger("revstore.backend").warning(
+                    "could not release the schema lock", exc_info=True
+                )
+                conn.invalidate()
+
+    def _already_exists(self, exc: DBAPIError) -> bool:
+        args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+        # 1050 table exists, 1061 duplicate index name, 1060 duplicate column.
+        return bool(args) and args[0] in (1050, 1060, 1061)
 
     def insert_ignore(self, table: Any) -> Insert:
         return mysql_insert(table).prefix_with("IGNORE")

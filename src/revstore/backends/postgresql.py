@@ -257,6 +257,28 @@ class PostgresBackend(SqlBackend):
             else None
         )
 
+    # ---------------------------------------------------------------- schema
+
+    schema_lock_key: ClassVar[int] = int.from_bytes(b"revstore", "big")
+    """The advisory lock that serialises schema creation and migration (per database)."""
+
+    def _take_schema_lock(self, conn: Connection) -> None:
+        # Transaction-scoped, released by the COMMIT / ROLLBACK that ends the DDL
+        # transaction: a session-level lock would outlive the transaction on the
+        # server connection PgBouncer (transaction mode) lends us, and could be taken
+        # and released on two different server connections.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({self.schema_lock_key})")
+
+    def _already_exists(self, exc: DBAPIError) -> bool:
+        state = getattr(exc.orig, "sqlstate", None)
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        # 42P07 duplicate_table (tables and indexes), 42710 duplicate_object; two
+        # unlocked CREATE TABLEs racing can also collide in the catalogue (23505).
+        return state in ("42P07", "42710") or (
+            state == "23505"
+            and constraint in ("pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
+        )
+
     def insert_ignore(self, table: Any) -> Insert:
         return pg_insert(table).on_conflict_do_nothing()
 

@@ -15,7 +15,8 @@ import dataclasses
 import json
 import logging
 import select as io_select
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
@@ -34,6 +35,7 @@ from revstore.errors import (
     Unavailable,
 )
 from revstore.idempotency import IN_PROGRESS, Applied, Claim, KeyRow
+from revstore.migrations import Migrator
 from revstore.record import (
     Action,
     Head,
@@ -64,6 +66,10 @@ V = schema.versions
 S = schema.streams
 I = schema.stream_items  # noqa: E741
 K = schema.idempotency
+
+SCHEMA_ATTEMPTS = 5
+"""Looks under the schema lock before an "already exists" from an unlocked creator is
+taken as an error after all."""
 
 Transform = Callable[[Any], Canonical]
 """Computes the new content from the current one, under the record's lock (merge-patch)."""
@@ -130,11 +136,16 @@ class SqlBackend:
     begin_write: ClassVar[str] = "BEGIN"
     """Opens a write transaction (SQLite: BEGIN IMMEDIATE takes the write lock up front)."""
     begin_optimistic: ClassVar[str] = "BEGIN"
+    begin_schema: ClassVar[str] = "BEGIN"
+    """Opens the transaction that schema creation and migration run in."""
 
     def __init__(self, engine: Engine, strategy: str | None = None) -> None:
         self.engine = engine
         self.strategy = strategy or self.default_strategy
         self._schema_ready = False
+        self.migrator = Migrator()
+        """Creates and upgrades the tables under the schema lock (tests inject steps)."""
+        self.schema_version: int | None = None
 
     # ---------------------------------------------------------------- plumbing
 
@@ -225,29 +236,66 @@ class SqlBackend:
         """INSERT that does nothing when the primary key exists (dialect-specific)."""
         raise NotImplementedError
 
-    def create_schema(self) -> None:
-        if self._schema_ready:
-            return
+    def create_schema(self) -> int:
+        """Create the tables, or bring older ones to this release's schema version, or
+        refuse a newer one (:class:`SchemaMismatch`); once per backend. Returns the
+        schema version.
 
-        def create(conn: Connection) -> None:
-            schema.metadata.create_all(conn, checkfirst=True)
-
+        Any number of processes may make their first call at the same instant on a
+        fresh database: each takes the database-level schema lock of its backend
+        (``_schema_lock``) and only then looks at what exists, so one of them creates
+        or migrates and the others find the work done.
+        """
+        if self._schema_ready and self.schema_version is not None:
+            return self.schema_version
+        conn = self._connect()
         try:
-            # Each DDL statement commits by itself (driver autocommit).
-            with self.engine.connect() as conn:
-                self._prepare_ddl(conn)
-                create(conn)
+            for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+                try:
+                    # Outside the lock and any transaction (SQLite's switch to WAL).
+                    self._prepare_ddl(conn)
+                    with self._schema_lock(conn):
+                        version = self.migrator.ensure(conn)
+                    break
+                except DBAPIError as exc:
+                    if attempt == SCHEMA_ATTEMPTS or not self._already_exists(exc):
+                        raise
+                    # A creator that does not take the lock (an older release, a DBA)
+                    # made the same table a moment ago: that counts as success, and the
+                    # next look under the lock sees the table and goes on from there.
+                    log.info("schema object created concurrently, looking again: %s", exc.orig)
         except SQLAlchemyError as exc:
-            # A concurrent process may have created the same table a moment earlier.
-            try:
-                with self.engine.connect() as conn:
-                    create(conn)
-            except SQLAlchemyError:
-                raise self._translate_any(exc) from exc
+            raise self._translate_any(exc) from exc
+        finally:
+            self._release(conn)
+        self.schema_version = version
         self._schema_ready = True
+        return version
+
+    @contextmanager
+    def _schema_lock(self, conn: Connection) -> Iterator[None]:
+        """Hold the database-wide schema lock, in one transaction where DDL is
+        transactional (PostgreSQL, SQLite): the checks, the DDL and the version bump
+        commit together, so a waiter that gets the lock sees all of it or none."""
+        conn.exec_driver_sql(self.begin_schema)
+        try:
+            self._take_schema_lock(conn)
+            yield
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            # Nothing half-done stays: the next look under the lock starts clean.
+            self._rollback(conn)
+            raise
+
+    def _take_schema_lock(self, conn: Connection) -> None:
+        """Hook run right after ``begin_schema`` (PostgreSQL: the advisory lock)."""
+
+    def _already_exists(self, exc: DBAPIError) -> bool:
+        """The statement failed because the table / index it creates exists."""
+        return False
 
     def _prepare_ddl(self, conn: Connection) -> None:
-        """Hook run before create_all (SQLite switches the file to WAL)."""
+        """Hook run before the schema lock is taken (SQLite switches the file to WAL)."""
 
     def ping(self) -> None:
         self.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())

@@ -9,7 +9,9 @@ that forces ``SQLITE_BUSY`` on upgrade: the deferred style gets thousands of
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, bindparam, create_engine, event, text
@@ -48,6 +50,8 @@ class SqliteBackend(SqlBackend):
     default_strategy: ClassVar[str] = "counter"
     begin_write: ClassVar[str] = "BEGIN IMMEDIATE"
     begin_optimistic: ClassVar[str] = "BEGIN DEFERRED"
+    # Takes the file's write lock: schema creation is serialised with every writer.
+    begin_schema: ClassVar[str] = "BEGIN IMMEDIATE"
 
     def __init__(
         self,
@@ -73,9 +77,9 @@ class SqliteBackend(SqlBackend):
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            # WAL: readers never block the writer and the writer never blocks readers.
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            # WAL: readers never block the writer and the writer never blocks readers.
+            enable_wal(dbapi_conn, busy_timeout_ms / 1000)
             # FULL: an acknowledged write survives a power cut, not only a crash.
             cur.execute("PRAGMA synchronous=FULL")
             # list(prefix=…) uses LIKE, which must be case-sensitive as on the servers.
@@ -83,6 +87,7 @@ class SqliteBackend(SqlBackend):
             cur.close()
 
         super().__init__(engine, strategy)
+        self._busy_timeout_s = busy_timeout_ms / 1000
 
     def insert_ignore(self, table: Any) -> Insert:
         return sqlite_insert(table).on_conflict_do_nothing()
@@ -133,7 +138,48 @@ class SqliteBackend(SqlBackend):
         return self._finish_counter_put(conn, intent, int(row[0]), int(row[1]), row[2], ts)
 
     def _prepare_ddl(self, conn: Connection) -> None:
-        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        # journal_mode cannot change inside a transaction: switched before BEGIN
+        # IMMEDIATE (every new connection has done it already; this covers a file
+        # switched back by someone else meanwhile).
+        driver = conn.connection.driver_connection
+        if driver is None:
+            return
+        try:
+            enable_wal(driver, self._busy_timeout_s)
+        except sqlite3.Error as exc:
+            # Straight from the driver: wrapped as SQLAlchemy would, for translate().
+            raise DBAPIError.instance("PRAGMA journal_mode=WAL", None, exc, sqlite3.Error) from exc
+
+    def _already_exists(self, exc: DBAPIError) -> bool:
+        # SQLite has no error code for it (plain SQLITE_ERROR): the message is all
+        # there is. Under BEGIN IMMEDIATE only a creator that skips it can cause this.
+        return " already exists" in str(exc.orig)
+
+
+def enable_wal(dbapi_conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch the file to WAL (kept in the file; a no-op once done).
+
+    Processes opening a new file at the same moment all ask for the switch, which
+    needs the file to themselves: a loser may get SQLITE_BUSY at once rather than
+    through the busy handler (e.g. while the winner recovers the WAL). The switch is
+    done when the file says WAL, whoever made it; until then, back off and ask again,
+    for as long as the busy timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    wait = 0.005
+    while True:
+        try:
+            mode = dbapi_conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (SQLITE_BUSY, SQLITE_LOCKED)
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(random.uniform(0, wait))
+            wait = min(wait * 2, 0.2)
+            continue
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"could not switch the database file to WAL: {mode!r}")
+        return
 
 
 def raise_memory() -> None:
