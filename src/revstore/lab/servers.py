@@ -32,8 +32,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
