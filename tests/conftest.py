@@ -97,6 +97,27 @@ def server_url() -> Callable[[str], str]:
 
 
 @pytest.fixture
+def throwaway_kind() -> Callable[[str], str]:
+    """``throwaway_kind("postgresql" | "mariadb")``: the kind, when this machine can run
+    a throwaway server of it (``revstore.lab.servers``), else skip loudly (fail when
+    the server's backend is required by REVSTORE_TEST_REQUIRE)."""
+    from revstore.lab.servers import ServerError, throwaway_server
+
+    def check(kind: str) -> str:
+        try:
+            throwaway_server(kind).cleanup()  # finds the binaries, makes and removes a folder
+        except (ServerError, OSError, KeyError) as exc:
+            backend = "postgresql" if kind == "postgresql" else "mysql"
+            reason = f"cannot run a throwaway {kind} server here: {exc}"
+            if _required(backend):
+                pytest.fail(f"REVSTORE_TEST_REQUIRE={REQUIRE}: {reason}", pytrace=False)
+            pytest.skip(f"SKIPPING THROWAWAY {kind.upper()} TESTS: {reason}")
+        return kind
+
+    return check
+
+
+@pytest.fixture
 def store(backend_url: str) -> Iterator[Store]:
     s = Store(backend_url)
     s.create_schema()

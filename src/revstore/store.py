@@ -87,6 +87,9 @@ class Store:
             max_overflow=max_overflow,
             group_commit=group_commit,
         )
+        # A server that cannot be reached (restarting) is waited for as long as the
+        # retry policy's time budget, not only for its attempts (see SqlBackend._connect).
+        self.backend.reconnect_seconds = self.retry.max_seconds
         self._schema_lock = threading.Lock()
 
     @property
