@@ -83,10 +83,19 @@ def backend_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
     return backend_url_for(request.param, sqlite_url)
 
 
-@pytest.fixture(params=POOLED_BACKENDS)
-def pooled_backend_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    """Each backend in turn, and PostgreSQL through PgBouncer in transaction mode."""
-    return backend_url_for(request.param, sqlite_url)
+PGBOUNCER_SUITES = {"test_concurrency_contract", "test_records_contract", "test_streams_contract"}
+"""The contract suites: their ``backend_url`` also runs PostgreSQL through PgBouncer."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A parametrize mark on a test replaces its fixture's own params; added here,
+    # before pytest reads the marks, as if each test of those suites carried it.
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in PGBOUNCER_SUITES and "backend_url" in metafunc.fixturenames:
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize("backend_url", POOLED_BACKENDS, indirect=True)
+        )
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 record / stream and spread over many; then the invariants are checked.
 
 PostgreSQL runs twice: directly, and through PgBouncer in transaction pooling mode
-(``pgbouncer``), where each transaction may get a different server connection: how
-multi-pod deployments usually reach it, with the same URL otherwise.
+(``pgbouncer``, see ``PGBOUNCER_SUITES`` in conftest), where each transaction may get
+a different server connection: how multi-pod deployments usually reach it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,6 @@ from racers import (
 )
 
 SECONDS = 3.0
-
-
-@pytest.fixture
-def backend_url(pooled_backend_url: str) -> str:
-    """Every backend, and PostgreSQL through PgBouncer too (see conftest)."""
-    return pooled_backend_url
 
 
 def test_hot_record_32_threads(backend_url: str, ns: str) -> None:

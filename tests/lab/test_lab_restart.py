@@ -35,9 +35,7 @@ def check_restarted_run(result: LabResult) -> None:
     assert result.ok, f"anomalies after restarts: {failed}"
     # Every write that did not get a definite answer (AmbiguousCommit, Unavailable, a
     # killed worker) was resolved as present or absent from the final state.
-    unknown = {
-        op.id for op in result.ops if op.kind in WRITES and op.outcome in (INFO, PENDING)
-    }
+    unknown = {op.id for op in result.ops if op.kind in WRITES and op.outcome in (INFO, PENDING)}
     assert unknown == {r.op for r in result.report.resolutions}
 
 
