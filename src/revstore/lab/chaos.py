@@ -228,7 +228,7 @@ class WorkerRestarter(Chaos):
         if names:
             self.record(
                 "restart-db",
-                f"kill -9 every writer process ({', '.join(names)}), started new ones",
+                f"kill -9 every writer process ({', '.join(names)}), new ones running",
                 len(names),
                 t=t,
                 until=time.monotonic() - self.t0,

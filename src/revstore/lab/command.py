@@ -367,6 +367,17 @@ def _print_result(result: LabResult, console: Console) -> None:
         ),
         highlight=False,
     )
+    restarts = [e for e in result.chaos if e.action == "restart-db"]
+    if restarts:
+        console.print(
+            f"restarts: {len(restarts)} · "
+            + " · ".join(
+                f"at {e.t:.1f}s {e.detail}"
+                + (f" (back at {e.until:.1f}s)" if e.until is not None else "")
+                for e in restarts
+            ),
+            highlight=False,
+        )
     checks = Table(title="checks", title_justify="left")
     checks.add_column("check")
     checks.add_column("result")

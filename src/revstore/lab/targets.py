@@ -639,10 +639,11 @@ class ProcessTarget(Target):
             self._spawn(self._left(victim))
             return victim.name
 
-    def restart_workers(self) -> list[str]:
+    def restart_workers(self, timeout: float = 120.0) -> list[str]:
         """kill -9 every running worker at once, then start as many new ones, each with
-        what is left of the budget of the one it replaces: SQLite's "restart the
-        database" (it lives inside the writers). Returns the names of the killed."""
+        what is left of the budget of the one it replaces, and wait (up to ``timeout``)
+        until they run: SQLite's "restart the database" (it lives inside the writers).
+        Returns the names of the killed."""
         with self._lock:
             live = self._running_workers()
             if not live or self._stop.is_set():
@@ -651,9 +652,15 @@ class ProcessTarget(Target):
             # overlaps the new one, as when a server goes down and comes back.
             for victim in live:
                 self._kill(victim)
-            for victim in live:
-                self._spawn(self._left(victim))
-            return [w.name for w in live]
+            started = [self._spawn(self._left(victim)) for victim in live]
+        assert self._history is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            self.poll()
+            if all(w.name in self._history.ready or not w.process.is_alive() for w in started):
+                break
+            time.sleep(0.05)
+        return [w.name for w in live]
 
     def _running_workers(self) -> list[_Worker]:
         """Workers that are running ops: killing one still starting proves nothing."""
