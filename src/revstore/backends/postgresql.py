@@ -236,7 +236,7 @@ def prepare_threshold(url: str) -> tuple[str, int | str | None]:
     on one is missing on the next (26000) or already there under the same name
     (42P05). Unnamed statements, the only kind used with ``none``, pass any pooler.
     Prepared statements do pay on a direct connection: the counter statements are
-    CTEs that cost more to parse and plan than to run (docs/pgbouncer.md).
+    CTEs whose parse and plan are a large part of their cost (docs/operations.md).
     """
     base, sep, query = url.partition("?")
     value: int | str | None = AUTO
