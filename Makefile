@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo serve test test-fast lint format bench clean
+.PHONY: venv demo serve test test-fast lint format bench pgbouncer clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,8 @@ serve: venv
 	$(BIN)/revstore serve
 
 ## The whole suite on SQLite, PostgreSQL and MariaDB (slow concurrency tests included).
+## The contract suites also run through PgBouncer when `make pgbouncer` has started it
+## (skipped loudly otherwise, unless REVSTORE_TEST_REQUIRE=all or pgbouncer).
 test: venv
 	$(BIN)/pytest -q
 
@@ -38,6 +40,11 @@ lint: venv
 format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
+
+## PgBouncer on 127.0.0.1:6432, transaction pooling, in front of 127.0.0.1:5432
+## (installs Debian's pgbouncer if needed; config in /tmp/revstore-pgbouncer).
+pgbouncer:
+	bash .ci/pgbouncer
 
 bench: venv
 	$(BIN)/python benchmarks/bench_store.py

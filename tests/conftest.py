@@ -3,6 +3,10 @@
 Servers are found through REVSTORE_TEST_POSTGRES_URL and REVSTORE_TEST_MYSQL_URL
 (defaults: the standard local ports). An absent server skips its tests with a loud
 reason, unless REVSTORE_TEST_REQUIRE=all (as in CI), which turns that into a failure.
+
+The concurrency tests also run through PgBouncer in transaction pooling mode in front
+of the PostgreSQL server (REVSTORE_TEST_PGBOUNCER_URL, default port 6432; start it
+with ``make pgbouncer``; required by REVSTORE_TEST_REQUIRE=all or ``pgbouncer``).
 """
 
 from __future__ import annotations
@@ -21,9 +25,16 @@ POSTGRES_URL = os.environ.get(
     "REVSTORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 MYSQL_URL = os.environ.get("REVSTORE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+PGBOUNCER_URL = os.environ.get(
+    "REVSTORE_TEST_PGBOUNCER_URL", "postgresql://postgres@127.0.0.1:6432/test"
+)
 REQUIRE = os.environ.get("REVSTORE_TEST_REQUIRE", "")
 
 BACKENDS = ["sqlite", "postgresql", "mysql"]
+POOLED_BACKENDS = [*BACKENDS, "pgbouncer"]
+"""``pgbouncer``: the PostgreSQL backend reached through PgBouncer (transaction mode)."""
+SERVER_URLS = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL, "pgbouncer": PGBOUNCER_URL}
+HINTS = {"pgbouncer": " (start it with `make pgbouncer`)"}
 
 _reachable: dict[str, str | None] = {}
 
@@ -35,7 +46,7 @@ def _required(name: str) -> bool:
 
 def require_server(name: str) -> str:
     """The URL of a server backend, or skip/fail (per REVSTORE_TEST_REQUIRE) if it is down."""
-    url = POSTGRES_URL if name == "postgresql" else MYSQL_URL
+    url = SERVER_URLS[name]
     if name not in _reachable:
         try:
             store = Store(url)
@@ -44,7 +55,7 @@ def require_server(name: str) -> str:
             store.close()
             _reachable[name] = None
         except RevstoreError as exc:
-            _reachable[name] = f"{name} at {url} is not reachable: {exc}"
+            _reachable[name] = f"{name} at {url} is not reachable: {exc}{HINTS.get(name, '')}"
     reason = _reachable[name]
     if reason is not None:
         if _required(name):
@@ -59,19 +70,60 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{path}"
 
 
-@pytest.fixture(params=BACKENDS)
-def backend_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    """The URL of each backend in turn (the parametrised engine fixture)."""
-    name: str = request.param
+def backend_url_for(name: str, sqlite_url: str) -> str:
+    """The URL of backend ``name`` (one of POOLED_BACKENDS), or skip/fail if it is down."""
     if name == "sqlite":
         return sqlite_url
     return require_server(name)
 
 
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    """The URL of each backend in turn (the parametrised engine fixture)."""
+    return backend_url_for(request.param, sqlite_url)
+
+
+PGBOUNCER_SUITES = {"test_concurrency_contract", "test_records_contract", "test_streams_contract"}
+"""The contract suites: their ``backend_url`` also runs PostgreSQL through PgBouncer."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A parametrize mark on a test replaces its fixture's own params; added here,
+    # before pytest reads the marks, as if each test of those suites carried it.
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in PGBOUNCER_SUITES and "backend_url" in metafunc.fixturenames:
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize("backend_url", POOLED_BACKENDS, indirect=True)
+        )
+
+
 @pytest.fixture
 def server_url() -> Callable[[str], str]:
-    """``server_url("postgresql" | "mysql")``: the server's URL, or skip/fail if it is down."""
+    """``server_url("postgresql" | "mysql" | "pgbouncer")``: the server's URL, or
+    skip/fail if it is down."""
     return require_server
+
+
+@pytest.fixture
+def throwaway_kind() -> Callable[[str], str]:
+    """``throwaway_kind("postgresql" | "mariadb")``: the kind, when this machine can run
+    a throwaway server of it (``revstore.lab.servers``), else skip loudly (fail when
+    the server's backend is required by REVSTORE_TEST_REQUIRE)."""
+    from revstore.lab.servers import ServerError, throwaway_server
+
+    def check(kind: str) -> str:
+        try:
+            throwaway_server(kind).cleanup()  # finds the binaries, makes and removes a folder
+        except (ServerError, OSError, KeyError) as exc:
+            backend = "postgresql" if kind == "postgresql" else "mysql"
+            reason = f"cannot run a throwaway {kind} server here: {exc}"
+            if _required(backend):
+                pytest.fail(f"REVSTORE_TEST_REQUIRE={REQUIRE}: {reason}", pytrace=False)
+            pytest.skip(f"SKIPPING THROWAWAY {kind.upper()} TESTS: {reason}")
+        return kind
+
+    return check
 
 
 @pytest.fixture

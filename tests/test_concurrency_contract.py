@@ -1,5 +1,10 @@
 """Concurrency on every backend: many threads, and several processes, on one hot
-record / stream and spread over many; then the invariants are checked."""
+record / stream and spread over many; then the invariants are checked.
+
+PostgreSQL runs twice: directly, and through PgBouncer in transaction pooling mode
+(``pgbouncer``, see ``PGBOUNCER_SUITES`` in conftest), where each transaction may get
+a different server connection: how multi-pod deployments usually reach it.
+"""
 
 from __future__ import annotations
 

@@ -94,6 +94,9 @@ class Store:
             max_overflow=max_overflow,
             group_commit=group_commit,
         )
+        # A server that cannot be reached (restarting) is waited for as long as the
+        # retry policy's time budget, not only for its attempts (see SqlBackend._connect).
+        self.backend.reconnect_seconds = self.retry.max_seconds
         self._schema_lock = threading.Lock()
         self.keys = IdempotencyKeys(self.backend, self._call)
         """Idempotency keys: reserve one, then pass ``keys.claim(...)`` to a write so the

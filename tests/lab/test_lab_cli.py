@@ -99,6 +99,11 @@ def test_ops_bound_the_run(sqlite_url: str, tmp_path: Path) -> None:
         (["--db", "sqlite:///x.db", "--strategy", "magic"], "--strategy must be one of"),
         (["--url", "http://127.0.0.1:1", "--strategy", "lock"], "a service uses its own"),
         (["--db", "sqlite:///x.db", "--compare", "naive"], "two or more"),
+        (["--db", "sqlite:///x.db", "--chaos", "restart-db"], "give --processes N"),
+        (["--db", "postgresql://u@h/d", "--chaos", "restart-db"], "--server postgresql"),
+        (["--url", "http://127.0.0.1:1", "--chaos", "restart-db"], "a server the lab owns"),
+        (["--server", "oracle"], "--server must be one of"),
+        (["--server", "postgresql", "--db", "sqlite:///x.db"], "give no --db or --url"),
     ],
 )
 def test_options_that_do_not_make_a_run_exit_2(args: list[str], message: str) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import unquote
 
-from psycopg import Cursor
-from sqlalchemy import Connection, create_engine
+from psycopg import Cursor, pq
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
@@ -28,7 +29,7 @@ from revstore.backends.sql import (
     install_liveness_probe,
     now,
 )
-from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.errors import Duplicate, InvalidInput, Retryable, RevstoreError, Unavailable
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
@@ -217,6 +218,72 @@ def _normalise(url: str) -> str:
     return f"postgresql+psycopg://{rest}"
 
 
+PREPARE_THRESHOLD = "prepare_threshold"
+"""revstore's own URL query parameter (taken off before the URL reaches libpq)."""
+AUTO = "auto"
+PREPARE_AFTER = 5
+"""psycopg's default: a statement text run this many times on a connection is prepared."""
+
+
+def prepare_threshold(url: str) -> tuple[str, int | str | None]:
+    """Split ``?prepare_threshold=auto|none|N`` off ``url``: the URL for the engine, and
+    when psycopg may prepare statements server-side (after N executions of one
+    statement text on a connection; ``None``: never; ``"auto"``, the default: after
+    ``PREPARE_AFTER``, except on a connection that goes through a pooler).
+
+    Why it matters: behind a pooler in transaction mode (PgBouncer < 1.21, or ≥ 1.21
+    without ``max_prepared_statements``) consecutive transactions of one client
+    connection run on different server connections, so a statement psycopg prepared
+    on one is missing on the next (26000) or already there under the same name
+    (42P05). Unnamed statements, the only kind used with ``none``, pass any pooler.
+    Prepared statements do pay on a direct connection: the counter statements are
+    CTEs whose parse and plan are a large part of their cost (docs/operations.md).
+    """
+    base, sep, query = url.partition("?")
+    value: int | str | None = AUTO
+    if not sep:
+        return url, value
+    kept = []
+    for part in query.split("&"):
+        name, _, raw = part.partition("=")
+        if name != PREPARE_THRESHOLD:
+            if part:
+                kept.append(part)
+            continue
+        word = unquote(raw).strip().lower()
+        if word == AUTO:
+            value = AUTO
+        elif word in ("none", "off", "never"):
+            value = None
+        elif word.isascii() and word.isdigit() and len(word) <= 6:
+            value = int(word)
+        else:
+            raise InvalidInput(
+                f"{PREPARE_THRESHOLD}={raw!r} in the database URL: give 'auto' (the "
+                "default), 'none' (never prepare: behind a transaction pooler) or a "
+                "number of executions"
+            )
+    return base + ("?" + "&".join(kept) if kept else ""), value
+
+
+def _behind_pooler(dbapi_conn: Any) -> bool:
+    """True when this connection does not reach the PostgreSQL backend it reports.
+
+    A server sends its process id at connection start (BackendKeyData); a pooler
+    answers the client's start-up itself and sends an id of its own (PgBouncer: a
+    random one), while ``pg_backend_pid()`` runs on the real backend. A direct
+    connection always agrees with itself. One query per new pooled connection.
+    """
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        row = cur.fetchone()
+    if dbapi_conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        # The driver may not be in autocommit yet when this runs.
+        # Never leave a transaction open: behind a pooler it would pin a server connection.
+        dbapi_conn.rollback()
+    return row is None or int(row[0]) != int(dbapi_conn.info.backend_pid)
+
+
 class PostgresBackend(SqlBackend):
     name: ClassVar[str] = "postgresql"
     default_strategy: ClassVar[str] = "counter"
@@ -231,6 +298,7 @@ class PostgresBackend(SqlBackend):
         group_commit: bool = True,
         **_: Any,
     ) -> None:
+        url, threshold = prepare_threshold(url)
         engine = create_engine(
             _normalise(url),
             # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself, and the
@@ -239,8 +307,23 @@ class PostgresBackend(SqlBackend):
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_reset_on_return=None,  # see SqlBackend._release
-            connect_args={"connect_timeout": connect_timeout, "application_name": "revstore"},
+            connect_args={
+                "connect_timeout": connect_timeout,
+                "application_name": "revstore",
+                # psycopg's own option (not libpq's): see ``prepare_threshold``.
+                "prepare_threshold": PREPARE_AFTER if threshold == AUTO else threshold,
+            },
         )
+        if threshold == AUTO:
+
+            @event.listens_for(engine, "connect")
+            def _no_prepare_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
+                # Decided per connection, before it runs any statement of ours: a
+                # transaction pooler would lend each transaction a different server
+                # connection, where psycopg's prepared statements do not exist.
+                if _behind_pooler(dbapi_conn):
+                    dbapi_conn.prepare_threshold = None
+
         install_liveness_probe(engine, lambda conn: int(conn.fileno()))
         super().__init__(engine, strategy)
         # Concurrent counter puts on different records share one statement and commit.

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import select as io_select
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -139,6 +141,9 @@ class SqlBackend:
     begin_schema: ClassVar[str] = "BEGIN"
     """Opens the transaction that schema creation and migration run in."""
 
+    reconnect_seconds: float = 10.0
+    """How long ``_connect`` keeps trying a server that cannot be reached."""
+
     def __init__(self, engine: Engine, strategy: str | None = None) -> None:
         self.engine = engine
         self.strategy = strategy or self.default_strategy
@@ -160,11 +165,39 @@ class SqlBackend:
             return self.translate(exc)
         return Unavailable(f"database error: {exc}")
 
-    def _connect(self) -> Connection:
-        try:
-            return self.engine.connect()
-        except SQLAlchemyError as exc:
-            raise self._translate_any(exc) from exc
+    def _connect(self, wait: bool = True) -> Connection:
+        """A pooled connection. While the server cannot be reached (connection refused,
+        starting up, shutting down: a restart or a failover), connecting is retried
+        here with backoff for up to ``reconnect_seconds`` (unless ``wait`` is false),
+        then it is Unavailable.
+
+        Why here and not in the Store's retry policy: nothing has been sent yet, so
+        waiting is always safe, and a restart lasts seconds, while the policy's
+        attempts, milliseconds apart for lock races, would all be spent in well
+        under one. Dead pooled connections never get this far: the liveness probe
+        (``install_liveness_probe``) replaces them at checkout.
+        """
+        deadline: float | None = None
+        delay = 0.02
+        while True:
+            try:
+                return self.engine.connect()
+            except SQLAlchemyError as exc:
+                err = self._translate_any(exc)
+                if not (wait and isinstance(err, Retryable) and err.code == "disconnect"):
+                    raise err from exc
+                now_ = time.monotonic()
+                if deadline is None:
+                    deadline = now_ + self.reconnect_seconds
+                if now_ >= deadline:
+                    raise Unavailable(
+                        f"the database could not be reached for {self.reconnect_seconds:g}s: "
+                        f"{exc.orig if isinstance(exc, DBAPIError) else exc}"
+                    ) from exc
+                # Jitter: writers that lost the server together must not all come back
+                # at the same instant when it accepts connections again.
+                time.sleep(min(delay * random.uniform(0.5, 1.5), deadline - now_))
+                delay = min(delay * 2, 0.5)
 
     @staticmethod
     def _release(conn: Connection) -> None:
@@ -298,7 +331,14 @@ class SqlBackend:
         """Hook run before the schema lock is taken (SQLite switches the file to WAL)."""
 
     def ping(self) -> None:
-        self.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+        # A readiness probe answers at once: it never waits for a server that is down.
+        conn = self._connect(wait=False)
+        try:
+            conn.exec_driver_sql("SELECT 1").scalar()
+        except SQLAlchemyError as exc:
+            raise self._translate_any(exc) from exc
+        finally:
+            self._release(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -156,6 +156,15 @@ class CheckReport:
             "absent": len(self.resolutions) - present,
         }
 
+    def resolved_by_error(self) -> dict[str, dict[str, int]]:
+        """Per error (AmbiguousCommit, Unavailable, WorkerKilled, …): how many of the
+        indeterminate writes that got it turned out present, and absent."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.resolutions:
+            counts = out.setdefault(r.error or "pending", {"present": 0, "absent": 0})
+            counts["present" if r.present else "absent"] += 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -172,6 +181,7 @@ class CheckReport:
             "anomaly_counts": self.counts,
             "anomalies": [a.to_dict() for a in self.anomalies],
             "indeterminate": self.indeterminate(),
+            "resolved_by_error": self.resolved_by_error(),
             "resolutions": [
                 {"op": r.op, "kind": r.kind, "key": r.key, "error": r.error, "present": r.present}
                 for r in self.resolutions

@@ -85,9 +85,20 @@ def lab(
         str | None,
         typer.Option(help="Run several strategies one after the other, e.g. naive,counter."),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="postgresql or mariadb: start a throwaway server of the lab's own (a "
+            "temporary folder, a free port; removed afterwards) and drive it instead of --db.",
+        ),
+    ] = None,
     chaos: Annotated[
         str | None,
-        typer.Option(help="kill-connections (PostgreSQL, MariaDB) or kill-workers (--processes)."),
+        typer.Option(
+            help="kill-connections (PostgreSQL, MariaDB), kill-workers (--processes), or "
+            "restart-db (--server postgresql|mariadb; SQLite: --processes)."
+        ),
     ] = None,
     chaos_interval: Annotated[
         float, typer.Option(help="Seconds between faults (jittered ±50%).", min=0.05)
@@ -139,13 +150,14 @@ def lab(
         strategies = [s.strip() for s in compare.split(",") if s.strip()]
         if len(strategies) < 2:
             raise usage("--compare takes two or more strategies, e.g. naive,counter")
-    if db is None and url is None:
+    if db is None and url is None and server is None:
         from revstore.cli import db_url
 
         db = db_url(None)  # the same default database as every other command
     base = LabConfig(
         db=db,
         url=url,
+        server=server,
         processes=processes,
         writers=writers,
         duration=duration if duration is not None else (None if ops else 5.0),
@@ -339,9 +351,14 @@ def _print_result(result: LabResult, console: Console) -> None:
         f"undocumented errors {s.unexpected:,}",
         highlight=False,
     )
+    by_error = "".join(
+        f"; {error} {c['present'] + c['absent']:,}: {c['present']:,} present, "
+        f"{c['absent']:,} absent"
+        for error, c in sorted(result.report.resolved_by_error().items())
+    )
     console.print(
         f"indeterminate writes: {ind['total']:,} (resolved from the final state: "
-        f"{ind['present']:,} present, {ind['absent']:,} absent)"
+        f"{ind['present']:,} present, {ind['absent']:,} absent{by_error})"
         + (
             f" · chaos: {sum(e.count for e in result.chaos if e.action != 'error'):,} hit(s) in "
             f"{len(result.chaos)} round(s)"
@@ -350,6 +367,17 @@ def _print_result(result: LabResult, console: Console) -> None:
         ),
         highlight=False,
     )
+    restarts = [e for e in result.chaos if e.action == "restart-db"]
+    if restarts:
+        console.print(
+            f"restarts: {len(restarts)} · "
+            + " · ".join(
+                f"at {e.t:.1f}s {e.detail}"
+                + (f" (back at {e.until:.1f}s)" if e.until is not None else "")
+                for e in restarts
+            ),
+            highlight=False,
+        )
     checks = Table(title="checks", title_justify="left")
     checks.add_column("check")
     checks.add_column("result")

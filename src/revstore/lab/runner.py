@@ -24,13 +24,17 @@ from revstore.lab.chaos import (
     Chaos,
     ChaosEvent,
     ConnectionKiller,
+    ServerRestarter,
     WorkerKiller,
+    WorkerRestarter,
     chaos_backend,
 )
 from revstore.lab.checker import CheckReport, FinalState, RecordState, StreamState, check
 from revstore.lab.client import Client
 from revstore.lab.history import Counters, History, Op, ops_to_json
 from revstore.lab.naive import STRATEGIES as NAIVE_STRATEGIES
+from revstore.lab.servers import KINDS as SERVER_KINDS
+from revstore.lab.servers import ServerError, ThrowawayServer, throwaway_server
 from revstore.lab.stats import Series, Summary, series, summarize
 from revstore.lab.targets import (
     HttpTarget,
@@ -55,6 +59,10 @@ class ConfigError(ValueError):
 class LabConfig:
     db: str | None = None
     url: str | None = None
+    server: str | None = None
+    """postgresql / mariadb: run against a throwaway server of the lab's own (a
+    temporary folder, a free port), removed after the run; ``--chaos restart-db``
+    restarts it."""
     strategy: str | None = None
     processes: int = 0
     """0: threads in this process; N: N worker processes with ``writers`` threads each."""
@@ -73,7 +81,12 @@ class LabConfig:
     timeout: float = 10.0
 
     def validate(self) -> None:
-        if not self.db and not self.url:
+        if self.server is not None:
+            if self.server not in SERVER_KINDS:
+                raise ConfigError(f"--server must be one of {', '.join(SERVER_KINDS)}")
+            if self.db or self.url:
+                raise ConfigError("--server starts the database to drive: give no --db or --url")
+        elif not self.db and not self.url:
             raise ConfigError("give a target: --db URL (the library) or --url URL (the service)")
         if self.url:
             if not self.url.startswith(("http://", "https://")):
@@ -105,13 +118,29 @@ class LabConfig:
         if self.chaos is not None:
             if self.chaos not in CHAOS:
                 raise ConfigError(f"--chaos must be one of {', '.join(CHAOS)}")
-            if self.chaos == "kill-connections" and chaos_backend(self.db) is None:
+            if (
+                self.chaos == "kill-connections"
+                and self.server is None
+                and chaos_backend(self.db) is None
+            ):
                 raise ConfigError(
                     "--chaos kill-connections needs --db with a PostgreSQL or MariaDB/MySQL URL "
                     "(with --url, --db names the service's database)"
                 )
             if self.chaos == "kill-workers" and not self.processes:
                 raise ConfigError("--chaos kill-workers needs --processes N")
+            if self.chaos == "restart-db" and self.server is None:
+                if self.url or chaos_backend(self.db) is not None:
+                    raise ConfigError(
+                        "--chaos restart-db restarts a server the lab owns: use --server "
+                        "postgresql or --server mariadb (a throwaway server) instead of "
+                        "--db/--url"
+                    )
+                if not self.processes:
+                    raise ConfigError(
+                        "--chaos restart-db on SQLite restarts the processes that hold the "
+                        "database: give --processes N"
+                    )
             if self.chaos_interval <= 0:
                 raise ConfigError("--chaos-interval must be positive")
 
@@ -245,8 +274,38 @@ class Lab:
         self.run_id = uuid.uuid4().hex[:8]
         self.history = History()
         self.interrupted = False
+        self.server: ThrowawayServer | None = None
+        self.db = config.db
+        if config.server is not None:
+            try:
+                self.server = throwaway_server(config.server)
+                self.server.start()
+            except (ServerError, OSError, KeyError) as exc:
+                if self.server is not None:
+                    self.server.cleanup()
+                raise ConfigError(
+                    f"cannot start a throwaway {config.server} server: {exc}"
+                ) from exc
+            self.db = self.server.url
+        try:
+            self._open_target()
+        except BaseException:
+            self._close_server()
+            raise
+        if self.server is not None:
+            self.target.description += (
+                f" (throwaway {self.server.kind} server on 127.0.0.1:{self.server.port})"
+            )
+        self.chaos: Chaos | None = None
+        self.t0 = 0.0
+        self.t_end: float | None = None
+        self.started_at = ""
+        self.deadline: float | None = None
+
+    def _open_target(self) -> None:
+        config = self.config
         spec = TargetSpec(
-            db=config.db,
+            db=self.db,
             url=config.url,
             strategy=config.strategy,
             namespace=config.namespace,
@@ -272,11 +331,10 @@ class Lab:
         except ValueError as exc:
             self.target.close()
             raise ConfigError(str(exc)) from exc
-        self.chaos: Chaos | None = None
-        self.t0 = 0.0
-        self.t_end: float | None = None
-        self.started_at = ""
-        self.deadline: float | None = None
+
+    def _close_server(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
 
     @property
     def writers_total(self) -> int:
@@ -294,11 +352,16 @@ class Lab:
         self.target.go(self.t0, self.deadline)
         rng = random.Random(f"{self.seed}:chaos")
         if cfg.chaos == "kill-connections":
-            assert cfg.db is not None
-            self.chaos = ConnectionKiller(cfg.db, cfg.chaos_interval, rng, self.t0)
+            assert self.db is not None
+            self.chaos = ConnectionKiller(self.db, cfg.chaos_interval, rng, self.t0)
         elif cfg.chaos == "kill-workers":
             assert isinstance(self.target, ProcessTarget)
             self.chaos = WorkerKiller(self.target, cfg.chaos_interval, rng, self.t0)
+        elif cfg.chaos == "restart-db" and self.server is not None:
+            self.chaos = ServerRestarter(self.server, cfg.chaos_interval, rng, self.t0)
+        elif cfg.chaos == "restart-db":
+            assert isinstance(self.target, ProcessTarget)  # SQLite: validated
+            self.chaos = WorkerRestarter(self.target, cfg.chaos_interval, rng, self.t0)
         if self.chaos is not None:
             self.chaos.start()
 
@@ -346,6 +409,7 @@ class Lab:
             summary = summarize(ops, elapsed, self.target.retries())
         finally:
             self.target.close()
+            self._close_server()
         return LabResult(
             config=self.config,
             run_id=self.run_id,

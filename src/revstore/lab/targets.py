@@ -630,29 +630,62 @@ class ProcessTarget(Target):
     def kill_random_worker(self, rng: random.Random) -> str | None:
         """kill -9 one live worker and start a replacement with what is left of its
         budget. Its ops in flight stay pending: indeterminate."""
-        assert self._history is not None
         with self._lock:
-            # Only workers that are running ops: killing one still starting proves nothing.
-            live = [
-                w
-                for w in self._workers
-                if w.process.is_alive() and not w.killed and w.name in self._history.ready
-            ]
+            live = self._running_workers()
             if not live or self._stop.is_set():
                 return None
             victim = rng.choice(live)
-            pid = victim.process.pid
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            victim.process.join(5)
-            victim.killed = True
-            victim.tail.poll()
-            left = None
-            if victim.ops is not None:
-                done = self._history.completed_by(self._clients_of(victim.name))
-                left = max(0, victim.ops - done)
-            self._spawn(left)
+            self._kill(victim)
+            self._spawn(self._left(victim))
             return victim.name
+
+    def restart_workers(self, timeout: float = 120.0) -> list[str]:
+        """kill -9 every running worker at once, then start as many new ones, each with
+        what is left of the budget of the one it replaces, and wait (up to ``timeout``)
+        until they run: SQLite's "restart the database" (it lives inside the writers).
+        Returns the names of the killed."""
+        with self._lock:
+            live = self._running_workers()
+            if not live or self._stop.is_set():
+                return []
+            # All killed before any is replaced: no writer of the old generation
+            # overlaps the new one, as when a server goes down and comes back.
+            for victim in live:
+                self._kill(victim)
+            started = [self._spawn(self._left(victim)) for victim in live]
+        assert self._history is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            self.poll()
+            if all(w.name in self._history.ready or not w.process.is_alive() for w in started):
+                break
+            time.sleep(0.05)
+        return [w.name for w in live]
+
+    def _running_workers(self) -> list[_Worker]:
+        """Workers that are running ops: killing one still starting proves nothing."""
+        assert self._history is not None
+        return [
+            w
+            for w in self._workers
+            if w.process.is_alive() and not w.killed and w.name in self._history.ready
+        ]
+
+    def _kill(self, victim: _Worker) -> None:
+        pid = victim.process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        victim.process.join(5)
+        victim.killed = True
+        victim.tail.poll()
+
+    def _left(self, victim: _Worker) -> int | None:
+        """What is left of a killed worker's op budget (None: no budget)."""
+        assert self._history is not None
+        if victim.ops is None:
+            return None
+        done = self._history.completed_by(self._clients_of(victim.name))
+        return max(0, victim.ops - done)
 
     def _clients_of(self, name: str) -> set[str]:
         assert self._plan is not None
