@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, event, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
 from revstore.content import Canonical
@@ -75,6 +76,37 @@ def utc(value: datetime | str) -> datetime:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def page_cut(sizes: Sequence[int], limit: int, max_bytes: int) -> tuple[int, bool]:
+    """How many of ``sizes`` (the rows after the cursor, in order, up to limit + 1)
+    one page takes, and whether more rows follow it.
+
+    A page holds at most ``limit`` rows and ``max_bytes`` of content, but always at
+    least one row, so a row larger than the budget still comes (alone) and a reader
+    following ``next_after`` always moves on."""
+    total = 0
+    for count, size in enumerate(sizes[:limit]):
+        if count and total + size > max_bytes:
+            return count, True
+        total += size
+    return min(len(sizes), limit), len(sizes) > limit
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix``, in code
+    point order (the order of every backend's id collation), or None if there is none.
+
+    ``prefix <= id < upper`` selects exactly the ids starting with ``prefix`` as an
+    index range, where ``LIKE 'prefix%'`` is a scan on SQLite (whose LIKE also folds
+    ASCII case, unlike the other backends)."""
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:
+        return None
+    code = ord(stem[-1]) + 1
+    if 0xD800 <= code <= 0xDFFF:
+        code = 0xE000  # surrogates are not characters: skip to the next one
+    return stem[:-1] + chr(code)
 
 
 def install_liveness_probe(engine: Engine, fileno: Callable[[Any], int]) -> None:
@@ -249,6 +281,11 @@ class SqlBackend:
     def ping(self) -> None:
         self.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
 
+    def content_bytes(self, column: Any) -> ColumnElement[int]:
+        """Size in bytes (UTF-8) of a stored JSON text column, computed in the
+        database so that a page can be cut before its rows are fetched."""
+        return func.octet_length(column)
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -292,31 +329,41 @@ class SqlBackend:
             raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
         return self._record(row)
 
-    def history(self, namespace: str, record_id: str, after: int, limit: int) -> HistoryPage:
-        def read(conn: Connection) -> tuple[list[Row[Any]], bool]:
-            rows = list(
+    def history(
+        self, namespace: str, record_id: str, after: int, limit: int, max_bytes: int
+    ) -> HistoryPage:
+        where = (V.c.namespace == namespace, V.c.record_id == record_id, V.c.version > after)
+
+        def read(conn: Connection) -> tuple[list[Row[Any]], bool, bool]:
+            # Sizes first, contents second: a page over the byte budget is cut before
+            # its contents leave the database. Versions never change, so the second
+            # read returns exactly the rows the first one measured.
+            sizes = list(
                 conn.execute(
-                    select(V)
-                    .where(
-                        V.c.namespace == namespace, V.c.record_id == record_id, V.c.version > after
-                    )
+                    select(V.c.version, self.content_bytes(V.c.content))
+                    .where(*where)
                     .order_by(V.c.version)
                     .limit(limit + 1)
                 )
             )
-            exists = (
-                bool(rows)
-                or conn.execute(select(R.c.revision).where(self._pk(namespace, record_id))).first()
-                is not None
+            if not sizes:
+                exists = (
+                    conn.execute(select(R.c.revision).where(self._pk(namespace, record_id))).first()
+                    is not None
+                )
+                return [], False, exists
+            count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
+            last = int(sizes[count - 1][0])
+            rows = list(
+                conn.execute(select(V).where(*where, V.c.version <= last).order_by(V.c.version))
             )
-            return rows, exists
+            return rows, more, True
 
-        rows, exists = self.run(read)
+        rows, more, exists = self.run(read)
         if not exists:
             raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
-        more = len(rows) > limit
-        versions = [self._version(r) for r in rows[:limit]]
-        return HistoryPage(versions, versions[-1].version if more else None)
+        versions = [self._version(r) for r in rows]
+        return HistoryPage(versions, versions[-1].version if more and versions else None)
 
     def get_version(self, namespace: str, record_id: str, number: int) -> Version:
         def read(conn: Connection) -> tuple[Row[Any] | None, Row[Any] | None]:
@@ -336,18 +383,48 @@ class SqlBackend:
         return self._version(row)
 
     def list_records(
-        self, namespace: str, prefix: str | None, after: str | None, limit: int
+        self, namespace: str, prefix: str | None, after: str | None, limit: int, max_bytes: int
     ) -> RecordPage:
-        query = select(R).where(R.c.namespace == namespace, R.c.deleted.is_(False))
+        where = [R.c.namespace == namespace, R.c.deleted.is_(False)]
         if prefix:
-            query = query.where(R.c.id.startswith(prefix, autoescape=True))
+            upper = prefix_upper_bound(prefix)
+            if upper is None:
+                where.append(R.c.id.startswith(prefix, autoescape=True))
+            else:
+                where.append(R.c.id < upper)
+            where.append(R.c.id >= prefix)
         if after is not None:
-            query = query.where(R.c.id > after)
-        query = query.order_by(R.c.id).limit(limit + 1)
-        rows = self.run(lambda c: list(c.execute(query)))
-        more = len(rows) > limit
-        records = [self._record(r) for r in rows[:limit]]
-        return RecordPage(records, records[-1].id if more else None)
+            where.append(R.c.id > after)
+
+        def read(conn: Connection) -> tuple[list[Row[Any]], bool, str | None]:
+            # Sizes first, contents second (see history). Records change between the
+            # two reads: the second one takes at most as many rows as were measured,
+            # from the same range, and the cursor is the last row it returned.
+            sizes = list(
+                conn.execute(
+                    select(R.c.id, self.content_bytes(R.c.content))
+                    .where(*where)
+                    .order_by(R.c.id)
+                    .limit(limit + 1)
+                )
+            )
+            if not sizes:
+                return [], False, None
+            count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
+            last: str = sizes[count - 1][0]
+            rows = list(
+                conn.execute(select(R).where(*where, R.c.id <= last).order_by(R.c.id).limit(count))
+            )
+            if len(rows) == count and rows[-1]._mapping["id"] != last:
+                more = True  # a record created meanwhile took a place in this page
+            return rows, more, last
+
+        rows, more, last = self.run(read)
+        records = [self._record(r) for r in rows]
+        if not more:
+            return RecordPage(records, None)
+        # Every measured row may have been deleted meanwhile: carry on after them.
+        return RecordPage(records, records[-1].id if records else last)
 
     # ---------------------------------------------------------------- records: writes
 
@@ -543,33 +620,43 @@ class SqlBackend:
             created_at=utc(m["created_at"]),
         )
 
-    def read_stream(self, namespace: str, stream_id: str, after: int, limit: int) -> ReadPage:
-        def read(conn: Connection) -> tuple[list[Row[Any]], bool]:
-            rows = list(
+    def read_stream(
+        self, namespace: str, stream_id: str, after: int, limit: int, max_bytes: int
+    ) -> ReadPage:
+        where = (I.c.namespace == namespace, I.c.stream_id == stream_id, I.c.sequence > after)
+
+        def read(conn: Connection) -> tuple[list[Row[Any]], bool, bool]:
+            # Sizes first, bodies second (see history); stored items never change.
+            sizes = list(
                 conn.execute(
-                    select(I)
-                    .where(
-                        I.c.namespace == namespace, I.c.stream_id == stream_id, I.c.sequence > after
-                    )
+                    select(I.c.sequence, self.content_bytes(I.c.body))
+                    .where(*where)
                     .order_by(I.c.sequence)
                     .limit(limit + 1)
                 )
             )
-            exists = (
-                bool(rows)
-                or conn.execute(
-                    select(S.c.last_sequence).where(S.c.namespace == namespace, S.c.id == stream_id)
-                ).first()
-                is not None
+            if not sizes:
+                exists = (
+                    conn.execute(
+                        select(S.c.last_sequence).where(
+                            S.c.namespace == namespace, S.c.id == stream_id
+                        )
+                    ).first()
+                    is not None
+                )
+                return [], False, exists
+            count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
+            last = int(sizes[count - 1][0])
+            rows = list(
+                conn.execute(select(I).where(*where, I.c.sequence <= last).order_by(I.c.sequence))
             )
-            return rows, exists
+            return rows, more, True
 
-        rows, exists = self.run(read)
+        rows, more, exists = self.run(read)
         if not exists:
             raise NotFound(f"stream {stream_id!r} does not exist in namespace {namespace!r}")
-        more = len(rows) > limit
-        items = [self._item(r) for r in rows[:limit]]
-        return ReadPage(items, items[-1].sequence if more else None)
+        items = [self._item(r) for r in rows]
+        return ReadPage(items, items[-1].sequence if more and items else None)
 
     def stream_info(self, namespace: str, stream_id: str) -> StreamInfo:
         row = self.run(
