@@ -1,16 +1,19 @@
-"""Pages bounded by bytes as well as by count (``Store(max_page_bytes=...)``), on every
-backend: ``history``, ``read`` and ``list`` end a page before its content passes the
-budget (always with at least one item), and ``next_after`` continues to the end with
-every item exactly once."""
+"""Bounded work per call, on every backend.
+
+Pages are bounded by bytes as well as by count (``Store(max_page_bytes=...)``):
+``history``, ``read`` and ``list`` end a page before its content passes the budget
+(always with at least one item), and ``next_after`` continues to the end with every
+item exactly once. A re-sent append does not load the stored bodies it names."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from revstore import InvalidInput, Store
+from revstore import DuplicateItem, InvalidInput, Store
 from revstore.backends.sql import page_cut, prefix_upper_bound
 from revstore.content import canonical_json
 from revstore.store import DEFAULT_MAX_PAGE_BYTES
@@ -192,3 +195,22 @@ def test_prefix_upper_bound() -> None:
     assert prefix_upper_bound("a\U0010ffff") == "b"
     assert prefix_upper_bound("\U0010ffff") is None
     assert prefix_upper_bound("a\ud7ff") == "a\ue000"
+
+
+def test_resend_check_does_not_load_stored_bodies(store: Store, ns: str) -> None:
+    # 20 stored items of 100 KB; a batch naming their ids with other (tiny) bodies is
+    # refused without the 2 MB of stored bodies being read into memory.
+    ids = [f"m-{k}" for k in range(20)]
+    store.append("s", [doc(100_000, k) for k in range(20)], item_ids=ids, namespace=ns)
+    store.read("s", limit=1, namespace=ns)  # warm the connection and statement caches
+    tracemalloc.start()
+    try:
+        with pytest.raises(DuplicateItem):
+            store.append("s", [{"k": k} for k in range(20)], item_ids=ids, namespace=ns)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+    again = store.append("s", [doc(100_000, k) for k in range(20)], item_ids=ids, namespace=ns)
+    assert again.duplicate
+    assert [i.body for i in again.items] == [doc(100_000, k) for k in range(20)]
