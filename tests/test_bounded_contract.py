@@ -10,10 +10,12 @@ from __future__ import annotations
 import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from revstore import DuplicateItem, InvalidInput, Store
+from revstore.backends import sql as sql_backend
 from revstore.backends.sql import page_cut, prefix_upper_bound
 from revstore.content import canonical_json
 from revstore.store import DEFAULT_MAX_PAGE_BYTES
@@ -214,3 +216,27 @@ def test_resend_check_does_not_load_stored_bodies(store: Store, ns: str) -> None
     again = store.append("s", [doc(100_000, k) for k in range(20)], item_ids=ids, namespace=ns)
     assert again.duplicate
     assert [i.body for i in again.items] == [doc(100_000, k) for k in range(20)]
+
+
+def test_list_looks_at_a_bounded_window_of_ids(store: Store, ns: str) -> None:
+    # ids 00..29; every one but 00, 01, 17 and 29 deleted. With a window of 5 ids a
+    # page of 2 ends after 5 ids even without a live one (empty, with next_after).
+    live = {0, 1, 17, 29}
+    for k in range(30):
+        store.put(f"r{k:02}", {"k": k}, namespace=ns)
+        if k not in live:
+            store.delete(f"r{k:02}", namespace=ns)
+    with mock.patch.object(sql_backend, "LIST_SCAN_ROWS", 5):
+        pages = walk(lambda after: store.list("r", after, 2, namespace=ns), None)
+        assert [[r.content["k"] for r in p.records] for p in pages] == [
+            [0, 1], [], [], [17], [], [29], []
+        ]  # fmt: skip
+        assert [p.next_after for p in pages] == ["r04", "r09", "r14", "r19", "r24", "r29", None]
+        # The window is never smaller than the page asked for.
+        page = store.list("r", None, 10, namespace=ns)
+        assert ([r.id for r in page.records], page.next_after) == (["r00", "r01"], "r10")
+    everything = store.list("r", None, 50, namespace=ns)
+    assert ([r.id for r in everything.records], everything.next_after) == (
+        ["r00", "r01", "r17", "r29"],
+        None,
+    )

@@ -19,7 +19,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
@@ -76,6 +86,11 @@ def utc(value: datetime | str) -> datetime:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+LIST_SCAN_ROWS = 2000
+"""A ``list`` page looks at most this many ids (or limit + 1), live or deleted: past
+them it ends early, even empty, with ``next_after`` set."""
 
 
 def page_cut(sizes: Sequence[int], limit: int, max_bytes: int) -> tuple[int, bool]:
@@ -385,18 +400,30 @@ class SqlBackend:
     def list_records(
         self, namespace: str, prefix: str | None, after: str | None, limit: int, max_bytes: int
     ) -> RecordPage:
-        where = [R.c.namespace == namespace, R.c.deleted.is_(False)]
+        span = [R.c.namespace == namespace]
         if prefix:
             upper = prefix_upper_bound(prefix)
             if upper is None:
-                where.append(R.c.id.startswith(prefix, autoescape=True))
+                span.append(R.c.id.startswith(prefix, autoescape=True))
             else:
-                where.append(R.c.id < upper)
-            where.append(R.c.id >= prefix)
+                span.append(R.c.id < upper)
+            span.append(R.c.id >= prefix)
         if after is not None:
-            where.append(R.c.id > after)
+            span.append(R.c.id > after)
+        # Deleted records keep their rows: a page looks at no more than LIST_SCAN_ROWS
+        # ids, live or deleted, so a namespace full of tombstones cannot make one call
+        # scan all of them. ``edge``, the last id of that window (None when the range
+        # holds fewer ids), comes from the primary key index alone, and is sent as a
+        # plain value so that every planner uses it as the end of the index range.
+        window = max(LIST_SCAN_ROWS, limit + 1)
+        find_edge = select(R.c.id).where(*span).order_by(R.c.id).offset(window - 1).limit(1)
 
-        def read(conn: Connection) -> tuple[list[Row[Any]], bool, str | None]:
+        def read(conn: Connection) -> tuple[list[Row[Any]], str | None]:
+            """The page's rows and its next_after."""
+            edge: str | None = conn.execute(find_edge).scalar()
+            where = [*span, R.c.deleted.is_(False)]
+            if edge is not None:
+                where.append(R.c.id <= edge)
             # Sizes first, contents second (see history). Records change between the
             # two reads: the second one takes at most as many rows as were measured,
             # from the same range, and the cursor is the last row it returned.
@@ -409,7 +436,9 @@ class SqlBackend:
                 )
             )
             if not sizes:
-                return [], False, None
+                # Nothing live in the window: the next page starts after it, if the
+                # range goes on.
+                return [], edge
             count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
             last: str = sizes[count - 1][0]
             rows = list(
@@ -417,14 +446,15 @@ class SqlBackend:
             )
             if len(rows) == count and rows[-1]._mapping["id"] != last:
                 more = True  # a record created meanwhile took a place in this page
-            return rows, more, last
+            if more:
+                # Every measured row may have been deleted meanwhile: carry on after them.
+                return rows, rows[-1]._mapping["id"] if rows else last
+            # The page did not fill: the range ends here, or the window did.
+            return rows, edge
 
-        rows, more, last = self.run(read)
+        rows, cursor = self.run(read)
         records = [self._record(r) for r in rows]
-        if not more:
-            return RecordPage(records, None)
-        # Every measured row may have been deleted meanwhile: carry on after them.
-        return RecordPage(records, records[-1].id if records else last)
+        return RecordPage(records, cursor)
 
     # ---------------------------------------------------------------- records: writes
 
