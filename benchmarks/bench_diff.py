@@ -7,6 +7,8 @@ Shapes (arrays of N integers unless said otherwise):
 - ``ten-inserted``: ten elements inserted at spread-out places;
 - ``all-changed``: every element replaced by a different value;
 - ``every-other-removed``: half the elements removed, one in two;
+- ``reversed``, ``shuffled``: the same elements in reverse / random order (the worst
+  case for alignment: revstore's diff runs out of its budget and edits element-wise);
 - ``doc-1mib-edited``: a ~1 MiB document of text blocks, 1 % of blocks edited,
   10 inserted and 10 removed;
 - ``doc-1mib-ints-halved``: a ~1 MiB array of integers, every other one removed.
@@ -65,6 +67,18 @@ def all_changed(n: int) -> tuple[Doc, Doc]:
 def every_other_removed(n: int) -> tuple[Doc, Doc]:
     old = list(range(n))
     return old, old[::2]
+
+
+def reversed_(n: int) -> tuple[Doc, Doc]:
+    old = list(range(n))
+    return old, old[::-1]
+
+
+def shuffled(n: int) -> tuple[Doc, Doc]:
+    old = list(range(n))
+    new = list(old)
+    random.Random(n).shuffle(new)
+    return old, new
 
 
 def doc_1mib_edited(_: int) -> tuple[Doc, Doc]:
@@ -137,8 +151,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="the .md file to write")
     args = parser.parse_args()
 
-    shapes = [one_changed, ten_inserted, all_changed, every_other_removed]
-    cases: list[Case] = [(f.__name__.replace("_", "-"), n, f) for f in shapes for n in args.sizes]
+    shapes = [one_changed, ten_inserted, all_changed, every_other_removed, reversed_, shuffled]
+    cases: list[Case] = [
+        (f.__name__.strip("_").replace("_", "-"), n, f) for f in shapes for n in args.sizes
+    ]
     cases += [
         ("doc-1mib-edited", 0, doc_1mib_edited),
         ("doc-1mib-ints-halved", 0, doc_1mib_ints_halved),

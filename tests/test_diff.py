@@ -106,7 +106,6 @@ def test_patch_is_correct_when_alignment_falls_back(pair: tuple[Any, Any], depth
     # (depth 0) every changed array middle is edited element by element.
     with (
         mock.patch.object(diff_module, "MYERS_BUDGET", 0),
-        mock.patch.object(diff_module, "MYERS_MIN_D", 0),
         mock.patch.object(diff_module, "MAX_ANCHOR_DEPTH", depth),
     ):
         check(*pair)
@@ -195,10 +194,7 @@ def test_too_many_edits_for_the_budget_still_give_a_correct_patch() -> None:
     # Every other element differs: far more edits than the alignment budget allows.
     old = list(range(3_000))
     new = [x if x % 2 else -x for x in range(1, 3_001)]
-    with (
-        mock.patch.object(diff_module, "MYERS_BUDGET", 60_000),
-        mock.patch.object(diff_module, "MYERS_MIN_D", 8),
-    ):
+    with mock.patch.object(diff_module, "MYERS_BUDGET", 60_000):
         ops = check(old, new)
     assert len(ops) <= len(new) + len(old)
 

@@ -10,10 +10,12 @@ keeps the cost proportional to the size of the two documents:
   are in canonical JSON (Python's ``==`` would call them equal).
 - Objects are diffed key by key, recursing into keys present on both sides.
 - Arrays: the common prefix and suffix are trimmed (linear), then the middle is
-  aligned with Myers' O((N+M)·D) algorithm while the number of edits D stays within a
-  budget; past it, the middle is edited element by element (position i of the old
-  array becomes position i of the new one), which is always a correct patch, only a
-  less minimal one. A removed run followed by an inserted run of elements at the same
+  aligned with Myers' O((N+M)·D) algorithm within a work budget shared by the whole
+  diff; past it, on elements that occur once on each side (patience diff: a longest
+  increasing chain of them, O(n log n)), recursing into the gaps between them; and
+  where neither applies, the middle is edited element by element (position i of the
+  old array becomes position i of the new one), which is always a correct patch, only
+  a less minimal one. A removed run followed by an inserted run of elements at the same
   place is diffed element by element, so a one-element change in a long array is one
   operation (or a few deeper ones), never a replace of the whole array.
 
@@ -30,12 +32,12 @@ from typing import Any
 JSON = Any
 
 MYERS_BUDGET = 2_000_000
-"""Upper bound on (N+M)·D, the work of one Myers alignment, before falling back to
-element-wise editing of the array's middle."""
+"""Steps (diagonals visited plus equal elements followed) that all Myers alignments of
+one diff may take together, about a second of CPU at most. An alignment that runs out
+leaves its array to anchoring on unique elements, then to element-wise editing."""
 
-MYERS_MIN_D = 64
-"""Edits always searched for, however long the arrays (a few inserts in a huge array)
-and whatever budget is left: this costs at most 64 steps per element."""
+MYERS_MAX_D = 1000
+"""Most edits one alignment looks for: its trace takes O(D²) memory."""
 
 MAX_ANCHOR_DEPTH = 8
 """How deep anchoring on unique elements recurses into the gaps between anchors."""
@@ -200,16 +202,16 @@ class _Differ:
         diff), recursing into the gaps between anchors. False: neither applies."""
         sub_a = ka[lo_a:hi_a]
         sub_b = kb[lo_b:hi_b]
-        total = len(sub_a) + len(sub_b)
-        max_d = min(total, max(MYERS_MIN_D, self.budget // total))
+        # Half of what is left: the gaps between anchors may need the rest.
+        allowance = self.budget // 2
         count_a = Counter(sub_a)
         count_b = Counter(sub_b)
-        # Every element of one side missing from the other costs one edit at least:
-        # when that alone passes max_d, Myers cannot succeed, so it is not tried.
+        # Every element of one side missing from the other costs one edit at least,
+        # and reaching D edits costs about D²/2 steps: skip Myers when it cannot end.
         lower_bound = (count_a - count_b).total() + (count_b - count_a).total()
-        if lower_bound <= max_d:
-            script, rounds = _myers(sub_a, sub_b, max_d)
-            self.budget = max(0, self.budget - total * rounds)
+        if lower_bound <= MYERS_MAX_D and lower_bound * lower_bound // 2 <= allowance:
+            script, steps = _myers(sub_a, sub_b, MYERS_MAX_D, allowance)
+            self.budget -= steps
             if script is not None:
                 out.extend((op, i + (lo_a if op != "+" else lo_b)) for op, i in script)
                 return True
@@ -276,13 +278,15 @@ def _feed_str(h: Any, text: str) -> None:
 
 
 def _myers(
-    a: list[object], b: list[object], max_d: int
+    a: list[object], b: list[object], max_d: int, max_steps: int
 ) -> tuple[list[tuple[str, int]] | None, int]:
     """The shortest edit script from ``a`` to ``b`` (Myers 1986), or ``None`` when it
-    needs more than ``max_d`` edits; and the rounds spent. Entries: ``("=", i)``,
-    ``("-", i)`` (remove ``a[i]``), ``("+", j)`` (insert ``b[j]``), in order."""
+    needs more than ``max_d`` edits or ``max_steps`` steps; and the steps taken.
+    Entries: ``("=", i)``, ``("-", i)`` (remove ``a[i]``), ``("+", j)`` (insert
+    ``b[j]``), in order."""
     n, m = len(a), len(b)
     max_d = min(max_d, n + m)
+    steps = 0
     offset = max_d + 1
     v = [0] * (2 * max_d + 3)
     trace: list[list[int]] = []
@@ -296,17 +300,21 @@ def _myers(
             else:
                 x = v[offset + k - 1] + 1
             y = x - k
+            start = x
             while x < n and y < m and a[x] == b[y]:
                 x += 1
                 y += 1
             v[offset + k] = x
+            steps += 1 + x - start
             if x >= n and y >= m:
                 found = d
                 break
+            if steps > max_steps:
+                return None, steps
         if found >= 0:
             break
     if found < 0:
-        return None, max_d + 1
+        return None, steps
     # Walk back through the saved rounds to recover the path.
     script: list[tuple[str, int]] = []
     x, y = n, m
@@ -334,7 +342,7 @@ def _myers(
         y -= 1
         script.append(("=", x))
     script.reverse()
-    return script, found + 1
+    return script, steps
 
 
 def _longest_increasing(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
