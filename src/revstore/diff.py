@@ -36,8 +36,15 @@ MYERS_BUDGET = 2_000_000
 one diff may take together, about a second of CPU at most. An alignment that runs out
 leaves its array to anchoring on unique elements, then to element-wise editing."""
 
+MYERS_STEPS_PER_ELEMENT = 64
+"""One alignment takes at most this many steps per element of the two middles (and at
+most half the budget left), so a hopeless alignment of a short array gives up early."""
+
 MYERS_MAX_D = 1000
 """Most edits one alignment looks for: its trace takes O(D²) memory."""
+
+ANCHOR_SHARE = 16
+"""Anchors are used when they are at least 1/16 of the shorter middle."""
 
 MAX_ANCHOR_DEPTH = 8
 """How deep anchoring on unique elements recurses into the gaps between anchors."""
@@ -202,8 +209,8 @@ class _Differ:
         diff), recursing into the gaps between anchors. False: neither applies."""
         sub_a = ka[lo_a:hi_a]
         sub_b = kb[lo_b:hi_b]
-        # Half of what is left: the gaps between anchors may need the rest.
-        allowance = self.budget // 2
+        # At most half of what is left: the gaps between anchors may need the rest.
+        allowance = min(self.budget // 2, MYERS_STEPS_PER_ELEMENT * (len(sub_a) + len(sub_b)))
         count_a = Counter(sub_a)
         count_b = Counter(sub_b)
         # Every element of one side missing from the other costs one edit at least,
@@ -220,7 +227,10 @@ class _Differ:
         pos_b = {k: j for j, k in enumerate(sub_b) if count_b[k] == 1}
         pairs = [(i, pos_b[k]) for i, k in enumerate(sub_a) if count_a[k] == 1 and k in pos_b]
         anchors = _longest_increasing(pairs)
-        if not anchors:
+        if len(anchors) < max(1, min(len(sub_a), len(sub_b)) // ANCHOR_SHARE):
+            # Too few to help (a reversed or shuffled array): around one anchor, the
+            # gaps would be removed and added whole, twice the operations of editing
+            # the elements in place.
             return False
         prev_a, prev_b = lo_a, lo_b
         for i, j in anchors:
