@@ -1,6 +1,8 @@
-"""Byte-bounded pages over HTTP, on every backend: versions, stream items and record
-lists end a page before ``max_page_bytes`` of content (at least one per page), and
-``next_after`` walks to the end with every item exactly once."""
+"""Bounded work per request over HTTP.
+
+Byte-bounded pages, on every backend: versions, stream items and record lists end a
+page before ``max_page_bytes`` of content (at least one per page), and ``next_after``
+walks to the end with every item exactly once. Metrics keep a bounded label set."""
 
 from __future__ import annotations
 
@@ -93,3 +95,14 @@ def test_settings_configure_the_page_budget(
             client.put("/v1/records/doc", json={"content": body(n, 600)})
         page = client.get("/v1/records/doc/versions").json()
         assert ([v["version"] for v in page["versions"]], page["next_after"]) == ([1], 1)
+
+
+def test_invented_methods_share_one_metrics_label(sqlite_client: TestClient) -> None:
+    for k in range(20):
+        assert sqlite_client.request(f"FOO{k}", "/v1/records/x").status_code == 405
+    text = sqlite_client.get("/metrics").text
+    assert "FOO" not in text
+    assert (
+        'revstore_http_requests_total{method="<other>",route="/v1/records/{id}",status="405"} 20.0'
+        in text
+    )
