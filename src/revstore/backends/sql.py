@@ -19,17 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Row,
-    and_,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, Row, and_, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
@@ -112,9 +102,9 @@ def prefix_upper_bound(prefix: str) -> str | None:
     """The least string greater than every string that starts with ``prefix``, in code
     point order (the order of every backend's id collation), or None if there is none.
 
-    ``prefix <= id < upper`` selects exactly the ids starting with ``prefix`` as an
-    index range, where ``LIKE 'prefix%'`` is a scan on SQLite (whose LIKE also folds
-    ASCII case, unlike the other backends)."""
+    ``prefix <= id < upper`` selects exactly the ids starting with ``prefix``, as an
+    index range on every backend, without relying on each planner turning
+    ``LIKE 'prefix%' ESCAPE …`` into one."""
     stem = prefix.rstrip("\U0010ffff")
     if not stem:
         return None
