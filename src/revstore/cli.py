@@ -260,6 +260,14 @@ def serve(
     max_body_bytes: Annotated[
         int, typer.Option(help="Refuse larger request bodies (413).", min=1)
     ] = 1024 * 1024,
+    max_page_bytes: Annotated[
+        int,
+        typer.Option(
+            help="End a page of versions, items or records before its content passes this "
+            "many bytes (at least one per page).",
+            min=1,
+        ),
+    ] = 8 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the HTTP service (FastAPI on uvicorn); JSON log lines on stderr."""
@@ -268,7 +276,10 @@ def serve(
     from revstore.service.settings import Settings
 
     settings = Settings(
-        url=db_url(db), require_if_match=require_if_match, max_body_bytes=max_body_bytes
+        url=db_url(db),
+        require_if_match=require_if_match,
+        max_body_bytes=max_body_bytes,
+        max_page_bytes=max_page_bytes,
     )
     try:
         prepare(settings)

@@ -32,6 +32,9 @@ T = TypeVar("T")
 _list = list  # Store.list shadows the builtin inside the class body
 
 DEFAULT_MAX_BATCH_ITEMS = 1000
+DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
+"""A page of ``history``, ``read`` or ``list`` ends before its content passes this many
+bytes (canonical JSON, UTF-8), with at least one item."""
 MAX_AUTHOR = 255
 MAX_SUMMARY = 1000
 
@@ -66,6 +69,10 @@ class Store:
     item ids, that threads of this process make at the same moment on different
     records or streams are sent as one statement with one commit; each keeps its own
     result and errors. ``False`` sends every write alone.
+
+    ``max_page_bytes``: a page of ``history``, ``read`` or ``list`` holds at most
+    ``limit`` items *and* stops before its content (canonical JSON, UTF-8 bytes) passes
+    this budget, always with at least one item; ``next_after`` continues.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class Store:
         strategy: str | None = None,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
         retry: RetryPolicy | None = None,
         pool_size: int = 16,
         max_overflow: int = 32,
@@ -85,6 +93,7 @@ class Store:
         self.url = url
         self.max_content_bytes = validate_positive(max_content_bytes, "max_content_bytes")
         self.max_batch_items = validate_positive(max_batch_items, "max_batch_items")
+        self.max_page_bytes = validate_positive(max_page_bytes, "max_page_bytes")
         self.retry = retry or RetryPolicy()
         self.stats = RetryStats()
         self.backend: SqlBackend = open_backend(
@@ -263,12 +272,17 @@ class Store:
     def history(
         self, id: str, *, after: int = 0, limit: int = 50, namespace: str = "default"
     ) -> HistoryPage:
-        """Snapshots oldest first, ``after`` a version number, with ``next_after`` cursor."""
+        """Snapshots oldest first, ``after`` a version number, with ``next_after`` cursor.
+
+        A page ends early when its content would pass ``max_page_bytes``."""
         validate_id(namespace, "namespace")
         validate_id(id)
         after = validate_non_negative(after, "after")
         limit = validate_limit(limit)
-        return self._call("history", id, lambda: self.backend.history(namespace, id, after, limit))
+        budget = self.max_page_bytes
+        return self._call(
+            "history", id, lambda: self.backend.history(namespace, id, after, limit, budget)
+        )
 
     def get_version(self, id: str, version: int, *, namespace: str = "default") -> Version:
         validate_id(namespace, "namespace")
@@ -286,17 +300,20 @@ class Store:
         *,
         namespace: str = "default",
     ) -> RecordPage:
-        """Live records in id order; ``after`` an id, with a ``next_after`` cursor."""
+        """Live records in id order; ``after`` an id, with a ``next_after`` cursor.
+
+        A page ends early when its content would pass ``max_page_bytes``."""
         validate_id(namespace, "namespace")
         if prefix is not None and prefix != "":
             validate_id(prefix, "prefix")
         if after is not None:
             validate_id(after, "after")
         limit = validate_limit(limit)
+        budget = self.max_page_bytes
         return self._call(
             "list",
             prefix or "*",
-            lambda: self.backend.list_records(namespace, prefix, after, limit),
+            lambda: self.backend.list_records(namespace, prefix, after, limit, budget),
         )
 
     def diff(
@@ -355,12 +372,18 @@ class Store:
     def read(
         self, stream: str, *, after: int = 0, limit: int = 100, namespace: str = "default"
     ) -> ReadPage:
+        """Items in sequence order, ``after`` a sequence, with a ``next_after`` cursor.
+
+        A page ends early when its bodies would pass ``max_page_bytes``."""
         validate_id(namespace, "namespace")
         validate_id(stream, "stream id")
         after = validate_non_negative(after, "after")
         limit = validate_limit(limit)
+        budget = self.max_page_bytes
         return self._call(
-            "read", stream, lambda: self.backend.read_stream(namespace, stream, after, limit)
+            "read",
+            stream,
+            lambda: self.backend.read_stream(namespace, stream, after, limit, budget),
         )
 
     def stream_info(self, stream: str, *, namespace: str = "default") -> StreamInfo:

@@ -22,9 +22,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, event, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
 from revstore.content import Canonical
@@ -86,6 +87,42 @@ def utc(value: datetime | str) -> datetime:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+LIST_SCAN_ROWS = 2000
+"""A ``list`` page looks at most this many ids (or limit + 1), live or deleted: past
+them it ends early, even empty, with ``next_after`` set."""
+
+
+def page_cut(sizes: Sequence[int], limit: int, max_bytes: int) -> tuple[int, bool]:
+    """How many of ``sizes`` (the rows after the cursor, in order, up to limit + 1)
+    one page takes, and whether more rows follow it.
+
+    A page holds at most ``limit`` rows and ``max_bytes`` of content, but always at
+    least one row, so a row larger than the budget still comes (alone) and a reader
+    following ``next_after`` always moves on."""
+    total = 0
+    for count, size in enumerate(sizes[:limit]):
+        if count and total + size > max_bytes:
+            return count, True
+        total += size
+    return min(len(sizes), limit), len(sizes) > limit
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix``, in code
+    point order (the order of every backend's id collation), or None if there is none.
+
+    ``prefix <= id < upper`` selects exactly the ids starting with ``prefix``, as an
+    index range on every backend, without relying on each planner turning
+    ``LIKE 'prefix%' ESCAPE …`` into one."""
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:
+        return None
+    code = ord(stem[-1]) + 1
+    if 0xD800 <= code <= 0xDFFF:
+        code = 0xE000  # surrogates are not characters: skip to the next one
+    return stem[:-1] + chr(code)
 
 
 def install_liveness_probe(engine: Engine, fileno: Callable[[Any], int]) -> None:
@@ -340,6 +377,11 @@ class SqlBackend:
         finally:
             self._release(conn)
 
+    def content_bytes(self, column: Any) -> ColumnElement[int]:
+        """Size in bytes (UTF-8) of a stored JSON text column, computed in the
+        database so that a page can be cut before its rows are fetched."""
+        return func.octet_length(column)
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -383,31 +425,41 @@ class SqlBackend:
             raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
         return self._record(row)
 
-    def history(self, namespace: str, record_id: str, after: int, limit: int) -> HistoryPage:
-        def read(conn: Connection) -> tuple[list[Row[Any]], bool]:
-            rows = list(
+    def history(
+        self, namespace: str, record_id: str, after: int, limit: int, max_bytes: int
+    ) -> HistoryPage:
+        where = (V.c.namespace == namespace, V.c.record_id == record_id, V.c.version > after)
+
+        def read(conn: Connection) -> tuple[list[Row[Any]], bool, bool]:
+            # Sizes first, contents second: a page over the byte budget is cut before
+            # its contents leave the database. Versions never change, so the second
+            # read returns exactly the rows the first one measured.
+            sizes = list(
                 conn.execute(
-                    select(V)
-                    .where(
-                        V.c.namespace == namespace, V.c.record_id == record_id, V.c.version > after
-                    )
+                    select(V.c.version, self.content_bytes(V.c.content))
+                    .where(*where)
                     .order_by(V.c.version)
                     .limit(limit + 1)
                 )
             )
-            exists = (
-                bool(rows)
-                or conn.execute(select(R.c.revision).where(self._pk(namespace, record_id))).first()
-                is not None
+            if not sizes:
+                exists = (
+                    conn.execute(select(R.c.revision).where(self._pk(namespace, record_id))).first()
+                    is not None
+                )
+                return [], False, exists
+            count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
+            last = int(sizes[count - 1][0])
+            rows = list(
+                conn.execute(select(V).where(*where, V.c.version <= last).order_by(V.c.version))
             )
-            return rows, exists
+            return rows, more, True
 
-        rows, exists = self.run(read)
+        rows, more, exists = self.run(read)
         if not exists:
             raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
-        more = len(rows) > limit
-        versions = [self._version(r) for r in rows[:limit]]
-        return HistoryPage(versions, versions[-1].version if more else None)
+        versions = [self._version(r) for r in rows]
+        return HistoryPage(versions, versions[-1].version if more and versions else None)
 
     def get_version(self, namespace: str, record_id: str, number: int) -> Version:
         def read(conn: Connection) -> tuple[Row[Any] | None, Row[Any] | None]:
@@ -427,18 +479,63 @@ class SqlBackend:
         return self._version(row)
 
     def list_records(
-        self, namespace: str, prefix: str | None, after: str | None, limit: int
+        self, namespace: str, prefix: str | None, after: str | None, limit: int, max_bytes: int
     ) -> RecordPage:
-        query = select(R).where(R.c.namespace == namespace, R.c.deleted.is_(False))
+        span = [R.c.namespace == namespace]
         if prefix:
-            query = query.where(R.c.id.startswith(prefix, autoescape=True))
+            upper = prefix_upper_bound(prefix)
+            if upper is None:
+                span.append(R.c.id.startswith(prefix, autoescape=True))
+            else:
+                span.append(R.c.id < upper)
+            span.append(R.c.id >= prefix)
         if after is not None:
-            query = query.where(R.c.id > after)
-        query = query.order_by(R.c.id).limit(limit + 1)
-        rows = self.run(lambda c: list(c.execute(query)))
-        more = len(rows) > limit
-        records = [self._record(r) for r in rows[:limit]]
-        return RecordPage(records, records[-1].id if more else None)
+            span.append(R.c.id > after)
+        # Deleted records keep their rows: a page looks at no more than LIST_SCAN_ROWS
+        # ids, live or deleted, so a namespace full of tombstones cannot make one call
+        # scan all of them. ``edge``, the last id of that window (None when the range
+        # holds fewer ids), comes from the primary key index alone, and is sent as a
+        # plain value so that every planner uses it as the end of the index range.
+        window = max(LIST_SCAN_ROWS, limit + 1)
+        find_edge = select(R.c.id).where(*span).order_by(R.c.id).offset(window - 1).limit(1)
+
+        def read(conn: Connection) -> tuple[list[Row[Any]], str | None]:
+            """The page's rows and its next_after."""
+            edge: str | None = conn.execute(find_edge).scalar()
+            where = [*span, R.c.deleted.is_(False)]
+            if edge is not None:
+                where.append(R.c.id <= edge)
+            # Sizes first, contents second (see history). Records change between the
+            # two reads: the second one takes at most as many rows as were measured,
+            # from the same range, and the cursor is the last row it returned.
+            sizes = list(
+                conn.execute(
+                    select(R.c.id, self.content_bytes(R.c.content))
+                    .where(*where)
+                    .order_by(R.c.id)
+                    .limit(limit + 1)
+                )
+            )
+            if not sizes:
+                # Nothing live in the window: the next page starts after it, if the
+                # range goes on.
+                return [], edge
+            count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
+            last: str = sizes[count - 1][0]
+            rows = list(
+                conn.execute(select(R).where(*where, R.c.id <= last).order_by(R.c.id).limit(count))
+            )
+            if len(rows) == count and rows[-1]._mapping["id"] != last:
+                more = True  # a record created meanwhile took a place in this page
+            if more:
+                # Every measured row may have been deleted meanwhile: carry on after them.
+                return rows, rows[-1]._mapping["id"] if rows else last
+            # The page did not fill: the range ends here, or the window did.
+            return rows, edge
+
+        rows, cursor = self.run(read)
+        records = [self._record(r) for r in rows]
+        return RecordPage(records, cursor)
 
     # ---------------------------------------------------------------- records: writes
 
@@ -643,33 +740,43 @@ class SqlBackend:
             created_at=utc(m["created_at"]),
         )
 
-    def read_stream(self, namespace: str, stream_id: str, after: int, limit: int) -> ReadPage:
-        def read(conn: Connection) -> tuple[list[Row[Any]], bool]:
-            rows = list(
+    def read_stream(
+        self, namespace: str, stream_id: str, after: int, limit: int, max_bytes: int
+    ) -> ReadPage:
+        where = (I.c.namespace == namespace, I.c.stream_id == stream_id, I.c.sequence > after)
+
+        def read(conn: Connection) -> tuple[list[Row[Any]], bool, bool]:
+            # Sizes first, bodies second (see history); stored items never change.
+            sizes = list(
                 conn.execute(
-                    select(I)
-                    .where(
-                        I.c.namespace == namespace, I.c.stream_id == stream_id, I.c.sequence > after
-                    )
+                    select(I.c.sequence, self.content_bytes(I.c.body))
+                    .where(*where)
                     .order_by(I.c.sequence)
                     .limit(limit + 1)
                 )
             )
-            exists = (
-                bool(rows)
-                or conn.execute(
-                    select(S.c.last_sequence).where(S.c.namespace == namespace, S.c.id == stream_id)
-                ).first()
-                is not None
+            if not sizes:
+                exists = (
+                    conn.execute(
+                        select(S.c.last_sequence).where(
+                            S.c.namespace == namespace, S.c.id == stream_id
+                        )
+                    ).first()
+                    is not None
+                )
+                return [], False, exists
+            count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
+            last = int(sizes[count - 1][0])
+            rows = list(
+                conn.execute(select(I).where(*where, I.c.sequence <= last).order_by(I.c.sequence))
             )
-            return rows, exists
+            return rows, more, True
 
-        rows, exists = self.run(read)
+        rows, more, exists = self.run(read)
         if not exists:
             raise NotFound(f"stream {stream_id!r} does not exist in namespace {namespace!r}")
-        more = len(rows) > limit
-        items = [self._item(r) for r in rows[:limit]]
-        return ReadPage(items, items[-1].sequence if more else None)
+        items = [self._item(r) for r in rows]
+        return ReadPage(items, items[-1].sequence if more and items else None)
 
     def stream_info(self, namespace: str, stream_id: str) -> StreamInfo:
         row = self.run(
@@ -712,8 +819,12 @@ class SqlBackend:
 
     def _stored_items(self, conn: Connection, batch: AppendBatch) -> dict[str, StoredItem]:
         assert batch.item_ids is not None
+        # Not the stored bodies: up to 1000 ids could name items of 1 MiB each. A stored
+        # item with the same hash has this batch's body (the hash is of the canonical
+        # text); one with another hash is refused as DuplicateItem without its body.
+        sent = {i: b for i, b in zip(batch.item_ids, batch.bodies, strict=True)}
         rows = conn.execute(
-            select(I.c.sequence, I.c.item_id, I.c.body_hash, I.c.body, I.c.created_at).where(
+            select(I.c.sequence, I.c.item_id, I.c.body_hash, I.c.created_at).where(
                 I.c.namespace == batch.namespace,
                 I.c.stream_id == batch.stream_id,
                 I.c.item_id.in_(batch.item_ids),
@@ -721,7 +832,11 @@ class SqlBackend:
         )
         return {
             r.item_id: StoredItem(
-                int(r.sequence), r.item_id, r.body_hash, json.loads(r.body), utc(r.created_at)
+                int(r.sequence),
+                r.item_id,
+                r.body_hash,
+                sent[r.item_id].value if sent[r.item_id].hash == r.body_hash else None,
+                utc(r.created_at),
             )
             for r in rows
         }

@@ -14,10 +14,11 @@ import sqlite3
 import time
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, bindparam, create_engine, event, text
+from sqlalchemy import Connection, LargeBinary, bindparam, cast, create_engine, event, func, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
 from revstore.backends.sql import SqlBackend, Transform, now
@@ -91,6 +92,11 @@ class SqliteBackend(SqlBackend):
 
     def insert_ignore(self, table: Any) -> Insert:
         return sqlite_insert(table).on_conflict_do_nothing()
+
+    def content_bytes(self, column: Any) -> ColumnElement[int]:
+        # octet_length() needs SQLite 3.43; length() of text counts characters, of a
+        # blob bytes, and a text cast to blob is its UTF-8 bytes.
+        return func.length(cast(column, LargeBinary))
 
     def translate(self, exc: DBAPIError) -> RevstoreError:
         orig = exc.orig

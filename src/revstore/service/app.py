@@ -60,6 +60,7 @@ def create_app(store: Store | str | None = None, settings: Settings | None = Non
             store or settings.url,
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
+            max_page_bytes=settings.max_page_bytes,
         )
     )
     svc = Services(
@@ -156,7 +157,8 @@ def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
 def app_factory() -> FastAPI:
     """For ``uvicorn --factory revstore.service.app:app_factory`` (settings from the
     environment: REVSTORE_URL, REVSTORE_REQUIRE_IF_MATCH, REVSTORE_MAX_BODY_BYTES,
-    REVSTORE_IDEMPOTENCY_TTL, REVSTORE_POOL_SIZE, REVSTORE_MAX_OVERFLOW)."""
+    REVSTORE_MAX_PAGE_BYTES, REVSTORE_IDEMPOTENCY_TTL, REVSTORE_POOL_SIZE,
+    REVSTORE_MAX_OVERFLOW)."""
     settings = Settings.from_env()
     if os.environ.get(MULTIPROC_ENV):
         log.info("prometheus multiprocess mode", extra={"dir": os.environ[MULTIPROC_ENV]})

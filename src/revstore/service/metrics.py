@@ -32,6 +32,16 @@ LATENCY_BUCKETS = (
 UNMATCHED = "<unmatched>"
 """Route label of requests that matched no route (keeps the label set bounded)."""
 
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+OTHER_METHOD = "<other>"
+"""Method label of any other method: clients may send any token as a method, and one
+series per invented method would grow the metrics (and /metrics) without bound."""
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER_METHOD
+
+
 current_metrics: ContextVar[Metrics | None] = ContextVar("revstore_metrics", default=None)
 
 

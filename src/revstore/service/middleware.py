@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from revstore.service.logs import request_context
-from revstore.service.metrics import UNMATCHED, Metrics, current_metrics
+from revstore.service.metrics import UNMATCHED, Metrics, current_metrics, method_label
 from revstore.service.problems import ProblemError, internal_error
 
 log = logging.getLogger("revstore.http")
@@ -78,8 +78,9 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             template = getattr(route, "path_format", None) or UNMATCHED
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(elapsed)
+            label = method_label(method)
+            self.metrics.requests.labels(label, template, str(status)).inc()
+            self.metrics.latency.labels(label, template).observe(elapsed)
             log.info(
                 "%s %s %s",
                 method,

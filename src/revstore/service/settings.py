@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 DEFAULT_URL = "sqlite:///revstore.db"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 
 ENV_URL = "REVSTORE_URL"
 ENV_REQUIRE_IF_MATCH = "REVSTORE_REQUIRE_IF_MATCH"
 ENV_MAX_BODY_BYTES = "REVSTORE_MAX_BODY_BYTES"
+ENV_MAX_PAGE_BYTES = "REVSTORE_MAX_PAGE_BYTES"
 ENV_IDEMPOTENCY_TTL = "REVSTORE_IDEMPOTENCY_TTL"
 ENV_POOL_SIZE = "REVSTORE_POOL_SIZE"
 ENV_MAX_OVERFLOW = "REVSTORE_MAX_OVERFLOW"
@@ -30,6 +32,10 @@ class Settings:
     expected_revision) are refused with 428."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """Request bodies over this size are refused with 413 before they are parsed."""
+    max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
+    """A page of versions, items or records ends before its content passes this many
+    bytes (at least one per page); ``next_after`` continues. Applies when the app
+    opens its own Store (a Store passed in keeps its own ``max_page_bytes``)."""
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     """How long a stored response answers re-sends of the same Idempotency-Key."""
     idempotency_wait: float = 5.0
@@ -51,6 +57,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be 1 or more, got {self.max_body_bytes}")
+        if self.max_page_bytes < 1:
+            raise ValueError(f"max_page_bytes must be 1 or more, got {self.max_page_bytes}")
         lease = self.idempotency_lease
         if (
             self.idempotency_ttl <= 0
@@ -66,6 +74,7 @@ class Settings:
             url=env.get(ENV_URL) or DEFAULT_URL,
             require_if_match=_flag(env.get(ENV_REQUIRE_IF_MATCH)),
             max_body_bytes=int(env.get(ENV_MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
+            max_page_bytes=int(env.get(ENV_MAX_PAGE_BYTES) or DEFAULT_MAX_PAGE_BYTES),
             idempotency_ttl=float(env.get(ENV_IDEMPOTENCY_TTL) or DEFAULT_IDEMPOTENCY_TTL),
             pool_size=int(env.get(ENV_POOL_SIZE) or 16),
             max_overflow=int(env.get(ENV_MAX_OVERFLOW) or 32),
@@ -77,6 +86,7 @@ class Settings:
             ENV_URL: self.url,
             ENV_REQUIRE_IF_MATCH: "1" if self.require_if_match else "0",
             ENV_MAX_BODY_BYTES: str(self.max_body_bytes),
+            ENV_MAX_PAGE_BYTES: str(self.max_page_bytes),
             ENV_IDEMPOTENCY_TTL: str(self.idempotency_ttl),
             ENV_POOL_SIZE: str(self.pool_size),
             ENV_MAX_OVERFLOW: str(self.max_overflow),
