@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import typer
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 import revstore.errors as errors_module
 from revstore import cli
@@ -94,6 +92,8 @@ def test_put_get_patch_restore_delete(db: str) -> None:
     assert (rec["revision"], rec["version"], rec["created"]) == (1, 1, True)
     out = human("put", "doc", '{"text": "ho", "n": 1}', "--db", db, "--summary", "second")
     assert "revision" in out and "ho" in out and "{" in out
+    out = human("put", "[doc]", "{}", "--db", db)
+    assert "record [doc] [created]" in out  # ids in titles are never read as markup
 
     rec = ok("patch", "doc", '{"n": null, "tag": "x"}', "-e", "2", "--db", db)
     assert rec["content"] == {"text": "ho", "tag": "x"} and rec["version"] == 3
@@ -403,6 +403,21 @@ def test_errors_that_are_hard_to_provoke_still_exit_with_their_code(
     assert result.exit_code == EXPECTED[kind] and kind.__name__ in result.stderr
 
 
+def test_ctrl_c_exits_130(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "history", interrupted)
+    result = invoke("history", "doc", "--all", "--db", db)
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+
+
+def test_exits_inside_a_command_pass_through(db: str) -> None:
+    with pytest.raises(typer.Exit) as info, cli.opened(cli.Output(True), db):
+        raise typer.Exit(3)
+    assert info.value.exit_code == 3
+
+
 def test_a_bug_exits_1_with_a_json_error(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("bug")
@@ -416,13 +431,24 @@ def test_a_bug_exits_1_with_a_json_error(db: str, monkeypatch: pytest.MonkeyPatc
 # ----------------------------------------------------------------- every command
 
 
-def commands() -> dict[str, click.Command]:
-    group = typer.main.get_command(app)
-    assert isinstance(group, click.Group)
-    return dict(group.commands)
+def commands() -> dict[str, Any]:
+    """Every command by its full name, sub-commands of groups (``keys create``) included."""
+    found: dict[str, Any] = {}
+
+    # Duck-typed: typer >= 0.27 carries its own copy of click's classes.
+    def walk(prefix: str, group: Any) -> None:
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                walk(f"{prefix}{name} ", command)
+            else:
+                found[prefix + name] = command
+
+    walk("", typer.main.get_command(app))
+    assert {"put", "list", "history", "stream-info", "get-version"} <= set(found)
+    return found
 
 
-def options(command: click.Command) -> set[str]:
+def options(command: Any) -> set[str]:
     return {opt for p in command.params for opt in getattr(p, "opts", [])}
 
 

@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.json import JSON as RichJSON
@@ -58,6 +57,7 @@ EXIT_UNAVAILABLE = 5
 EXIT_AMBIGUOUS = 6
 EXIT_SCHEMA = 7
 EXIT_INVALID = 8
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[type[RevstoreError], int] = {
     # Every class of revstore.errors is listed on purpose (a test checks it); a class
@@ -94,6 +94,7 @@ EXIT_TABLE = (
     (EXIT_AMBIGUOUS, "ambiguous commit: the write may have landed; read before retrying"),
     (EXIT_SCHEMA, "schema mismatch: the database is newer than this release; upgrade"),
     (EXIT_INVALID, "invalid input: bad JSON, id, number, limit or size"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )
 
 EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_TABLE) + "."
@@ -216,7 +217,8 @@ class Output:
         details = error_details(exc)
         if self.json:
             doc = {"error": type(exc).__name__, "exit_code": code, "message": str(exc)}
-            sys.stderr.write(json.dumps({**doc, **details}) + "\n")
+            doc.update((k, v) for k, v in details.items() if k not in doc)
+            sys.stderr.write(json.dumps(doc) + "\n")
         else:
             err_console.print(
                 Text.assemble(("error: ", "red"), f"{type(exc).__name__}: {exc}"),
@@ -257,8 +259,13 @@ def opened(out: Output, db: str | None, **options: Any) -> Iterator[Store]:
         yield store
     except RevstoreError as exc:
         out.fail(exc)
-    except (click.exceptions.Exit, click.ClickException):
-        raise
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise  # the command line's own exits, not errors of the command
+    except KeyboardInterrupt:
+        # Ctrl-C (say, in a long --all): the conventional 130, not click's 1 ("Aborted!"),
+        # which would read as an unexpected error.
+        err_console.print("interrupted", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         if not out.json:
             raise  # a bug: the traceback helps, exit status 1
@@ -278,11 +285,15 @@ def cell(value: Any, width: int | None = None) -> Text:
 
 
 def when(value: datetime) -> Text:
+    """A time to the second; UTC (what revstore stores) as ``...Z`` to keep tables narrow."""
+    if value.utcoffset() is not None and not value.utcoffset():
+        return Text(value.strftime("%Y-%m-%dT%H:%M:%SZ"))
     return Text(value.isoformat(timespec="seconds"))
 
 
 def show_fields(title: str, rows: Sequence[tuple[str, Any]], content: Any = ...) -> None:
-    table = Table(title=title, show_header=False, title_justify="left")
+    # Titles hold ids: plain Text, so "[...]" in them is never read as Rich markup.
+    table = Table(title=Text(title), show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value")
     for name, value in rows:
@@ -601,7 +612,7 @@ def diff(
         out.document(ops)  # the patch document itself, usable as is
         return
     table = Table(
-        "op", "path", "from", "value", title=f"{id}: version {from_version} -> {to_version}"
+        "op", "path", "from", "value", title=Text(f"{id}: version {from_version} -> {to_version}")
     )
     for op in ops:
         value = cell(op["value"], 60) if "value" in op else Text("")
@@ -683,7 +694,9 @@ def append(
     title = f"{stream}: sequences {res.first_sequence}..{res.last_sequence}"
     if res.duplicate:
         title += " (already stored: nothing written)"
-    table = Table("sequence", "item_id", "created_at", "body", title=title, title_justify="left")
+    table = Table(
+        "sequence", "item_id", "created_at", "body", title=Text(title), title_justify="left"
+    )
     for item in res.items:
         add_item(table, item)
     console.print(table)
