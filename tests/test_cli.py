@@ -319,8 +319,8 @@ def test_each_error_kind_exits_with_its_code(db: str, tmp_path: Path) -> None:
         ["put", "doc", "{bad"],
         ["put", "x" * 300, "{}"],
         ["history", "doc", "--limit", "0"],
-        ["read", "s", "--limit", "5000"],
-        ["list", "--after", ""],
+        ["read", "s", "--limit", "0"],
+        ["list", "--prefix", "p\x01"],
         ["get-version", "doc", "0"],
         ["put", "doc", "{}", "-e", "-1"],
         ["append", "s", "1", "2", "-i", "only-one"],
@@ -507,8 +507,14 @@ def test_demo_checks_pass(backend_url: str) -> None:
 # ----------------------------------------------------------------- the real program
 
 
+SCRIPT = Path(sys.executable).parent / "revstore"
+"""The console script, when revstore is installed in this interpreter's environment."""
+
+
 def run_program(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "revstore.cli", *args]
+    # The installed console script when there is one (as users run it), else the module.
+    program = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "revstore.cli"]
+    cmd = [*program, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -527,6 +533,15 @@ def test_the_program_in_a_subprocess_uses_revstore_url(tmp_path: Path) -> None:
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
     done = run_program(env, "get", "missing")
     assert done.returncode == 3 and "NotFound" in done.stderr and done.stdout == ""
+    done = subprocess.run(
+        [sys.executable, "-m", "revstore.cli", "read", "nope", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3 and json.loads(done.stderr)["error"] == "NotFound"
 
 
 # ----------------------------------------------------------------- server backends
