@@ -132,7 +132,6 @@ JsonOption = Annotated[
         "--json", help="Machine-readable JSON on stdout; errors as one JSON line on stderr."
     ),
 ]
-AfterOption = Annotated[int, typer.Option(help="Start after this cursor (0: the beginning).")]
 AllOption = Annotated[
     bool,
     typer.Option(
@@ -559,7 +558,7 @@ def restore(
 @app.command()
 def history(
     id: Annotated[str, typer.Argument(help="Record id.")],
-    after: AfterOption = 0,
+    after: Annotated[int, typer.Option(help="Versions after this one (0: from the first).")] = 0,
     limit: Annotated[
         int | None, typer.Option(help="Versions per page (1-1000; default 50, --all 1000).")
     ] = None,
@@ -711,7 +710,7 @@ def add_item(table: Table, item: StreamItem) -> None:
 @app.command()
 def read(
     stream: Annotated[str, typer.Argument(help="Stream id.")],
-    after: AfterOption = 0,
+    after: Annotated[int, typer.Option(help="Items after this sequence (0: from the first).")] = 0,
     limit: Annotated[
         int | None, typer.Option(help="Items per page (1-1000; default 100, --all 1000).")
     ] = None,
