@@ -1,24 +1,119 @@
-"""The ``revstore`` command line: thin wrappers over :class:`revstore.Store`."""
+"""The ``revstore`` command line: thin wrappers over :class:`revstore.Store`.
+
+Every command prints Rich tables for people, or with ``--json`` one JSON document on
+stdout for scripts (JSON Lines for ``--all``). Errors go to stderr (one JSON line with
+``--json``) and exit with a code per kind of error: see :data:`EXIT_CODES` and
+docs/cli.md.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Annotated, Any, NoReturn
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
 import typer
 from rich.console import Console
+from rich.json import JSON as RichJSON
 from rich.table import Table
+from rich.text import Text
 
-from revstore.errors import Conflict, InvalidInput, NotFound, RevstoreError, Unavailable
+from revstore.errors import (
+    AmbiguousCommit,
+    ClaimLost,
+    Conflict,
+    Duplicate,
+    DuplicateItem,
+    InvalidInput,
+    NotFound,
+    Retryable,
+    RevstoreError,
+    SchemaMismatch,
+    SequenceConflict,
+    Unavailable,
+    VersionConflict,
+)
+from revstore.record import Record, Version
 from revstore.store import Store
+from revstore.stream import StreamItem
 
 DEFAULT_URL = "sqlite:///revstore.db"
+
+# ----------------------------------------------------------------- exit codes
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_UNAVAILABLE = 5
+EXIT_AMBIGUOUS = 6
+EXIT_SCHEMA = 7
+EXIT_INVALID = 8
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[type[RevstoreError], int] = {
+    # Every class of revstore.errors is listed on purpose (a test checks it); a class
+    # added later that is not listed gets the code of its nearest listed base.
+    RevstoreError: EXIT_UNEXPECTED,
+    InvalidInput: EXIT_INVALID,
+    NotFound: EXIT_NOT_FOUND,
+    Conflict: EXIT_CONFLICT,
+    VersionConflict: EXIT_CONFLICT,
+    SequenceConflict: EXIT_CONFLICT,
+    DuplicateItem: EXIT_CONFLICT,
+    # A CLI write takes no idempotency claim, so this cannot arise here; were it to, it
+    # is a conflict: the write was rolled back and someone else holds the key.
+    ClaimLost: EXIT_CONFLICT,
+    Unavailable: EXIT_UNAVAILABLE,
+    # Not "unavailable, retry": the write may have landed, so a blind retry may apply
+    # it twice. Scripts must read the state first.
+    AmbiguousCommit: EXIT_AMBIGUOUS,
+    # Not "unavailable, retry": retrying with this release never helps; upgrade it.
+    SchemaMismatch: EXIT_SCHEMA,
+    # Transient conditions are retried inside the Store and surface as Unavailable once
+    # the budget is spent; should one escape, it is transient all the same.
+    Retryable: EXIT_UNAVAILABLE,
+    Duplicate: EXIT_UNAVAILABLE,
+}
+
+EXIT_TABLE = (
+    (EXIT_OK, "ok"),
+    (EXIT_UNEXPECTED, "unexpected error (a bug); demo: a check failed"),
+    (EXIT_USAGE, "usage: unknown command or option, missing argument, wrong type"),
+    (EXIT_NOT_FOUND, "not found: record, version or stream (or the record is deleted)"),
+    (EXIT_CONFLICT, "conflict: version, sequence, duplicate item (current state on stderr)"),
+    (EXIT_UNAVAILABLE, "unavailable: database down or retries exhausted; retry later"),
+    (EXIT_AMBIGUOUS, "ambiguous commit: the write may have landed; read before retrying"),
+    (EXIT_SCHEMA, "schema mismatch: the database is newer than this release; upgrade"),
+    (EXIT_INVALID, "invalid input: bad JSON, id, number, limit or size"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+)
+
+EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_TABLE) + "."
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an error: that of its nearest class listed in EXIT_CODES."""
+    for kind in type(exc).__mro__:
+        if kind in EXIT_CODES:
+            return EXIT_CODES[kind]
+    return EXIT_UNEXPECTED
+
+
+# ----------------------------------------------------------------- the app
 
 app = typer.Typer(
     name="revstore",
     help="Versioned records and sequenced streams that never collide on the next number.",
+    epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,133 +126,544 @@ DbOption = Annotated[
     typer.Option("--db", help="Database URL (default: $REVSTORE_URL or sqlite:///revstore.db)."),
 ]
 NamespaceOption = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Machine-readable JSON on stdout; errors as one JSON line on stderr."
+    ),
+]
+AllOption = Annotated[
+    bool,
+    typer.Option(
+        "--all", help="Follow next_after to the end (with --json: JSON Lines, one per line)."
+    ),
+]
+ExpectedRevisionOption = Annotated[
+    int | None,
+    typer.Option("--expected-revision", "-e", help="Fail unless at this revision (0: absent)."),
+]
+AuthorOption = Annotated[str | None, typer.Option(help="Author of the snapshot.")]
+SummaryOption = Annotated[str | None, typer.Option(help="Summary of the change.")]
+NoVersionOption = Annotated[
+    bool, typer.Option("--no-version", help="Autosave: change the head only, no snapshot.")
+]
+
+ALL_PAGE_SIZE = 1000
+"""Page size of ``--all`` when no ``--limit`` is given (the Store's largest)."""
+PROGRESS_AFTER = 2.0
+"""``--all`` prints progress on stderr once a run has taken this long (seconds)..."""
+PROGRESS_EVERY = 2.0
+"""...and then at most this often."""
 
 
 def db_url(db: str | None) -> str:
     return db or os.environ.get("REVSTORE_URL") or DEFAULT_URL
 
 
-def open_store(db: str | None, **options: Any) -> Store:
+# ----------------------------------------------------------------- output
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values from revstore's dataclasses (datetimes as ISO 8601)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def error_details(exc: BaseException) -> dict[str, Any]:
+    """What an error carries for recovery (current revision, sequence, ids, ...).
+
+    Every public attribute is included, so a new error class's fields show up without
+    a change here."""
+    details: dict[str, Any] = {}
+    if isinstance(exc, VersionConflict):
+        details["current_revision"] = exc.current_revision
+        details["current_version"] = exc.current_version
+    for name, value in vars(exc).items():
+        if not name.startswith("_"):
+            details[name] = jsonable(value)
+    return details
+
+
+class Output:
+    """Where a command's results and errors go: Rich for people, JSON for scripts."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+        self.stdin_used = False
+
+    def emit(self, value: Any, human: Callable[[], None]) -> None:
+        """The result of a command: JSON for scripts, else ``human()`` prints it."""
+        if self.json:
+            self.document(value)
+        else:
+            human()
+
+    def document(self, value: Any) -> None:
+        """One JSON document on stdout, on one line."""
+        sys.stdout.write(json.dumps(jsonable(value)) + "\n")
+        sys.stdout.flush()
+
+    def fail(self, exc: BaseException) -> NoReturn:
+        """Report an error on stderr and exit with the code of its kind."""
+        code = exit_code(exc)
+        details = error_details(exc)
+        if self.json:
+            doc = {"error": type(exc).__name__, "exit_code": code, "message": str(exc)}
+            doc.update((k, v) for k, v in details.items() if k not in doc)
+            sys.stderr.write(json.dumps(doc) + "\n")
+        else:
+            err_console.print(
+                Text.assemble(("error: ", "red"), f"{type(exc).__name__}: {exc}"),
+                highlight=False,
+            )
+            for name, value in details.items():
+                if name == "current":  # the whole head; --json has it, people need less
+                    continue
+                err_console.print(Text(f"{name}: {json.dumps(value)}"), highlight=False)
+        raise typer.Exit(code)
+
+    def parse_json(self, text: str, what: str = "JSON") -> Any:
+        """A JSON argument: literal JSON, ``-`` for stdin, or ``@path`` for a file."""
+        if text == "-":
+            if self.stdin_used:
+                self.fail(InvalidInput(f"{what}: stdin (-) was already read by another argument"))
+            self.stdin_used = True
+            text = sys.stdin.read()
+        elif text.startswith("@"):  # no JSON text starts with @
+            try:
+                text = Path(text[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                self.fail(InvalidInput(f"{what}: cannot read {text[1:]!r}: {exc}"))
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.fail(InvalidInput(f"{what} is not valid JSON: {exc}"))
+
+
+@contextmanager
+def opened(out: Output, db: str | None, **options: Any) -> Iterator[Store]:
+    """A Store for one command; any revstore error in the block exits with its code."""
     try:
-        return Store(db_url(db), **options)
+        store = Store(db_url(db), **options)
     except RevstoreError as exc:
-        fail(exc)
-
-
-def fail(exc: BaseException) -> NoReturn:
-    """Print a revstore error as one line and exit with a code per kind of error."""
-    codes = {InvalidInput: 2, NotFound: 3, Conflict: 4, Unavailable: 5}
-    code = next((c for kind, c in codes.items() if isinstance(exc, kind)), 1)
-    err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
-    raise typer.Exit(code)
-
-
-def parse_json(text: str, what: str = "JSON") -> Any:
-    if text == "-":
-        text = sys.stdin.read()
+        out.fail(exc)
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        fail(InvalidInput(f"{what} is not valid JSON: {exc}"))
+        yield store
+    except RevstoreError as exc:
+        out.fail(exc)
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise  # the command line's own exits, not errors of the command
+    except KeyboardInterrupt:
+        # Ctrl-C (say, in a long --all): the conventional 130, not click's 1 ("Aborted!"),
+        # which would read as an unexpected error.
+        err_console.print("interrupted", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if not out.json:
+            raise  # a bug: the traceback helps, exit status 1
+        out.fail(exc)
+    finally:
+        store.close()
 
 
-def emit(value: Any) -> None:
-    console.print_json(json.dumps(value, default=str))
+def cell(value: Any, width: int | None = None) -> Text:
+    """A table cell, never read as Rich markup (content may hold ``[brackets]``)."""
+    if value is None:
+        return Text("")
+    text = value if isinstance(value, str) else json.dumps(jsonable(value))
+    if width is not None and len(text) > width:
+        text = text[: width - 3] + "..."
+    return Text(text)
 
 
-def record_json(rec: Any) -> dict[str, Any]:
-    from dataclasses import asdict
+def when(value: datetime) -> Text:
+    """A time to the second; UTC (what revstore stores) as ``...Z`` to keep tables narrow."""
+    if value.utcoffset() is not None and not value.utcoffset():
+        return Text(value.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return Text(value.isoformat(timespec="seconds"))
 
-    out = asdict(rec)
-    for key in ("created_at", "updated_at"):
-        if key in out:
-            out[key] = out[key].isoformat()
-    return out
+
+def show_fields(title: str, rows: Sequence[tuple[str, Any]], content: Any = ...) -> None:
+    # Titles hold ids: plain Text, so "[...]" in them is never read as Rich markup.
+    table = Table(title=Text(title), show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(name, value if isinstance(value, Text) else cell(value))
+    console.print(table)
+    if content is not ...:
+        console.print(RichJSON(json.dumps(content)))
+
+
+def show_record(rec: Record, what: str = "") -> None:
+    state = []
+    if rec.created:
+        state.append("created")
+    if rec.unchanged:
+        state.append("unchanged: nothing written")
+    show_fields(
+        f"record {rec.id}"
+        + (f" ({what})" if what else "")
+        + (f" [{', '.join(state)}]" if state else ""),
+        [
+            ("namespace", rec.namespace),
+            ("id", rec.id),
+            ("revision", str(rec.revision)),
+            ("version", str(rec.version)),
+            ("created_at", when(rec.created_at)),
+            ("updated_at", when(rec.updated_at)),
+        ],
+        rec.content,
+    )
+
+
+def show_version(id: str, v: Version) -> None:
+    show_fields(
+        f"record {id}, version {v.version}",
+        [
+            ("version", str(v.version)),
+            ("revision", str(v.revision)),
+            ("created_at", when(v.created_at)),
+            ("author", v.author),
+            ("summary", v.summary),
+        ],
+        v.content,
+    )
+
+
+# ----------------------------------------------------------------- paging
+
+
+class Page(Protocol):
+    @property
+    def next_after(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+C = TypeVar("C")
+
+
+def follow(
+    fetch: Callable[[C], Page], after: C, every: bool, label: str, unit: str
+) -> Iterator[Page]:
+    """One page, or with ``every`` all pages by ``next_after`` until it is None.
+
+    Follows the cursor, never counts items: a page may stop early (a byte bound), so a
+    short page does not mean the end, nor a full one more to come."""
+    started = time.monotonic()
+    last_report = started
+    count = 0
+    cursor = after
+    while True:
+        page = fetch(cursor)
+        yield page
+        if not every or page.next_after is None:
+            break
+        if page.next_after == cursor:
+            # A cursor that does not move would loop for ever; it is a bug, not data.
+            raise RuntimeError(f"{label}: next_after {cursor!r} does not advance")
+        cursor = page.next_after
+        count += sum(1 for _ in page)
+        now = time.monotonic()
+        if now - started >= PROGRESS_AFTER and now - last_report >= PROGRESS_EVERY:
+            last_report = now
+            err_console.print(
+                Text(f"{label}: {count} {unit} so far, next after {cursor}"), highlight=False
+            )
+
+
+def emit_pages(
+    out: Output, pages: Iterator[Page], every: bool, key: str
+) -> tuple[list[Any], Any] | None:
+    """JSON output of paged results; for people, returns the items and the last
+    ``next_after`` to print as a table instead.
+
+    ``--json``: one page is ``{key: [...], "next_after": ...}``; ``--all`` streams JSON
+    Lines, one item per line, as pages arrive."""
+    if out.json and every:
+        for page in pages:
+            for item in page:
+                out.document(item)
+        return None
+    items: list[Any] = []
+    next_after = None
+    for page in pages:
+        items.extend(page)
+        next_after = page.next_after
+    if out.json:
+        out.document({key: items, "next_after": next_after})
+        return None
+    return items, next_after
+
+
+def print_table(table: Table, next_after: Any) -> None:
+    console.print(table)
+    if next_after is not None:
+        console.print(Text(f"more: --after {next_after}"), highlight=False)
+
+
+# ----------------------------------------------------------------- records
 
 
 @app.command()
 def put(
     id: Annotated[str, typer.Argument(help="Record id.")],
-    content: Annotated[str, typer.Argument(help="JSON content, or - to read it from stdin.")],
-    expected_revision: Annotated[
-        int | None,
-        typer.Option(
-            "--expected-revision", "-e", help="Fail unless at this revision (0: create-only)."
-        ),
-    ] = None,
-    no_version: Annotated[
-        bool, typer.Option("--no-version", help="Autosave: change the head only.")
-    ] = False,
-    author: Annotated[str | None, typer.Option(help="Author of the snapshot.")] = None,
-    summary: Annotated[str | None, typer.Option(help="Summary of the change.")] = None,
+    content: Annotated[str, typer.Argument(help="JSON content; - for stdin, @path for a file.")],
+    expected_revision: ExpectedRevisionOption = None,
+    no_version: NoVersionOption = False,
+    author: AuthorOption = None,
+    summary: SummaryOption = None,
     namespace: NamespaceOption = "default",
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Create or replace a record."""
-    store = open_store(db)
-    try:
+    """Create or replace a record (-e 0: create only)."""
+    out = Output(as_json)
+    body = out.parse_json(content, "content")
+    with opened(out, db) as store:
         rec = store.put(
             id,
-            parse_json(content, "content"),
+            body,
             expected_revision=expected_revision,
             create_version=not no_version,
             author=author,
             summary=summary,
             namespace=namespace,
         )
-    except RevstoreError as exc:
-        fail(exc)
-    emit(record_json(rec))
+    out.emit(rec, lambda: show_record(rec))
+
+
+@app.command()
+def patch(
+    id: Annotated[str, typer.Argument(help="Record id.")],
+    merge_patch: Annotated[
+        str, typer.Argument(help="RFC 7396 merge patch; - for stdin, @path for a file.")
+    ],
+    expected_revision: ExpectedRevisionOption = None,
+    no_version: NoVersionOption = False,
+    author: AuthorOption = None,
+    summary: SummaryOption = None,
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply a JSON merge patch to a record's content, atomically (null removes a key)."""
+    out = Output(as_json)
+    body = out.parse_json(merge_patch, "patch")
+    with opened(out, db) as store:
+        rec = store.patch(
+            id,
+            body,
+            expected_revision=expected_revision,
+            create_version=not no_version,
+            author=author,
+            summary=summary,
+            namespace=namespace,
+        )
+    out.emit(rec, lambda: show_record(rec, "patched"))
 
 
 @app.command()
 def get(
     id: Annotated[str, typer.Argument(help="Record id.")],
+    version: Annotated[
+        int | None, typer.Option("--version", help="Show this history version instead.")
+    ] = None,
     namespace: NamespaceOption = "default",
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Print a record's head."""
-    store = open_store(db)
-    try:
-        emit(record_json(store.get(id, namespace=namespace)))
-    except RevstoreError as exc:
-        fail(exc)
+    """Print a record's head, or one of its versions with --version N."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        if version is not None:
+            v = store.get_version(id, version, namespace=namespace)
+            out.emit(v, lambda: show_version(id, v))
+            return
+        rec = store.get(id, namespace=namespace)
+    out.emit(rec, lambda: show_record(rec))
+
+
+@app.command("get-version")
+def get_version(
+    id: Annotated[str, typer.Argument(help="Record id.")],
+    version: Annotated[int, typer.Argument(help="Version number (from 1).")],
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print one history version of a record (same as get --version N)."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        v = store.get_version(id, version, namespace=namespace)
+    out.emit(v, lambda: show_version(id, v))
+
+
+@app.command()
+def delete(
+    id: Annotated[str, typer.Argument(help="Record id.")],
+    expected_revision: ExpectedRevisionOption = None,
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a record (a tombstone: history is kept, put revives it)."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        rec = store.delete(id, expected_revision=expected_revision, namespace=namespace)
+    if out.json:
+        out.document(rec)
+    else:
+        console.print(
+            Text(f"deleted {rec.id}: revision {rec.revision}, last version {rec.version}"),
+            highlight=False,
+        )
+
+
+@app.command()
+def restore(
+    id: Annotated[str, typer.Argument(help="Record id.")],
+    version: Annotated[int, typer.Argument(help="The version whose content to restore.")],
+    expected_revision: ExpectedRevisionOption = None,
+    author: AuthorOption = None,
+    summary: Annotated[
+        str | None, typer.Option(help="Summary (default: 'restore version N').")
+    ] = None,
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make a new version whose content is that of an earlier one."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        rec = store.restore(
+            id,
+            version,
+            expected_revision=expected_revision,
+            author=author,
+            summary=summary,
+            namespace=namespace,
+        )
+    out.emit(rec, lambda: show_record(rec, f"restored version {version}"))
 
 
 @app.command()
 def history(
     id: Annotated[str, typer.Argument(help="Record id.")],
-    after: Annotated[int, typer.Option(help="Show versions after this one.")] = 0,
-    limit: Annotated[int, typer.Option(help="At most this many versions (1-1000).")] = 50,
+    after: Annotated[int, typer.Option(help="Versions after this one (0: from the first).")] = 0,
+    limit: Annotated[
+        int | None, typer.Option(help="Versions per page (1-1000; default 50, --all 1000).")
+    ] = None,
+    every: AllOption = False,
     namespace: NamespaceOption = "default",
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """List a record's versions, oldest first."""
-    store = open_store(db)
-    try:
-        page = store.history(id, after=after, limit=limit, namespace=namespace)
-    except RevstoreError as exc:
-        fail(exc)
+    """List a record's versions, oldest first, a page at a time (or --all)."""
+    out = Output(as_json)
+    size = limit if limit is not None else (ALL_PAGE_SIZE if every else 50)
+    with opened(out, db) as store:
+        pages = follow(
+            lambda a: store.history(id, after=a, limit=size, namespace=namespace),
+            after,
+            every,
+            f"history {id}",
+            "versions",
+        )
+        shown = emit_pages(out, pages, every, "versions")
+    if shown is None:
+        return
     table = Table("version", "revision", "created_at", "author", "summary", "content")
-    for v in page:
-        content = json.dumps(v.content)
+    for v in shown[0]:
         table.add_row(
             str(v.version),
             str(v.revision),
-            v.created_at.isoformat(timespec="seconds"),
-            v.author or "",
-            v.summary or "",
-            content if len(content) <= 60 else content[:57] + "...",
+            when(v.created_at),
+            cell(v.author),
+            cell(v.summary),
+            cell(v.content, 60),
         )
+    print_table(table, shown[1])
+
+
+@app.command()
+def diff(
+    id: Annotated[str, typer.Argument(help="Record id.")],
+    from_version: Annotated[int, typer.Argument(help="From this version.")],
+    to_version: Annotated[int, typer.Argument(help="To this version.")],
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The RFC 6902 JSON Patch turning one version's content into another's."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        ops = store.diff(id, from_version, to_version, namespace=namespace)
+    if out.json:
+        out.document(ops)  # the patch document itself, usable as is
+        return
+    table = Table(
+        "op", "path", "from", "value", title=Text(f"{id}: version {from_version} -> {to_version}")
+    )
+    for op in ops:
+        value = cell(op["value"], 60) if "value" in op else Text("")
+        table.add_row(cell(op["op"]), cell(op["path"]), cell(op.get("from")), value)
     console.print(table)
-    if page.next_after is not None:
-        console.print(f"more: --after {page.next_after}")
+    if not ops:
+        console.print(Text("no difference"), highlight=False)
+
+
+@app.command("list")
+def list_records(
+    prefix: Annotated[str | None, typer.Option(help="Only ids that start with this.")] = None,
+    after: Annotated[str | None, typer.Option(help="Start after this id.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Records per page (1-1000; default 50, --all 1000).")
+    ] = None,
+    every: AllOption = False,
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List live records in id order, a page at a time (or --all)."""
+    out = Output(as_json)
+    size = limit if limit is not None else (ALL_PAGE_SIZE if every else 50)
+    with opened(out, db) as store:
+        pages = follow(
+            lambda a: store.list(prefix, a, size, namespace=namespace),
+            after,
+            every,
+            f"list {namespace}",
+            "records",
+        )
+        shown = emit_pages(out, pages, every, "records")
+    if shown is None:
+        return
+    table = Table("id", "revision", "version", "updated_at", "content")
+    for r in shown[0]:
+        table.add_row(
+            cell(r.id), str(r.revision), str(r.version), when(r.updated_at), cell(r.content, 50)
+        )
+    print_table(table, shown[1])
+
+
+# ----------------------------------------------------------------- streams
 
 
 @app.command()
 def append(
     stream: Annotated[str, typer.Argument(help="Stream id.")],
-    items: Annotated[list[str], typer.Argument(help="One JSON value per item.")],
+    items: Annotated[
+        list[str], typer.Argument(help="One JSON value per item; - for stdin, @path for a file.")
+    ],
     expected_sequence: Annotated[
         int | None,
         typer.Option("--expected-sequence", "-e", help="Fail unless the last sequence is this."),
@@ -168,11 +674,12 @@ def append(
     ] = None,
     namespace: NamespaceOption = "default",
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Append items to a stream as one atomic batch."""
-    store = open_store(db)
-    bodies = [parse_json(text, f"item {k}") for k, text in enumerate(items)]
-    try:
+    out = Output(as_json)
+    bodies = [out.parse_json(text, f"item {k}") for k, text in enumerate(items)]
+    with opened(out, db) as store:
         res = store.append(
             stream,
             bodies,
@@ -180,43 +687,86 @@ def append(
             item_ids=item_id,
             namespace=namespace,
         )
-    except RevstoreError as exc:
-        fail(exc)
-    emit(
-        {
-            "first_sequence": res.first_sequence,
-            "last_sequence": res.last_sequence,
-            "duplicate": res.duplicate,
-            "items": [record_json(i) for i in res.items],
-        }
+    if out.json:
+        out.document(res)
+        return
+    title = f"{stream}: sequences {res.first_sequence}..{res.last_sequence}"
+    if res.duplicate:
+        title += " (already stored: nothing written)"
+    table = Table(
+        "sequence", "item_id", "created_at", "body", title=Text(title), title_justify="left"
+    )
+    for item in res.items:
+        add_item(table, item)
+    console.print(table)
+
+
+def add_item(table: Table, item: StreamItem) -> None:
+    table.add_row(
+        str(item.sequence), cell(item.item_id), when(item.created_at), cell(item.body, 60)
     )
 
 
 @app.command()
 def read(
     stream: Annotated[str, typer.Argument(help="Stream id.")],
-    after: Annotated[int, typer.Option(help="Show items after this sequence.")] = 0,
-    limit: Annotated[int, typer.Option(help="At most this many items (1-1000).")] = 100,
+    after: Annotated[int, typer.Option(help="Items after this sequence (0: from the first).")] = 0,
+    limit: Annotated[
+        int | None, typer.Option(help="Items per page (1-1000; default 100, --all 1000).")
+    ] = None,
+    every: AllOption = False,
     namespace: NamespaceOption = "default",
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Print a stream's items in sequence order."""
-    store = open_store(db)
-    try:
-        page = store.read(stream, after=after, limit=limit, namespace=namespace)
-    except RevstoreError as exc:
-        fail(exc)
-    table = Table("sequence", "item_id", "created_at", "body")
-    for item in page:
-        table.add_row(
-            str(item.sequence),
-            item.item_id or "",
-            item.created_at.isoformat(timespec="seconds"),
-            json.dumps(item.body),
+    """Print a stream's items in sequence order, a page at a time (or --all)."""
+    out = Output(as_json)
+    size = limit if limit is not None else (ALL_PAGE_SIZE if every else 100)
+    with opened(out, db) as store:
+        pages = follow(
+            lambda a: store.read(stream, after=a, limit=size, namespace=namespace),
+            after,
+            every,
+            f"read {stream}",
+            "items",
         )
-    console.print(table)
-    if page.next_after is not None:
-        console.print(f"more: --after {page.next_after}")
+        shown = emit_pages(out, pages, every, "items")
+    if shown is None:
+        return
+    table = Table("sequence", "item_id", "created_at", "body")
+    for item in shown[0]:
+        add_item(table, item)
+    print_table(table, shown[1])
+
+
+@app.command("stream-info")
+def stream_info(
+    stream: Annotated[str, typer.Argument(help="Stream id.")],
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a stream's last sequence, item count and times."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        info = store.stream_info(stream, namespace=namespace)
+    if out.json:
+        out.document(info)
+        return
+    show_fields(
+        f"stream {info.id}",
+        [
+            ("namespace", info.namespace),
+            ("id", info.id),
+            ("last_sequence", str(info.last_sequence)),
+            ("item_count", str(info.item_count)),
+            ("created_at", when(info.created_at)),
+            ("updated_at", when(info.updated_at)),
+        ],
+    )
+
+
+# ----------------------------------------------------------------- operations
 
 
 @app.command()
@@ -227,16 +777,29 @@ def demo(
         str | None, typer.Option(help="counter, lock or optimistic (default: the backend's).")
     ] = None,
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Race writers on ONE record, then check that versions are unique and gapless."""
+    """Race writers on ONE record, then check the history (exit 1 if a check fails).
+
+    With --json the run is shown on stderr and a summary printed on stdout."""
     from revstore.demo import run_demo
 
-    store = open_store(db, strategy=strategy)
-    try:
-        ok = run_demo(store, writers=writers, seconds=seconds, console=console)
-    except RevstoreError as exc:
-        fail(exc)
-    raise typer.Exit(0 if ok else 1)
+    out = Output(as_json)
+    with opened(out, db, strategy=strategy) as store:
+        shown = err_console if out.json else console
+        ok = run_demo(store, writers=writers, seconds=seconds, console=shown)
+        if out.json:
+            out.document(
+                {
+                    "ok": ok,
+                    "backend": store.backend_name,
+                    "strategy": store.strategy,
+                    "writers": writers,
+                    "seconds": seconds,
+                    "retries": store.stats.retries,
+                }
+            )
+    raise typer.Exit(EXIT_OK if ok else EXIT_UNEXPECTED)
 
 
 # The lab lives in revstore.lab; its command module defers the heavy imports to a run.
@@ -284,21 +847,22 @@ def serve(
     try:
         prepare(settings)
     except RevstoreError as exc:
-        fail(exc)
+        Output(False).fail(exc)
     run_server(settings, host=host, port=port, workers=workers, log_level=log_level)
 
 
 @app.command()
-def migrate(db: DbOption = None) -> None:
-    """Create the tables, or upgrade them in place to this release's schema version
-    (what every process also does on its first call); prints the version."""
-    store = open_store(db)
-    try:
-        emit({"schema_version": store.create_schema()})
-    except RevstoreError as exc:
-        fail(exc)
-    finally:
-        store.close()
+def migrate(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Create or upgrade the tables now; prints the schema version.
+
+    Every process also does this on its first call."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        version = store.create_schema()
+    if out.json:
+        out.document({"schema_version": version})
+    else:
+        console.print(Text(f"schema version {version}"), highlight=False)
 
 
 def main() -> None:
