@@ -111,7 +111,9 @@ def test_generated_client_drives_every_operation(api: Api) -> None:
     assert r.status_code == 201 and isinstance(r.parsed, md.WriteOut), r.content
     assert (r.parsed.revision, r.parsed.version, r.parsed.content) == (1, 1, {"a": 1})
     assert r.headers["etag"] == '"1"'
-    r = api("putRecord", id="doc", namespace=ns, body=md.PutRecord(content={"a": 2}), if_match='"1"')
+    r = api(
+        "putRecord", id="doc", namespace=ns, body=md.PutRecord(content={"a": 2}), if_match='"1"'
+    )
     assert r.status_code == 200 and r.parsed.revision == 2 and not r.parsed.unchanged
     stale = api("putRecord", id="doc", namespace=ns, body=md.PutRecord(content=0), if_match='"1"')
     assert stale.status_code == 412 and isinstance(stale.parsed, problem)
