@@ -34,6 +34,19 @@ class _Body(BaseModel):
 
 
 class PutRecord(_Body):
+    # The example shown in /docs and in generated clients (extra="forbid" is inherited).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "content": {"title": "Intro", "blocks": ["Hello"]},
+                    "author": "ada",
+                    "summary": "first draft",
+                }
+            ]
+        },
+    )
+
     content: Any = Field(description="The new content: any JSON value.")
     create_version: bool = Field(
         default=True,
@@ -50,6 +63,11 @@ class PutRecord(_Body):
 
 
 class RestoreRecord(_Body):
+    # The example shown in /docs and in generated clients (extra="forbid" is inherited).
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"version": 2, "author": "ada", "summary": "back to v2"}]},
+    )
+
     version: Positive = Field(description="The version whose content becomes a new version.")
     author: Author | None = None
     summary: Summary | None = None
@@ -57,6 +75,19 @@ class RestoreRecord(_Body):
 
 
 class AppendItems(_Body):
+    # The example shown in /docs and in generated clients (extra="forbid" is inherited).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [{"op": "insert", "at": 0, "text": "Hi"}],
+                    "item_ids": ["c1-0001"],
+                    "expected_sequence": 0,
+                }
+            ]
+        },
+    )
+
     items: list[Any] = Field(min_length=1, max_length=DEFAULT_MAX_BATCH_ITEMS)
     item_ids: list[ItemId] | None = Field(
         default=None,
@@ -67,6 +98,9 @@ class AppendItems(_Body):
         default=None, description="The last sequence the writer saw; a mismatch is 409."
     )
 
+
+PATCH_EXAMPLE = {"title": "Introduction", "tags": ["draft"]}
+"""A merge patch (FastAPI drops nulls from examples, so it cannot show a removal)."""
 
 # ---------------------------------------------------------------- responses
 

@@ -65,27 +65,46 @@ IdempotencyKey = Annotated[
 # ---------------------------------------------------------------- OpenAPI responses
 
 
-def problem(description: str) -> dict[str, Any]:
-    return {"model": m.Problem, "description": description}
+def problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An error response: the Problem schema, sent as application/problem+json (the
+    media type is set on the whole document in ``app._problem_media_types``)."""
+    out: dict[str, Any] = {"model": m.Problem, "description": description}
+    if headers:
+        out["headers"] = headers
+    return out
 
 
 ETAG_HEADER = {
     "ETag": {"description": 'The record revision, e.g. `"3"`.', "schema": {"type": "string"}}
 }
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }
+}
+ALLOW_HEADER = {
+    "Allow": {"description": "The methods this path accepts.", "schema": {"type": "string"}}
+}
 COMMON: dict[int | str, dict[str, Any]] = {
     404: problem("Not found (record, version, stream, or route)."),
-    405: problem("Method not allowed on this path (see Allow)."),
+    405: problem("Method not allowed on this path (see Allow).", ALLOW_HEADER),
     422: problem("Invalid input (parameters, JSON body, or an Idempotency-Key reused)."),
     500: problem("Unexpected error (the body carries only a request id)."),
-    503: problem("Database unavailable or retries exhausted (see Retry-After)."),
+    503: problem("Database unavailable or retries exhausted.", RETRY_AFTER_HEADER),
 }
 WRITE: dict[int | str, dict[str, Any]] = {
     **COMMON,
     409: problem(
         "Conflict: expected_revision/expected_sequence mismatch (current values "
-        "included), duplicate item ids, or a request with this Idempotency-Key in progress."
+        "included), duplicate item ids, or a request with this Idempotency-Key in progress "
+        "(with Retry-After).",
+        {**ETAG_HEADER, **RETRY_AFTER_HEADER},
     ),
-    412: problem("If-Match / If-None-Match precondition failed (current revision included)."),
+    412: problem(
+        "If-Match / If-None-Match precondition failed (current revision included).",
+        ETAG_HEADER,
+    ),
     413: problem("Request body over the size limit."),
     415: problem("Wrong Content-Type."),
     428: problem("The server requires If-Match on record writes."),
@@ -98,8 +117,10 @@ STREAM_WRITE = {k: v for k, v in WRITE.items() if k not in (412, 428)}
 
 @router.get(
     "/healthz",
+    operation_id="getHealth",
+    summary="Liveness",
     response_model=m.StatusOut,
-    tags=["health"],
+    tags=["operations"],
     responses={500: COMMON[500]},
 )
 def healthz() -> dict[str, str]:
@@ -109,9 +130,14 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
+    operation_id="getReadiness",
+    summary="Readiness",
     response_model=m.StatusOut,
-    tags=["health"],
-    responses={500: COMMON[500], 503: problem("The database does not answer.")},
+    tags=["operations"],
+    responses={
+        500: COMMON[500],
+        503: problem("The database does not answer.", RETRY_AFTER_HEADER),
+    },
 )
 async def readyz(request: Request) -> dict[str, str]:
     """The database answers (one ``SELECT 1``, no retries)."""
@@ -131,7 +157,9 @@ async def readyz(request: Request) -> dict[str, str]:
 
 @router.get(
     "/metrics",
-    tags=["health"],
+    operation_id="getMetrics",
+    summary="Prometheus metrics",
+    tags=["operations"],
     response_class=Response,
     responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -149,6 +177,8 @@ def metrics(request: Request) -> Response:
 
 @router.put(
     "/v1/records/{id}",
+    operation_id="putRecord",
+    summary="Create or replace a record",
     tags=["records"],
     response_model=m.WriteOut,
     responses={
@@ -195,6 +225,8 @@ def put_record(
 
 @router.patch(
     "/v1/records/{id}",
+    operation_id="patchRecord",
+    summary="Merge-patch a record",
     tags=["records"],
     response_model=m.WriteOut,
     responses={**WRITE, 200: {"description": "Patched.", "headers": ETAG_HEADER}},
@@ -207,6 +239,7 @@ def patch_record(
         Body(
             media_type=MERGE_PATCH_TYPE,
             description="RFC 7396 JSON Merge Patch: objects merge, null removes a member.",
+            examples=[m.PATCH_EXAMPLE],
         ),
     ],
     namespace: Namespace = "default",
@@ -240,6 +273,8 @@ def patch_record(
 
 @router.get(
     "/v1/records/{id}",
+    operation_id="getRecord",
+    summary="Read a record's head",
     tags=["records"],
     response_model=m.RecordOut,
     responses={
@@ -263,6 +298,8 @@ def get_record(
 
 @router.delete(
     "/v1/records/{id}",
+    operation_id="deleteRecord",
+    summary="Delete a record",
     tags=["records"],
     status_code=204,
     response_class=Response,
@@ -292,6 +329,8 @@ def delete_record(
 
 @router.get(
     "/v1/records",
+    operation_id="listRecords",
+    summary="List records",
     tags=["records"],
     response_model=m.RecordPageOut,
     responses=COMMON,
@@ -312,6 +351,8 @@ def list_records(
 
 @router.get(
     "/v1/records/{id}/versions",
+    operation_id="getHistory",
+    summary="List a record's versions",
     tags=["records"],
     response_model=m.HistoryOut,
     responses=COMMON,
@@ -330,6 +371,8 @@ def list_versions(
 
 @router.get(
     "/v1/records/{id}/versions/{n}",
+    operation_id="getVersion",
+    summary="Read one version",
     tags=["records"],
     response_model=m.VersionOut,
     responses=COMMON,
@@ -347,6 +390,8 @@ def get_version(
 
 @router.get(
     "/v1/records/{id}/diff",
+    operation_id="diffVersions",
+    summary="Diff two versions",
     tags=["records"],
     response_model=m.DiffOut,
     responses=COMMON,
@@ -365,6 +410,8 @@ def diff_versions(
 
 @router.post(
     "/v1/records/{id}/restore",
+    operation_id="restoreVersion",
+    summary="Restore an old version",
     tags=["records"],
     response_model=m.WriteOut,
     responses={**WRITE, 200: {"description": "Restored as a new version.", "headers": ETAG_HEADER}},
@@ -405,6 +452,8 @@ def restore_record(
 
 @router.post(
     "/v1/streams/{id}/items",
+    operation_id="appendItems",
+    summary="Append items to a stream",
     tags=["streams"],
     status_code=201,
     response_model=m.AppendOut,
@@ -442,6 +491,8 @@ def append_items(
 
 @router.get(
     "/v1/streams/{id}/items",
+    operation_id="readItems",
+    summary="Read a stream's items",
     tags=["streams"],
     response_model=m.ReadOut,
     responses=COMMON,
@@ -460,6 +511,8 @@ def read_items(
 
 @router.get(
     "/v1/streams/{id}",
+    operation_id="getStream",
+    summary="Read stream info",
     tags=["streams"],
     response_model=m.StreamInfoOut,
     responses=COMMON,
