@@ -227,10 +227,12 @@ class SqlBackend:
                 if deadline is None:
                     deadline = now_ + self.reconnect_seconds
                 if now_ >= deadline:
+                    # Chained to the classified error, so logs keep its db code.
+                    err.__cause__ = exc
                     raise Unavailable(
                         f"the database could not be reached for {self.reconnect_seconds:g}s: "
                         f"{exc.orig if isinstance(exc, DBAPIError) else exc}"
-                    ) from exc
+                    ) from err
                 # Jitter: writers that lost the server together must not all come back
                 # at the same instant when it accepts connections again.
                 time.sleep(min(delay * random.uniform(0.5, 1.5), deadline - now_))
