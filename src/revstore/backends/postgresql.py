@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
-from revstore.backends.groupcommit import GroupCommit
+from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.sql import (
     AppendBatch,
     SqlBackend,
@@ -28,7 +28,7 @@ from revstore.backends.sql import (
     install_liveness_probe,
     now,
 )
-from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.errors import AmbiguousCommit, Duplicate, Retryable, RevstoreError, Unavailable
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
 
@@ -78,10 +78,14 @@ _PUT = """
     """
 
 # The same write for several records at once (group commit, see ``groupcommit``): one
-# statement, one commit. ``locked`` takes the row locks in key order first, so two
-# batches from different processes that share records can never deadlock (each waits
-# for the other's first common key in the same order); the UPDATE then sees, under
-# READ COMMITTED, the newest version of every row it holds.
+# statement, one commit. ``locked`` takes the row locks first, with SKIP LOCKED: the
+# leader of a group commit must never wait on a row that another client holds (a long
+# transaction elsewhere), since every write queued behind it would wait too. A skipped
+# row is reported (``revision`` NULL) apart from a row that does not exist (absent),
+# and its write is sent again alone, blocking, outside the leadership. Never waiting
+# also means no lock order is needed: two batches cannot deadlock. The UPDATE then
+# sees, under READ COMMITTED, the newest version of every row it holds.
+# Also sent for a single write by a leader with nobody to batch with, for the same reason.
 _PUT_MANY = """
     WITH req AS (
         SELECT * FROM unnest(
@@ -92,8 +96,7 @@ _PUT_MANY = """
     ), locked AS (
         SELECT t.namespace, t.id
           FROM revstore_records AS t JOIN req ON t.namespace = req.ns AND t.id = req.id
-         ORDER BY t.namespace, t.id
-           FOR UPDATE OF t
+           FOR UPDATE OF t SKIP LOCKED
     ), head AS (
         UPDATE revstore_records AS t
            SET revision = t.revision + 1,
@@ -117,6 +120,11 @@ _PUT_MANY = """
          WHERE bump = 1
     )
     SELECT ord, revision, version, created_at FROM head
+    UNION ALL
+    SELECT r.ord, NULL, NULL, NULL
+      FROM req AS r
+     WHERE NOT EXISTS (SELECT FROM locked AS l WHERE l.namespace = r.ns AND l.id = r.id)
+       AND EXISTS (SELECT FROM revstore_records AS t WHERE t.namespace = r.ns AND t.id = r.id)
     """
 
 _APPEND = """
@@ -138,9 +146,9 @@ _APPEND = """
     RETURNING sequence
     """
 
-# Appends to several streams at once (group commit), locking the stream rows in key
-# order as ``_PUT_MANY`` does. Each item names its request (``owner``, the ordinal in
-# ``req``) and its place in that request's batch (``pos``).
+# Appends to several streams at once (group commit), skipping stream rows held
+# elsewhere as ``_PUT_MANY`` does (``first`` NULL). Each item names its request
+# (``owner``, the ordinal in ``req``) and its place in that request's batch (``pos``).
 _APPEND_MANY = """
     WITH req AS (
         SELECT * FROM unnest(
@@ -150,8 +158,7 @@ _APPEND_MANY = """
     ), locked AS (
         SELECT s.namespace, s.id
           FROM revstore_streams AS s JOIN req ON s.namespace = req.ns AND s.id = req.id
-         ORDER BY s.namespace, s.id
-           FOR UPDATE OF s
+           FOR UPDATE OF s SKIP LOCKED
     ), stream AS (
         UPDATE revstore_streams AS s
            SET last_sequence = s.last_sequence + r.n,
@@ -174,7 +181,32 @@ _APPEND_MANY = """
             ON b.owner = st.ord
     )
     SELECT ord, last_sequence - n + 1 FROM stream
+    UNION ALL
+    SELECT r.ord, NULL
+      FROM req AS r
+     WHERE NOT EXISTS (SELECT FROM locked AS l WHERE l.namespace = r.ns AND l.id = r.id)
+       AND EXISTS (SELECT FROM revstore_streams AS s WHERE s.namespace = r.ns AND s.id = r.id)
     """
+
+
+def _shared_failure(exc: BaseException) -> bool:
+    """Whether a failed group-commit statement failed for every write it carried.
+
+    Shared, never split: a lost connection (``AmbiguousCommit``: the statement may
+    have committed, so none of its writes is sent again), a retryable server condition
+    (each caller's retry policy re-runs its write), and anything that did not come
+    from the driver (a pool timeout, an error after the statement ran), whose effect on
+    the database is unknown. Anything else the driver or the server refused (a data
+    error, a constraint or a trigger, a value too large, ``Duplicate``) may be one
+    write's fault; a statement sent in autocommit that failed applied nothing, so
+    ``GroupCommit`` may split it and send the halves again.
+    """
+    if isinstance(exc, AmbiguousCommit) or not isinstance(exc, RevstoreError):
+        return True
+    if isinstance(exc, Retryable) and not isinstance(exc, Duplicate):
+        return True
+    cause = exc.__cause__
+    return not isinstance(cause, DBAPIError) or bool(cause.connection_invalidated)
 
 
 _CURSOR = "revstore.pg.cursor"
@@ -244,13 +276,21 @@ class PostgresBackend(SqlBackend):
         super().__init__(engine, strategy)
         # Concurrent counter puts on different records share one statement and commit.
         self._puts: GroupCommit[WriteIntent, _Put | None] | None = (
-            GroupCommit(self._put_one, self._put_many, key=lambda i: (i.namespace, i.id))
+            GroupCommit(
+                self._put_one,
+                self._put_many,
+                key=lambda i: (i.namespace, i.id),
+                shared=_shared_failure,
+            )
             if group_commit
             else None
         )
         self._appends: GroupCommit[AppendBatch, _Appended | None] | None = (
             GroupCommit(
-                self._append_one, self._append_many, key=lambda b: (b.namespace, b.stream_id)
+                self._append_one,
+                self._append_many,
+                key=lambda b: (b.namespace, b.stream_id),
+                shared=_shared_failure,
             )
             if group_commit
             else None
@@ -338,7 +378,7 @@ class PostgresBackend(SqlBackend):
         row = self._statement(_PUT, params, lambda cur: cur.fetchone())
         return None if row is None else (int(row[0]), int(row[1]), row[2], ts)
 
-    def _put_many(self, intents: list[WriteIntent]) -> list[_Put | None]:
+    def _put_many(self, intents: list[WriteIntent]) -> list[_Put | Locked | None]:
         ts = now()
         params = {
             "ns": _text_array([i.namespace for i in intents]),
@@ -352,9 +392,11 @@ class PostgresBackend(SqlBackend):
             "now": ts,
         }
         rows = self._statement(_PUT_MANY, params, lambda cur: cur.fetchall())
-        out: list[_Put | None] = [None] * len(intents)
+        out: list[_Put | Locked | None] = [None] * len(intents)
         for ordinal, revision, version, created_at in rows:
-            out[int(ordinal) - 1] = (int(revision), int(version), created_at, ts)
+            out[int(ordinal) - 1] = (
+                LOCKED if revision is None else (int(revision), int(version), created_at, ts)
+            )
         return out
 
     def append(self, batch: AppendBatch) -> AppendResult:
@@ -382,7 +424,7 @@ class PostgresBackend(SqlBackend):
         sequences = self._statement(_APPEND, params, lambda cur: [int(r[0]) for r in cur])
         return (min(sequences), ts) if sequences else None
 
-    def _append_many(self, batches: list[AppendBatch]) -> list[_Appended | None]:
+    def _append_many(self, batches: list[AppendBatch]) -> list[_Appended | Locked | None]:
         ts = now()
         owners: list[int] = []
         positions: list[int] = []
@@ -406,7 +448,7 @@ class PostgresBackend(SqlBackend):
             "now": ts,
         }
         rows = self._statement(_APPEND_MANY, params, lambda cur: cur.fetchall())
-        out: list[_Appended | None] = [None] * len(batches)
+        out: list[_Appended | Locked | None] = [None] * len(batches)
         for ordinal, first in rows:
-            out[int(ordinal) - 1] = (int(first), ts)
+            out[int(ordinal) - 1] = LOCKED if first is None else (int(first), ts)
         return out
