@@ -13,14 +13,17 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from revstore import SequenceConflict, Store, VersionConflict
 from revstore.backends.postgresql import PostgresBackend
+from revstore.errors import AmbiguousCommit, Retryable, RevstoreError
 
 AWKWARD = ["plain", 'quote " in it', "back\\slash", "{braces,comma}", "NULL", "", "é ☃ 𝄞"]
 
@@ -416,3 +419,127 @@ def test_a_stream_locked_elsewhere_does_not_stall_appends_to_other_streams(
     for name in [*names, "X"]:
         stored = store.read(name, limit=1000, namespace=ns).items
         assert [i.sequence for i in stored] == list(range(1, len(stored) + 1))
+
+
+# ---------------------------------------------------------------- one write's failure
+
+
+@pytest.fixture
+def refusing_url(pg_url: str) -> Iterator[str]:
+    """A database of this test's own whose tables refuse any content holding "poison":
+    a CHECK constraint, a refusal the input validation knows nothing of, so the write
+    reaches the database and fails there, inside a batch."""
+    name = f"revstore_gc_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(_libpq(pg_url), autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        setup = Store(url)
+        setup.create_schema()
+        setup.close()
+        with psycopg.connect(_libpq(url), autocommit=True) as conn:
+            checked = [("revstore_records", "content"), ("revstore_stream_items", "body")]
+            for table, column in checked:
+                conn.execute(
+                    f"ALTER TABLE {table} ADD CONSTRAINT refuse_poison"
+                    f" CHECK (strpos({column}, 'poison') = 0)"
+                )
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def assert_refused_alone(exc: BaseException) -> None:
+    # The write's own outcome: the server's refusal, not a lost connection nor a retry.
+    assert isinstance(exc, RevstoreError), exc
+    assert not isinstance(exc, (AmbiguousCommit, Retryable)), exc
+    assert "23514" in str(exc) or "refuse_poison" in str(exc), exc
+
+
+def test_a_write_the_database_refuses_fails_alone_in_its_batch(refusing_url: str) -> None:
+    store = Store(refusing_url)
+    ns = "gc-refuse"
+    keys = [f"r{i}" for i in range(48)]
+    try:
+        for k in keys:
+            store.put(k, {"w": "seed"}, namespace=ns)
+        acked: list[tuple[str, int, dict[str, Any]]] = []
+        refused: list[BaseException] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def writer(t: int) -> None:
+            rng = random.Random(t)
+            for n in range(20):
+                key = rng.choice(keys)
+                poison = rng.random() < 0.08
+                content = {"w": f"{t}.{n}", "text": "poison" if poison else rng.choice(AWKWARD)}
+                try:
+                    rec = store.put(key, content, namespace=ns)
+                except BaseException as exc:
+                    (refused if poison else errors).append(exc)
+                    continue
+                assert not poison, "the database took a write it refuses"
+                with lock:
+                    acked.append((key, rec.revision, content))
+
+        race([threading.Thread(target=writer, args=(t,)) for t in range(24)])
+        assert not errors, errors[:3]  # no innocent write failed
+        assert refused
+        for exc in refused:
+            assert_refused_alone(exc)
+        assert puts(store).splits > 0, "no batch held a refused write: the test raced nothing"
+        for key in keys:
+            head = store.get(key, namespace=ns)
+            mine = sorted((a for a in acked if a[0] == key), key=lambda a: a[1])
+            assert [a[1] for a in mine] == list(range(2, head.revision + 1))
+            history = store.history(key, limit=1000, namespace=ns).versions
+            assert [v.content for v in history[1:]] == [a[2] for a in mine]
+    finally:
+        store.close()
+
+
+def test_an_append_the_database_refuses_fails_alone_in_its_batch(refusing_url: str) -> None:
+    store = Store(refusing_url)
+    ns = "gc-refuse"
+    names = [f"s{i}" for i in range(48)]
+    try:
+        for name in names:
+            store.append(name, [{"seed": True}], namespace=ns)
+        acked: list[tuple[str, int, list[Any]]] = []
+        refused: list[BaseException] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def writer(t: int) -> None:
+            rng = random.Random(t)
+            for n in range(20):
+                name = rng.choice(names)
+                poison = rng.random() < 0.08
+                items: list[Any] = [{"w": f"{t}.{n}.{k}"} for k in range(rng.randint(1, 4))]
+                if poison:
+                    items[-1] = {"text": "poison"}
+                try:
+                    res = store.append(name, items, namespace=ns)
+                except BaseException as exc:
+                    (refused if poison else errors).append(exc)
+                    continue
+                assert not poison, "the database took an append it refuses"
+                with lock:
+                    acked.append((name, res.first_sequence, items))
+
+        race([threading.Thread(target=writer, args=(t,)) for t in range(24)])
+        assert not errors, errors[:3]
+        assert refused
+        for exc in refused:
+            assert_refused_alone(exc)
+        assert appends(store).splits > 0, "no batch held a refused append: the test raced nothing"
+        for name in names:
+            stored = store.read(name, limit=1000, namespace=ns).items
+            assert [i.sequence for i in stored] == list(range(1, len(stored) + 1))
+            mine = [(first, items) for n, first, items in acked if n == name]
+            expected = {first + k: body for first, items in mine for k, body in enumerate(items)}
+            assert {i.sequence: i.body for i in stored[1:]} == expected
+    finally:
+        store.close()
