@@ -26,7 +26,9 @@ records queued behind it.
 A write to a key that is already queued or in flight is never batched: one statement
 cannot change a row twice, and queueing it behind a client round trip would serialise
 a hot record in the client, where the database's row lock orders it faster. It goes
-at once through ``run_one``, outside the leadership, so its lock wait is its own.
+at once through ``run_one``, outside the leadership, so its lock wait is its own. So
+do the next writes to a key that was just found locked (a hot record, written by
+other processes too): sending them through a batch would mostly cost a second trip.
 
 This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many`` and
 ``shared``.
@@ -42,6 +44,11 @@ from typing import Final, Generic, TypeVar
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+
+HOT_WRITES = 32
+"""Writes to a key found locked that go straight to ``run_one`` before it is batched again."""
+HOT_KEYS = 4096
+"""Bound on the keys remembered as hot (the memory is cleared when it is reached)."""
 
 
 class Locked(enum.Enum):
@@ -132,6 +139,7 @@ class GroupCommit(Generic[Req, Res]):
         self._lock = threading.Lock()
         self._queue: deque[_Slot[Req, Res]] = deque()
         self._busy: set[Hashable] = set()  # keys queued or in flight
+        self._hot: dict[Hashable, int] = {}  # key found locked -> direct writes left
         self._leaders = 0
         self.stats = GroupCommitStats()
 
@@ -140,6 +148,13 @@ class GroupCommit(Generic[Req, Res]):
         with self._lock:
             if key in self._busy:
                 busy = True
+            elif key in self._hot:
+                busy = True
+                left = self._hot[key] - 1
+                if left > 0:
+                    self._hot[key] = left
+                else:
+                    del self._hot[key]  # the next write tries a batch again
             else:
                 busy = False
                 slot: _Slot[Req, Res] = _Slot(request, key)
@@ -150,7 +165,7 @@ class GroupCommit(Generic[Req, Res]):
                 else:
                     self._queue.append(slot)
         if busy:
-            # Same key already queued or in flight: see the module docstring.
+            # Same key already queued or in flight, or hot: see the module docstring.
             self.stats.solo_writes += 1
             return self._run_one(request)
         if not lead:
@@ -163,13 +178,16 @@ class GroupCommit(Generic[Req, Res]):
         if result is LOCKED:
             # Another client holds the row. Wait for it here, in the server's lock
             # queue, now that the leadership has been handed on; the key stays busy
-            # meanwhile, so writes to it go straight to that queue too.
+            # meanwhile, then hot, so writes to it go straight to that queue too.
             self.stats.locked_writes += 1
             try:
                 return self._run_one(request)
             finally:
                 with self._lock:
                     self._busy.discard(key)
+                    if len(self._hot) >= HOT_KEYS:
+                        self._hot.clear()
+                    self._hot[key] = HOT_WRITES
         return result  # type: ignore[return-value]  # set whenever error is None
 
     def _lead(self, own: _Slot[Req, Res]) -> None:
