@@ -15,15 +15,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
 from revstore import SequenceConflict, Store, VersionConflict
+from revstore.backends.groupcommit import LOCKED
 from revstore.backends.postgresql import PostgresBackend
+from revstore.backends.sql import AppendBatch
+from revstore.content import Canonical
 from revstore.errors import AmbiguousCommit, Retryable, RevstoreError
+from revstore.record import Mode, WriteIntent
+
+T = TypeVar("T")
 
 AWKWARD = ["plain", 'quote " in it', "back\\slash", "{braces,comma}", "NULL", "", "é ☃ 𝄞"]
 
@@ -285,6 +291,73 @@ class HeldRow:
             self.released.set()
             self.holder.rollback()
             self.holder.close()
+
+
+def finished_while_held(held: HeldRow, fn: Callable[[], T]) -> tuple[T, bool]:
+    """Run ``fn`` while ``held`` is held; its result, and whether it returned before
+    the release (a statement that waits on the lock returns only after it)."""
+    out: list[tuple[T, bool]] = []
+    th = threading.Thread(target=lambda: out.append((fn(), not held.released.is_set())))
+    th.start()
+    th.join(60)  # a guard against a stall only: on one, the release ends it and we fail
+    held.release()
+    th.join()
+    assert out, "the statement failed"
+    return out[0]
+
+
+def test_the_leaders_statements_skip_a_row_held_elsewhere(
+    stores: list[Store], pg_url: str, ns: str
+) -> None:
+    # What a group-commit leader sends never waits for a row lock held elsewhere: such
+    # a write comes back LOCKED, told apart from one whose row does not exist (None).
+    store = stores[0]
+    backend = store.backend
+    assert isinstance(backend, PostgresBackend)
+    for key in ["held", "free"]:
+        store.put(key, {"n": 0}, namespace=ns)
+        store.append(key, [{"n": 0}], namespace=ns)
+
+    def intent(key: str, n: int) -> WriteIntent:
+        body = Canonical({"n": n}, max_bytes=1 << 20)
+        return store._intent(Mode.PUT, ns, key, None, True, None, None, body)
+
+    def batch(name: str, n: int) -> AppendBatch:
+        return AppendBatch(ns, name, [Canonical({"n": n}, max_bytes=1 << 20)], None, None)
+
+    held = HeldRow(pg_url, "revstore_records", ns, "held")
+    (many, lone, lone_absent), in_time = finished_while_held(
+        held,
+        lambda: (
+            backend._put_many([intent("held", 1), intent("free", 1), intent("absent", 1)]),
+            backend._put_many([intent("held", 2)]),
+            backend._put_many([intent("absent", 2)]),
+        ),
+    )
+    assert in_time
+    assert many[0] is LOCKED and many[2] is None
+    assert isinstance(many[1], tuple) and many[1][:2] == (2, 2)
+    assert lone == [LOCKED] and lone_absent == [None]
+    assert store.get("held", namespace=ns).revision == 1  # nothing applied to it
+    done = backend._put_many([intent("held", 3)])[0]  # released: applied
+    assert isinstance(done, tuple) and done[:2] == (2, 2)
+
+    held = HeldRow(pg_url, "revstore_streams", ns, "held")
+    (many_a, lone_a, lone_absent_a), in_time = finished_while_held(
+        held,
+        lambda: (
+            backend._append_many([batch("held", 1), batch("free", 1), batch("absent", 1)]),
+            backend._append_many([batch("held", 2)]),
+            backend._append_many([batch("absent", 2)]),
+        ),
+    )
+    assert in_time
+    assert many_a[0] is LOCKED and many_a[2] is None
+    assert isinstance(many_a[1], tuple) and many_a[1][0] == 2
+    assert lone_a == [LOCKED] and lone_absent_a == [None]
+    assert store.stream_info("held", namespace=ns).last_sequence == 1
+    appended = backend._append_many([batch("held", 3)])[0]
+    assert isinstance(appended, tuple) and appended[0] == 2
 
 
 def test_a_record_locked_elsewhere_does_not_stall_writes_to_other_records(

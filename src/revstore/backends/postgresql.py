@@ -6,6 +6,13 @@ the UPDATE takes is held only while the server runs that one statement, never ac
 a client round trip, which is what keeps a hot record fast. Under READ COMMITTED a
 writer that queued on the lock re-evaluates its ``WHERE`` on the newest row version
 (EvalPlanQual), so ``revision + 1`` is always computed from the committed winner.
+
+Group commit (``groupcommit``) sends concurrent writes to different records or streams
+as one statement (``_PUT_MANY``, ``_APPEND_MANY``; ``_PUT_TRY``, ``_APPEND_TRY`` for a
+lone one). Those never wait on a row lock: they take their rows with ``FOR UPDATE SKIP
+LOCKED`` and report a row held elsewhere, whose write is then sent again by itself with
+``_PUT`` / ``_APPEND``, which wait in the server's lock queue outside the group commit.
+A batch statement that fails for one write's reason is split (``_shared_failure``).
 """
 
 from __future__ import annotations
@@ -49,10 +56,12 @@ RETRYABLE = {
 # transaction not yet committed was rolled back.
 DISCONNECT_STATES = {"57P01", "57P02", "57P03"}
 
-# The two counter statements are sent straight through psycopg (see ``_statement``), in
+# The counter statements are sent straight through psycopg (see ``_statement``), in
 # psycopg's ``%(name)s`` parameter style: exactly the text SQLAlchemy compiled from the
 # former ``text()`` constructs, so the server receives byte-for-byte the same statement.
 # psycopg prepares it server-side on a connection after ``prepare_threshold`` (5) runs.
+# ``_PUT`` and ``_APPEND`` wait for a row held by another writer (the lock queue orders a
+# hot record); they are sent only outside a group commit's leadership.
 _PUT = """
     WITH head AS (
         UPDATE revstore_records
