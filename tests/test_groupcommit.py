@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
+from revstore.backends.groupcommit import HOT_WRITES, LOCKED, GroupCommit, Locked
 from revstore.errors import AmbiguousCommit, Retryable, Unavailable
 
 
@@ -276,3 +276,31 @@ def test_a_write_on_a_row_held_elsewhere_waits_outside_the_leadership() -> None:
     assert others == [1] * 160 and all(done_while_held)
     assert gc.stats.locked_writes == 1 and gc.stats.batches > 0
     assert sorted(one_calls) == [("held", 1), ("held", 2)]
+
+
+def test_a_key_found_locked_goes_straight_to_run_one_for_its_next_writes() -> None:
+    # A hot record written by other processes too: a batch would mostly skip it and
+    # cost it a second trip, so after one skip its next HOT_WRITES writes go alone.
+    ledger = Ledger(delay=0)
+    one_calls: list[tuple[str, int]] = []
+    many_calls: list[list[tuple[str, int]]] = []
+    skip = [True]
+
+    def one(req: tuple[str, int]) -> int | None:
+        one_calls.append(req)
+        return ledger.one(req)
+
+    def many(reqs: list[tuple[str, int]]) -> list[int | Locked | None]:
+        many_calls.append(reqs)
+        if skip[0]:
+            skip[0] = False
+            return [LOCKED]
+        return list(ledger.many(reqs))
+
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(one, many, key=lambda r: r[0])
+    results = [gc.submit(("hot", i)) for i in range(HOT_WRITES + 2)]
+    assert results == list(range(1, HOT_WRITES + 3))
+    # The skipped write and the next HOT_WRITES went alone; then a batch is tried again.
+    assert many_calls == [[("hot", 0)], [("hot", HOT_WRITES + 1)]]
+    assert one_calls == [("hot", i) for i in range(HOT_WRITES + 1)]
+    assert gc.stats.locked_writes == 1

@@ -95,7 +95,7 @@ class GroupCommitStats:
         self.batches = 0  # statements sent for more than one write
         self.batched_writes = 0  # writes that went in those statements
         self.largest = 0
-        self.solo_writes = 0  # writes sent alone (nobody to batch with, or a busy key)
+        self.solo_writes = 0  # writes sent alone (nobody to batch with, a busy or hot key)
         self.locked_writes = 0  # writes skipped on a row held elsewhere, then sent alone
         self.splits = 0  # failed statements split for one write's failure
 
