@@ -20,13 +20,21 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from revstore import SequenceConflict, Store, VersionConflict
 from revstore.backends.groupcommit import LOCKED
-from revstore.backends.postgresql import PostgresBackend
+from revstore.backends.postgresql import PostgresBackend, _shared_failure
 from revstore.backends.sql import AppendBatch
 from revstore.content import Canonical
-from revstore.errors import AmbiguousCommit, Retryable, RevstoreError
+from revstore.errors import (
+    AmbiguousCommit,
+    Duplicate,
+    InvalidInput,
+    Retryable,
+    RevstoreError,
+    Unavailable,
+)
 from revstore.record import Mode, WriteIntent
 
 T = TypeVar("T")
@@ -616,3 +624,25 @@ def test_an_append_the_database_refuses_fails_alone_in_its_batch(refusing_url: s
             assert {i.sequence: i.body for i in stored[1:]} == expected
     finally:
         store.close()
+
+
+def test_which_failures_split_a_batch() -> None:
+    # What the server or the driver refused (nothing applied) may be one write's; a
+    # lost connection (may have committed), a retryable condition, or an error from
+    # outside the driver (effect unknown) belongs to every write and is never re-sent.
+    def raised(err: Exception, cause: BaseException | None) -> Exception:
+        try:
+            raise err from cause
+        except Exception as exc:
+            return exc
+
+    refused = DBAPIError("UPDATE …", None, Exception("23514 check violation"))
+    lost = DBAPIError("UPDATE …", None, Exception("server closed"), connection_invalidated=True)
+    assert not _shared_failure(raised(Unavailable("PostgreSQL error 23514"), refused))
+    assert not _shared_failure(raised(Duplicate("unique key", code="23505"), refused))
+    assert not _shared_failure(raised(InvalidInput("NUL in text"), refused))
+    assert _shared_failure(raised(AmbiguousCommit("connection lost"), refused))
+    assert _shared_failure(raised(Unavailable("lost"), lost))
+    assert _shared_failure(raised(Retryable("serialization_failure", code="40001"), refused))
+    assert _shared_failure(raised(Unavailable("pool timeout"), TimeoutError()))
+    assert _shared_failure(ValueError("a bug after the statement ran"))
