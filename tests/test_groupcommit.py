@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from revstore.backends.groupcommit import HOT_WRITES, LOCKED, GroupCommit, Locked
+from revstore.backends.groupcommit import HOT_SECONDS, LOCKED, GroupCommit, Locked
 from revstore.errors import AmbiguousCommit, Retryable, Unavailable
 
 
@@ -278,13 +278,14 @@ def test_a_write_on_a_row_held_elsewhere_waits_outside_the_leadership() -> None:
     assert sorted(one_calls) == [("held", 1), ("held", 2)]
 
 
-def test_a_key_found_locked_goes_straight_to_run_one_for_its_next_writes() -> None:
+def test_a_key_found_locked_goes_straight_to_run_one_for_a_while() -> None:
     # A hot record written by other processes too: a batch would mostly skip it and
-    # cost it a second trip, so after one skip its next HOT_WRITES writes go alone.
+    # cost it a second trip, so for HOT_SECONDS after a skip its writes go alone.
     ledger = Ledger(delay=0)
     one_calls: list[tuple[str, int]] = []
     many_calls: list[list[tuple[str, int]]] = []
     skip = [True]
+    clock = [1000.0]  # a fake clock: no timing in the test
 
     def one(req: tuple[str, int]) -> int | None:
         one_calls.append(req)
@@ -297,10 +298,16 @@ def test_a_key_found_locked_goes_straight_to_run_one_for_its_next_writes() -> No
             return [LOCKED]
         return list(ledger.many(reqs))
 
-    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(one, many, key=lambda r: r[0])
-    results = [gc.submit(("hot", i)) for i in range(HOT_WRITES + 2)]
-    assert results == list(range(1, HOT_WRITES + 3))
-    # The skipped write and the next HOT_WRITES went alone; then a batch is tried again.
-    assert many_calls == [[("hot", 0)], [("hot", HOT_WRITES + 1)]]
-    assert one_calls == [("hot", i) for i in range(HOT_WRITES + 1)]
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(
+        one, many, key=lambda r: r[0], clock=lambda: clock[0]
+    )
+    results = [gc.submit(("hot", i)) for i in range(5)]
+    clock[0] += HOT_SECONDS / 2
+    results.append(gc.submit(("hot", 5)))
+    assert gc.submit(("other", 0)) == 1  # another key is batched as ever
+    clock[0] += HOT_SECONDS
+    results.append(gc.submit(("hot", 6)))  # the memory has expired: a batch again
+    assert results == list(range(1, 8))
+    assert many_calls == [[("hot", 0)], [("other", 0)], [("hot", 6)]]
+    assert one_calls == [("hot", i) for i in range(6)]
     assert gc.stats.locked_writes == 1

@@ -27,8 +27,8 @@ A write to a key that is already queued or in flight is never batched: one state
 cannot change a row twice, and queueing it behind a client round trip would serialise
 a hot record in the client, where the database's row lock orders it faster. It goes
 at once through ``run_one``, outside the leadership, so its lock wait is its own. So
-do the next writes to a key that was just found locked (a hot record, written by
-other processes too): sending them through a batch would mostly cost a second trip.
+do the writes to a key found locked in the last ``HOT_SECONDS`` (a hot record, written
+by other processes too): sending them through a batch would mostly cost a second trip.
 
 This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many`` and
 ``shared``.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Final, Generic, TypeVar
@@ -45,8 +46,10 @@ from typing import Final, Generic, TypeVar
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
-HOT_WRITES = 32
-"""Writes to a key found locked that go straight to ``run_one`` before it is batched again."""
+HOT_SECONDS = 0.1
+"""How long writes to a key found locked go straight to ``run_one``. A time, not a count
+of writes: a key of a spread workload that two processes happened to batch at the same
+moment must not be kept out of batches until it is written again and again."""
 HOT_KEYS = 4096
 """Bound on the keys remembered as hot (the memory is cleared when it is reached)."""
 
@@ -127,6 +130,7 @@ class GroupCommit(Generic[Req, Res]):
         shared: Callable[[BaseException], bool] = _every_failure_is_shared,
         max_batch: int = 64,
         max_leaders: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1 or max_leaders < 1:
             raise ValueError("max_batch and max_leaders must be at least 1")
@@ -134,29 +138,23 @@ class GroupCommit(Generic[Req, Res]):
         self._run_many = run_many
         self._key = key
         self._shared = shared
+        self._clock = clock
         self._max_batch = max_batch
         self._max_leaders = max_leaders
         self._lock = threading.Lock()
         self._queue: deque[_Slot[Req, Res]] = deque()
         self._busy: set[Hashable] = set()  # keys queued or in flight
-        self._hot: dict[Hashable, int] = {}  # key found locked -> direct writes left
+        self._hot: dict[Hashable, float] = {}  # key found locked -> hot until (monotonic)
         self._leaders = 0
         self.stats = GroupCommitStats()
 
     def submit(self, request: Req) -> Res:
         key = self._key(request)
         with self._lock:
-            if key in self._busy:
-                busy = True
-            elif key in self._hot:
-                busy = True
-                left = self._hot[key] - 1
-                if left > 0:
-                    self._hot[key] = left
-                else:
-                    del self._hot[key]  # the next write tries a batch again
-            else:
-                busy = False
+            # A key in flight or hot is sent alone (see the module docstring).
+            busy = key in self._busy or (key in self._hot and self._clock() < self._hot[key])
+            if not busy:
+                self._hot.pop(key, None)
                 slot: _Slot[Req, Res] = _Slot(request, key)
                 self._busy.add(key)
                 lead = self._leaders < self._max_leaders
@@ -187,7 +185,7 @@ class GroupCommit(Generic[Req, Res]):
                     self._busy.discard(key)
                     if len(self._hot) >= HOT_KEYS:
                         self._hot.clear()
-                    self._hot[key] = HOT_WRITES
+                    self._hot[key] = self._clock() + HOT_SECONDS
         return result  # type: ignore[return-value]  # set whenever error is None
 
     def _lead(self, own: _Slot[Req, Res]) -> None:
