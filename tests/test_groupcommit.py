@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from revstore.backends.groupcommit import GroupCommit
-from revstore.errors import Retryable
+from revstore.backends.groupcommit import HOT_SECONDS, LOCKED, GroupCommit, Locked
+from revstore.errors import AmbiguousCommit, Retryable, Unavailable
 
 
 class Ledger:
@@ -163,3 +163,151 @@ def test_max_leaders_bounds_the_statements_in_flight() -> None:
         results = list(pool.map(gc.submit, [(f"k{i}", i) for i in range(256)]))
     assert results == [1] * 256
     assert ledger.most_in_flight == 2
+
+
+class Poisoned(Exception):
+    """A failure that belongs to one write (as a constraint violation does)."""
+
+
+def test_a_statement_failed_by_one_write_is_split_so_the_others_land() -> None:
+    ledger = Ledger()
+    sent: list[list[tuple[str, int]]] = []
+
+    def many(reqs: list[tuple[str, int]]) -> list[int | None]:
+        sent.append(reqs)
+        if any(v % 17 == 5 for _, v in reqs):
+            raise Poisoned("check constraint")  # the whole statement fails, applies nothing
+        return ledger.many(reqs)
+
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(
+        ledger.one, many, key=lambda r: r[0], shared=lambda exc: not isinstance(exc, Poisoned)
+    )
+
+    def submit(req: tuple[str, int]) -> str:
+        try:
+            gc.submit(req)
+        except Poisoned:
+            return "poisoned"
+        return "ok"
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(submit, [(f"k{i}", i) for i in range(192)]))
+    # Only the guilty writes failed; every other write landed exactly once.
+    for i, outcome in enumerate(outcomes):
+        assert outcome == ("poisoned" if i % 17 == 5 else "ok"), i
+    assert sorted(v for vs in ledger.values.values() for v in vs) == [
+        i for i in range(192) if i % 17 != 5
+    ]
+    assert gc.stats.splits > 0, "no batch held a guilty write: the test raced nothing"
+    # Each guilty write was finally sent alone, and no write was sent twice once applied.
+    poisoned = {v for _, v in [r for b in sent for r in b] if v % 17 == 5}
+    assert all([(f"k{v}", v)] in sent for v in poisoned)
+
+
+def test_a_shared_failure_is_never_sent_again() -> None:
+    # A lost connection during the commit may have applied the statement: re-sending
+    # any of its writes could apply it twice. Each gets the error, once.
+    sent: list[list[tuple[str, int]]] = []
+    ledger = Ledger()
+
+    def many(reqs: list[tuple[str, int]]) -> list[int | None]:
+        sent.append(reqs)
+        if any(v == 13 for _, v in reqs):
+            raise AmbiguousCommit("connection lost during a one-statement write")
+        return ledger.many(reqs)
+
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(
+        ledger.one, many, key=lambda r: r[0], shared=lambda exc: isinstance(exc, Unavailable)
+    )
+
+    def submit(req: tuple[str, int]) -> str:
+        try:
+            gc.submit(req)
+        except AmbiguousCommit:
+            return "ambiguous"
+        return "ok"
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(submit, [(f"k{i}", i) for i in range(96)]))
+    failed = [b for b in sent if any(v == 13 for _, v in b)]
+    assert len(failed) == 1 and gc.stats.splits == 0
+    for i, outcome in enumerate(outcomes):
+        assert outcome == ("ambiguous" if (f"k{i}", i) in failed[0] else "ok")
+    assert sum(len(b) for b in sent) == 96  # no write sent twice
+
+
+def test_a_write_on_a_row_held_elsewhere_waits_outside_the_leadership() -> None:
+    # "held" is locked by another client: run_many skips it, and its caller waits in
+    # run_one after the leadership was handed on, while writes to other keys go on.
+    ledger = Ledger(delay=0.001)
+    released = threading.Event()
+    held_waiting = threading.Event()
+    one_calls: list[tuple[str, int]] = []
+
+    def one(req: tuple[str, int]) -> int | None:
+        one_calls.append(req)
+        if req[0] == "held":
+            held_waiting.set()
+            assert released.wait(60), "the lock was never released"
+        return ledger.one(req)
+
+    def many(reqs: list[tuple[str, int]]) -> list[int | Locked | None]:
+        if released.is_set():
+            return list(ledger.many(reqs))
+        held = [k == "held" for k, _ in reqs]
+        applied = iter(ledger.many([r for r, h in zip(reqs, held, strict=True) if not h]))
+        return [LOCKED if h else next(applied) for h in held]
+
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(one, many, key=lambda r: r[0])
+    done_while_held: list[bool] = []
+
+    def submit(req: tuple[str, int]) -> int | None:
+        result = gc.submit(req)
+        done_while_held.append(not released.is_set())
+        return result
+
+    with ThreadPoolExecutor(17) as pool:
+        held = [pool.submit(gc.submit, ("held", 1))]
+        assert held_waiting.wait(60)
+        held.append(pool.submit(gc.submit, ("held", 2)))  # busy key: straight to run_one
+        others = list(pool.map(submit, [(f"k{i}", i) for i in range(160)]))
+        released.set()
+        assert sorted(f.result(timeout=60) or 0 for f in held) == [1, 2]
+    assert others == [1] * 160 and all(done_while_held)
+    assert gc.stats.locked_writes == 1 and gc.stats.batches > 0
+    assert sorted(one_calls) == [("held", 1), ("held", 2)]
+
+
+def test_a_key_found_locked_goes_straight_to_run_one_for_a_while() -> None:
+    # A hot record written by other processes too: a batch would mostly skip it and
+    # cost it a second trip, so for HOT_SECONDS after a skip its writes go alone.
+    ledger = Ledger(delay=0)
+    one_calls: list[tuple[str, int]] = []
+    many_calls: list[list[tuple[str, int]]] = []
+    skip = [True]
+    clock = [1000.0]  # a fake clock: no timing in the test
+
+    def one(req: tuple[str, int]) -> int | None:
+        one_calls.append(req)
+        return ledger.one(req)
+
+    def many(reqs: list[tuple[str, int]]) -> list[int | Locked | None]:
+        many_calls.append(reqs)
+        if skip[0]:
+            skip[0] = False
+            return [LOCKED]
+        return list(ledger.many(reqs))
+
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(
+        one, many, key=lambda r: r[0], clock=lambda: clock[0]
+    )
+    results = [gc.submit(("hot", i)) for i in range(5)]
+    clock[0] += HOT_SECONDS / 2
+    results.append(gc.submit(("hot", 5)))
+    assert gc.submit(("other", 0)) == 1  # another key is batched as ever
+    clock[0] += HOT_SECONDS
+    results.append(gc.submit(("hot", 6)))  # the memory has expired: a batch again
+    assert results == list(range(1, 8))
+    assert many_calls == [[("hot", 0)], [("other", 0)], [("hot", 6)]]
+    assert one_calls == [("hot", i) for i in range(6)]
+    assert gc.stats.locked_writes == 1

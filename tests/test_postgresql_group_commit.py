@@ -12,13 +12,32 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from revstore import SequenceConflict, Store, VersionConflict
-from revstore.backends.postgresql import PostgresBackend
+from revstore.backends.groupcommit import LOCKED
+from revstore.backends.postgresql import PostgresBackend, _shared_failure
+from revstore.backends.sql import AppendBatch
+from revstore.content import Canonical
+from revstore.errors import (
+    AmbiguousCommit,
+    Duplicate,
+    InvalidInput,
+    Retryable,
+    RevstoreError,
+    Unavailable,
+)
+from revstore.record import Mode, WriteIntent
+
+T = TypeVar("T")
 
 AWKWARD = ["plain", 'quote " in it', "back\\slash", "{braces,comma}", "NULL", "", "é ☃ 𝄞"]
 
@@ -238,3 +257,392 @@ def test_group_commit_can_be_turned_off(pg_url: str, ns: str) -> None:
         assert store.put("x", {"a": 2}, namespace=ns).revision == 2
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- a row held elsewhere
+
+
+def _libpq(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+class HeldRow:
+    """A row lock held from another connection: a long transaction elsewhere."""
+
+    def __init__(self, pg_url: str, table: str, ns: str, key: str) -> None:
+        self.url = _libpq(pg_url)
+        # Set just *before* the lock is released: a write that completes and finds it
+        # unset certainly completed while the lock was held.
+        self.released = threading.Event()
+        self.holder = psycopg.connect(self.url)
+        row = self.holder.execute(
+            f"SELECT 1 FROM {table} WHERE namespace = %s AND id = %s FOR UPDATE", (ns, key)
+        ).fetchone()
+        assert row is not None
+        self.pid = self.holder.info.backend_pid
+
+    def wait_for_a_waiter(self) -> None:
+        """Return once some session is queued on this lock (polls server state)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for _ in range(10_000):
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                    (self.pid,),
+                ).fetchone()
+                if row is not None and row[0] > 0:
+                    return
+                time.sleep(0.01)
+        raise AssertionError("no write ever queued on the held row")
+
+    def release(self) -> None:
+        if not self.released.is_set():
+            self.released.set()
+            self.holder.rollback()
+            self.holder.close()
+
+
+def finished_while_held(held: HeldRow, fn: Callable[[], T]) -> tuple[T, bool]:
+    """Run ``fn`` while ``held`` is held; its result, and whether it returned before
+    the release (a statement that waits on the lock returns only after it)."""
+    out: list[tuple[T, bool]] = []
+    th = threading.Thread(target=lambda: out.append((fn(), not held.released.is_set())))
+    th.start()
+    th.join(60)  # a guard against a stall only: on one, the release ends it and we fail
+    held.release()
+    th.join()
+    assert out, "the statement failed"
+    return out[0]
+
+
+def test_the_leaders_statements_skip_a_row_held_elsewhere(
+    stores: list[Store], pg_url: str, ns: str
+) -> None:
+    # What a group-commit leader sends never waits for a row lock held elsewhere: such
+    # a write comes back LOCKED, told apart from one whose row does not exist (None).
+    store = stores[0]
+    backend = store.backend
+    assert isinstance(backend, PostgresBackend)
+    for key in ["held", "free"]:
+        store.put(key, {"n": 0}, namespace=ns)
+        store.append(key, [{"n": 0}], namespace=ns)
+
+    def intent(key: str, n: int) -> WriteIntent:
+        body = Canonical({"n": n}, max_bytes=1 << 20)
+        return store._intent(Mode.PUT, ns, key, None, True, None, None, body)
+
+    def batch(name: str, n: int) -> AppendBatch:
+        return AppendBatch(ns, name, [Canonical({"n": n}, max_bytes=1 << 20)], None, None)
+
+    held = HeldRow(pg_url, "revstore_records", ns, "held")
+    (many, lone, lone_absent), in_time = finished_while_held(
+        held,
+        lambda: (
+            backend._put_many([intent("held", 1), intent("free", 1), intent("absent", 1)]),
+            backend._put_many([intent("held", 2)]),
+            backend._put_many([intent("absent", 2)]),
+        ),
+    )
+    assert in_time
+    assert many[0] is LOCKED and many[2] is None
+    assert isinstance(many[1], tuple) and many[1][:2] == (2, 2)
+    assert lone == [LOCKED] and lone_absent == [None]
+    assert store.get("held", namespace=ns).revision == 1  # nothing applied to it
+    done = backend._put_many([intent("held", 3)])[0]  # released: applied
+    assert isinstance(done, tuple) and done[:2] == (2, 2)
+
+    held = HeldRow(pg_url, "revstore_streams", ns, "held")
+    (many_a, lone_a, lone_absent_a), in_time = finished_while_held(
+        held,
+        lambda: (
+            backend._append_many([batch("held", 1), batch("free", 1), batch("absent", 1)]),
+            backend._append_many([batch("held", 2)]),
+            backend._append_many([batch("absent", 2)]),
+        ),
+    )
+    assert in_time
+    assert many_a[0] is LOCKED and many_a[2] is None
+    assert isinstance(many_a[1], tuple) and many_a[1][0] == 2
+    assert lone_a == [LOCKED] and lone_absent_a == [None]
+    assert store.stream_info("held", namespace=ns).last_sequence == 1
+    appended = backend._append_many([batch("held", 3)])[0]
+    assert isinstance(appended, tuple) and appended[0] == 2
+
+
+def test_a_record_locked_elsewhere_does_not_stall_writes_to_other_records(
+    stores: list[Store], pg_url: str, ns: str
+) -> None:
+    store = stores[0]
+    keys = [f"free{i}" for i in range(48)]
+    for k in [*keys, "X"]:
+        store.put(k, {"n": 0}, namespace=ns)
+    lock = threading.Lock()
+    done: list[tuple[str, float, bool]] = []  # key, latency, completed after the release
+    errors: list[BaseException] = []
+    x_revisions: list[int] = []
+    held = HeldRow(pg_url, "revstore_records", ns, "X")
+
+    def put(key: str, n: int) -> None:
+        start = time.perf_counter()
+        try:
+            rec = store.put(key, {"n": n}, namespace=ns)
+        except BaseException as exc:
+            errors.append(exc)
+            return
+        with lock:
+            done.append((key, time.perf_counter() - start, held.released.is_set()))
+            if key == "X":
+                x_revisions.append(rec.revision)
+
+    def writer(t: int) -> None:
+        rng = random.Random(t)
+        for n in range(6):
+            put(rng.choice(keys), n)
+
+    try:
+        first_x = threading.Thread(target=put, args=("X", 99))
+        first_x.start()
+        held.wait_for_a_waiter()  # the first write to X is stuck on the lock
+        # A second write to the held record, among the writes to others.
+        writers = [threading.Thread(target=put, args=("X", 100))]
+        writers += [threading.Thread(target=writer, args=(t,)) for t in range(16)]
+        for th in writers:
+            th.start()
+        # Wait for the writes to the other records, but not for ever: on a stall, the
+        # lock is released after this (generous) bound and the assertions below fail.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(1 for d in done if d[0] != "X") < 16 * 6:
+            if errors:
+                break
+            time.sleep(0.01)
+    finally:
+        held.release()
+    first_x.join()
+    for th in writers:
+        th.join()
+    assert not errors, errors[:3]
+    others = sorted(lat for key, lat, _ in done if key != "X")
+    print(
+        f"\n{len(others)} writes to other records while X was locked elsewhere: "
+        f"median {1000 * others[len(others) // 2]:.1f} ms, max {1000 * others[-1]:.1f} ms"
+    )
+    late = [key for key, _, after in done if key != "X" and after]
+    assert not late, f"{len(late)} writes to other records waited for the lock on X"
+    # Both writes to X completed after the release, each at its own revision.
+    assert [after for key, _, after in done if key == "X"] == [True, True]
+    assert sorted(x_revisions) == [2, 3]
+    assert store.get("X", namespace=ns).revision == 3
+    assert puts(store).locked_writes >= 1
+    for k in keys:
+        history = store.history(k, limit=1000, namespace=ns).versions
+        assert [v.version for v in history] == list(range(1, len(history) + 1))
+
+
+def test_a_stream_locked_elsewhere_does_not_stall_appends_to_other_streams(
+    stores: list[Store], pg_url: str, ns: str
+) -> None:
+    store = stores[0]
+    names = [f"free{i}" for i in range(48)]
+    for name in [*names, "X"]:
+        store.append(name, [{"seed": True}], namespace=ns)
+    lock = threading.Lock()
+    done: list[tuple[str, float, bool]] = []
+    errors: list[BaseException] = []
+    x_ranges: list[tuple[int, int]] = []
+    held = HeldRow(pg_url, "revstore_streams", ns, "X")
+
+    def append(name: str, size: int) -> None:
+        start = time.perf_counter()
+        try:
+            res = store.append(name, [{"k": k} for k in range(size)], namespace=ns)
+        except BaseException as exc:
+            errors.append(exc)
+            return
+        with lock:
+            done.append((name, time.perf_counter() - start, held.released.is_set()))
+            if name == "X":
+                x_ranges.append((res.first_sequence, res.last_sequence))
+
+    def writer(t: int) -> None:
+        rng = random.Random(t)
+        for _ in range(6):
+            append(rng.choice(names), rng.randint(1, 4))
+
+    try:
+        first_x = threading.Thread(target=append, args=("X", 2))
+        first_x.start()
+        held.wait_for_a_waiter()
+        writers = [threading.Thread(target=append, args=("X", 3))]
+        writers += [threading.Thread(target=writer, args=(t,)) for t in range(16)]
+        for th in writers:
+            th.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(1 for d in done if d[0] != "X") < 16 * 6:
+            if errors:
+                break
+            time.sleep(0.01)
+    finally:
+        held.release()
+    first_x.join()
+    for th in writers:
+        th.join()
+    assert not errors, errors[:3]
+    others = sorted(lat for name, lat, _ in done if name != "X")
+    print(
+        f"\n{len(others)} appends to other streams while X was locked elsewhere: "
+        f"median {1000 * others[len(others) // 2]:.1f} ms, max {1000 * others[-1]:.1f} ms"
+    )
+    late = [name for name, _, after in done if name != "X" and after]
+    assert not late, f"{len(late)} appends to other streams waited for the lock on X"
+    assert [after for name, _, after in done if name == "X"] == [True, True]
+    # The two appends to X: contiguous, after the seed, in some order.
+    assert sorted(x_ranges) in ([(2, 3), (4, 6)], [(2, 4), (5, 6)])
+    assert appends(store).locked_writes >= 1
+    for name in [*names, "X"]:
+        stored = store.read(name, limit=1000, namespace=ns).items
+        assert [i.sequence for i in stored] == list(range(1, len(stored) + 1))
+
+
+# ---------------------------------------------------------------- one write's failure
+
+
+@pytest.fixture
+def refusing_url(pg_url: str) -> Iterator[str]:
+    """A database of this test's own whose tables refuse any content holding "poison":
+    a CHECK constraint, a refusal the input validation knows nothing of, so the write
+    reaches the database and fails there, inside a batch."""
+    name = f"revstore_gc_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(_libpq(pg_url), autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        setup = Store(url)
+        setup.create_schema()
+        setup.close()
+        with psycopg.connect(_libpq(url), autocommit=True) as conn:
+            checked = [("revstore_records", "content"), ("revstore_stream_items", "body")]
+            for table, column in checked:
+                conn.execute(
+                    f"ALTER TABLE {table} ADD CONSTRAINT refuse_poison"
+                    f" CHECK (strpos({column}, 'poison') = 0)"
+                )
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def assert_refused_alone(exc: BaseException) -> None:
+    # The write's own outcome: the server's refusal, not a lost connection nor a retry.
+    assert isinstance(exc, RevstoreError), exc
+    assert not isinstance(exc, (AmbiguousCommit, Retryable)), exc
+    assert "23514" in str(exc) or "refuse_poison" in str(exc), exc
+
+
+def test_a_write_the_database_refuses_fails_alone_in_its_batch(refusing_url: str) -> None:
+    store = Store(refusing_url)
+    ns = "gc-refuse"
+    keys = [f"r{i}" for i in range(48)]
+    try:
+        for k in keys:
+            store.put(k, {"w": "seed"}, namespace=ns)
+        acked: list[tuple[str, int, dict[str, Any]]] = []
+        refused: list[BaseException] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def writer(t: int) -> None:
+            rng = random.Random(t)
+            for n in range(20):
+                key = rng.choice(keys)
+                poison = rng.random() < 0.08
+                content = {"w": f"{t}.{n}", "text": "poison" if poison else rng.choice(AWKWARD)}
+                try:
+                    rec = store.put(key, content, namespace=ns)
+                except BaseException as exc:
+                    (refused if poison else errors).append(exc)
+                    continue
+                assert not poison, "the database took a write it refuses"
+                with lock:
+                    acked.append((key, rec.revision, content))
+
+        race([threading.Thread(target=writer, args=(t,)) for t in range(24)])
+        assert not errors, errors[:3]  # no innocent write failed
+        assert refused
+        for exc in refused:
+            assert_refused_alone(exc)
+        assert puts(store).splits > 0, "no batch held a refused write: the test raced nothing"
+        for key in keys:
+            head = store.get(key, namespace=ns)
+            mine = sorted((a for a in acked if a[0] == key), key=lambda a: a[1])
+            assert [a[1] for a in mine] == list(range(2, head.revision + 1))
+            history = store.history(key, limit=1000, namespace=ns).versions
+            assert [v.content for v in history[1:]] == [a[2] for a in mine]
+    finally:
+        store.close()
+
+
+def test_an_append_the_database_refuses_fails_alone_in_its_batch(refusing_url: str) -> None:
+    store = Store(refusing_url)
+    ns = "gc-refuse"
+    names = [f"s{i}" for i in range(48)]
+    try:
+        for name in names:
+            store.append(name, [{"seed": True}], namespace=ns)
+        acked: list[tuple[str, int, list[Any]]] = []
+        refused: list[BaseException] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def writer(t: int) -> None:
+            rng = random.Random(t)
+            for n in range(20):
+                name = rng.choice(names)
+                poison = rng.random() < 0.08
+                items: list[Any] = [{"w": f"{t}.{n}.{k}"} for k in range(rng.randint(1, 4))]
+                if poison:
+                    items[-1] = {"text": "poison"}
+                try:
+                    res = store.append(name, items, namespace=ns)
+                except BaseException as exc:
+                    (refused if poison else errors).append(exc)
+                    continue
+                assert not poison, "the database took an append it refuses"
+                with lock:
+                    acked.append((name, res.first_sequence, items))
+
+        race([threading.Thread(target=writer, args=(t,)) for t in range(24)])
+        assert not errors, errors[:3]
+        assert refused
+        for exc in refused:
+            assert_refused_alone(exc)
+        assert appends(store).splits > 0, "no batch held a refused append: the test raced nothing"
+        for name in names:
+            stored = store.read(name, limit=1000, namespace=ns).items
+            assert [i.sequence for i in stored] == list(range(1, len(stored) + 1))
+            mine = [(first, items) for n, first, items in acked if n == name]
+            expected = {first + k: body for first, items in mine for k, body in enumerate(items)}
+            assert {i.sequence: i.body for i in stored[1:]} == expected
+    finally:
+        store.close()
+
+
+def test_which_failures_split_a_batch() -> None:
+    # What the server or the driver refused (nothing applied) may be one write's; a
+    # lost connection (may have committed), a retryable condition, or an error from
+    # outside the driver (effect unknown) belongs to every write and is never re-sent.
+    def raised(err: Exception, cause: BaseException | None) -> Exception:
+        try:
+            raise err from cause
+        except Exception as exc:
+            return exc
+
+    refused = DBAPIError("UPDATE …", None, Exception("23514 check violation"))
+    lost = DBAPIError("UPDATE …", None, Exception("server closed"), connection_invalidated=True)
+    assert not _shared_failure(raised(Unavailable("PostgreSQL error 23514"), refused))
+    assert not _shared_failure(raised(Duplicate("unique key", code="23505"), refused))
+    assert not _shared_failure(raised(InvalidInput("NUL in text"), refused))
+    assert _shared_failure(raised(AmbiguousCommit("connection lost"), refused))
+    assert _shared_failure(raised(Unavailable("lost"), lost))
+    assert _shared_failure(raised(Retryable("serialization_failure", code="40001"), refused))
+    assert _shared_failure(raised(Unavailable("pool timeout"), TimeoutError()))
+    assert _shared_failure(ValueError("a bug after the statement ran"))

@@ -6,26 +6,66 @@ round trip, parse/bind, executor start-up and, above all, the commit's WAL flush
 several threads write to *different* records at once, the first of them (the leader)
 takes every write queued behind it and sends them together; the others wait for their
 own result. Each write keeps its own outcome — applied, or handed back (``None``) to
-the caller's ordinary path, exactly as if its own statement had matched no row — and a
-failure of the statement (retryable error, lost connection) reaches every write of the
-batch, whose callers retry or report it as they would for their own statement.
+the caller's ordinary path, exactly as if its own statement had matched no row.
+
+Failures. A failure the backend's ``shared`` predicate calls shared (a lost
+connection, a retryable server error) reaches every write of the statement, whose
+callers retry or report it as they would for their own statement; a lost connection
+is never re-sent, since the statement may have committed. Any other failure of a
+statement of several writes (a data error, a constraint: one write's reason, and the
+statement applied nothing) splits it in halves, sent again, down to the guilty write,
+so that it alone gets its error and every other write lands.
+
+Row locks held elsewhere. Everything the leader sends goes through ``run_many``, which
+must never wait on a row lock: a write whose row another client holds (a long
+transaction elsewhere) comes back as :data:`LOCKED`. Its caller then sends it with
+``run_one``, which waits in the database's lock queue as a hot record should, but
+after the leadership was handed on: one busy record never stalls the writes to other
+records queued behind it.
 
 A write to a key that is already queued or in flight is never batched: one statement
 cannot change a row twice, and queueing it behind a client round trip would serialise
-a hot record in the client, where the database's row lock orders it faster.
+a hot record in the client, where the database's row lock orders it faster. It goes
+at once through ``run_one``, outside the leadership, so its lock wait is its own. So
+do the writes to a key found locked in the last ``HOT_SECONDS`` (a hot record, written
+by other processes too): sending them through a batch would mostly cost a second trip.
 
-This module knows nothing of SQL; the backend supplies ``run_one`` and ``run_many``.
+This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many`` and
+``shared``.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Final, Generic, TypeVar
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+
+HOT_SECONDS = 0.1
+"""How long writes to a key found locked go straight to ``run_one``. A time, not a count
+of writes: a key of a spread workload that two processes happened to batch at the same
+moment must not be kept out of batches until it is written again and again."""
+HOT_KEYS = 4096
+"""Bound on the keys remembered as hot (the memory is cleared when it is reached)."""
+
+
+class Locked(enum.Enum):
+    """The type of :data:`LOCKED`."""
+
+    LOCKED = "locked"
+
+
+LOCKED: Final = Locked.LOCKED
+"""What ``run_many`` returns for a write it skipped because another client holds its row."""
+
+
+def _every_failure_is_shared(exc: BaseException) -> bool:
+    return True
 
 
 class _Slot(Generic[Req, Res]):
@@ -39,7 +79,7 @@ class _Slot(Generic[Req, Res]):
         self._done = threading.Lock()
         self._done.acquire()
         self.lead = False  # set when a finishing leader hands the lead to this slot
-        self.result: Res | None = None
+        self.result: Res | Locked | None = None
         self.error: BaseException | None = None
 
     def wait(self) -> None:
@@ -48,26 +88,29 @@ class _Slot(Generic[Req, Res]):
     def set(self) -> None:
         self._done.release()
 
-    def outcome(self) -> Res:
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]  # set whenever error is None
-
 
 class GroupCommitStats:
     """Counters for tests and benchmarks (read without the lock: indicative only)."""
 
-    __slots__ = ("batched_writes", "batches", "largest", "solo_writes")
+    __slots__ = ("batched_writes", "batches", "largest", "locked_writes", "solo_writes", "splits")
 
     def __init__(self) -> None:
         self.batches = 0  # statements sent for more than one write
         self.batched_writes = 0  # writes that went in those statements
         self.largest = 0
-        self.solo_writes = 0  # writes sent alone (nobody to batch with, or a busy key)
+        self.solo_writes = 0  # writes sent alone (nobody to batch with, a busy or hot key)
+        self.locked_writes = 0  # writes skipped on a row held elsewhere, then sent alone
+        self.splits = 0  # failed statements split for one write's failure
 
 
 class GroupCommit(Generic[Req, Res]):
     """Batches concurrent ``submit`` calls on distinct keys into ``run_many`` calls.
+
+    ``run_many`` takes one or more requests with distinct keys and returns, in order,
+    each one's result or :data:`LOCKED`; it must never wait on a row lock. ``run_one``
+    sends one request, waiting for its row as long as it takes. ``shared(exc)`` tells
+    whether a failure of ``run_many`` belongs to every write it carried (the default:
+    never split); when it does not, the statement must have applied nothing.
 
     At most ``max_leaders`` batches are in flight per instance (per process): while
     they run, new writes queue, and the next leader takes up to ``max_batch`` of them.
@@ -81,32 +124,37 @@ class GroupCommit(Generic[Req, Res]):
     def __init__(
         self,
         run_one: Callable[[Req], Res],
-        run_many: Callable[[list[Req]], list[Res]],
+        run_many: Callable[[list[Req]], Sequence[Res | Locked]],
         key: Callable[[Req], Hashable],
         *,
+        shared: Callable[[BaseException], bool] = _every_failure_is_shared,
         max_batch: int = 64,
         max_leaders: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1 or max_leaders < 1:
             raise ValueError("max_batch and max_leaders must be at least 1")
         self._run_one = run_one
         self._run_many = run_many
         self._key = key
+        self._shared = shared
+        self._clock = clock
         self._max_batch = max_batch
         self._max_leaders = max_leaders
         self._lock = threading.Lock()
         self._queue: deque[_Slot[Req, Res]] = deque()
         self._busy: set[Hashable] = set()  # keys queued or in flight
+        self._hot: dict[Hashable, float] = {}  # key found locked -> hot until (monotonic)
         self._leaders = 0
         self.stats = GroupCommitStats()
 
     def submit(self, request: Req) -> Res:
         key = self._key(request)
         with self._lock:
-            if key in self._busy:
-                busy = True
-            else:
-                busy = False
+            # A key in flight or hot is sent alone (see the module docstring).
+            busy = key in self._busy or (key in self._hot and self._clock() < self._hot[key])
+            if not busy:
+                self._hot.pop(key, None)
                 slot: _Slot[Req, Res] = _Slot(request, key)
                 self._busy.add(key)
                 lead = self._leaders < self._max_leaders
@@ -115,42 +163,48 @@ class GroupCommit(Generic[Req, Res]):
                 else:
                     self._queue.append(slot)
         if busy:
-            # Same key already queued or in flight: see the module docstring.
+            # Same key already queued or in flight, or hot: see the module docstring.
             self.stats.solo_writes += 1
             return self._run_one(request)
         if not lead:
             slot.wait()
-            if not slot.lead:
-                return slot.outcome()
-        self._lead(slot)
-        return slot.outcome()
+        if lead or slot.lead:
+            self._lead(slot)
+        if slot.error is not None:
+            raise slot.error
+        result = slot.result
+        if result is LOCKED:
+            # Another client holds the row. Wait for it here, in the server's lock
+            # queue, now that the leadership has been handed on; the key stays busy
+            # meanwhile, then hot, so writes to it go straight to that queue too.
+            self.stats.locked_writes += 1
+            try:
+                return self._run_one(request)
+            finally:
+                with self._lock:
+                    self._busy.discard(key)
+                    if len(self._hot) >= HOT_KEYS:
+                        self._hot.clear()
+                    self._hot[key] = self._clock() + HOT_SECONDS
+        return result  # type: ignore[return-value]  # set whenever error is None
 
     def _lead(self, own: _Slot[Req, Res]) -> None:
         with self._lock:
             batch = [own]
             while self._queue and len(batch) < self._max_batch:
                 batch.append(self._queue.popleft())
-        try:
-            if len(batch) == 1:
-                self.stats.solo_writes += 1
-                results = [self._run_one(own.request)]
-            else:
-                results = self._run_many([s.request for s in batch])
-                self.stats.batches += 1
-                self.stats.batched_writes += len(batch)
-                self.stats.largest = max(self.stats.largest, len(batch))
-        except BaseException as exc:
-            # The statement failed as a whole: nothing of it was applied (or, for a
-            # lost connection during its commit, all of it may have been), which is
-            # what every write of the batch reports.
-            for s in batch:
-                s.error = exc
+        if len(batch) == 1:
+            self.stats.solo_writes += 1
         else:
-            for s, r in zip(batch, results, strict=True):
-                s.result = r
+            self.stats.batches += 1
+            self.stats.batched_writes += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
+        self._send(batch)
         with self._lock:
             for s in batch:
-                self._busy.discard(s.key)
+                if s.error is not None or s.result is not LOCKED:
+                    # A skipped write's key is freed by its owner after its own send.
+                    self._busy.discard(s.key)
             # Hand the lead to the oldest waiter rather than leaving the queue to the
             # next caller: waiters must not depend on new traffic to be served.
             successor = self._queue.popleft() if self._queue else None
@@ -162,3 +216,27 @@ class GroupCommit(Generic[Req, Res]):
             s.set()
         if successor is not None:
             successor.set()
+
+    def _send(self, batch: list[_Slot[Req, Res]]) -> None:
+        """Send ``batch`` as one statement and give each slot its outcome."""
+        try:
+            results = self._run_many([s.request for s in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_many gave {len(results)} results for {len(batch)}")
+        except BaseException as exc:
+            if len(batch) > 1 and not self._shared(exc):
+                # One write's failure, and the statement applied nothing: send each
+                # half again, so the guilty write gets its own error and the others
+                # land (a batch with one bad write costs about 2·log2(n) statements).
+                self.stats.splits += 1
+                half = len(batch) // 2
+                self._send(batch[:half])
+                self._send(batch[half:])
+                return
+            # Shared: nothing of the statement was applied (or, for a lost connection
+            # during its commit, all of it may have been), which every write reports.
+            for s in batch:
+                s.error = exc
+            return
+        for s, r in zip(batch, results, strict=True):
+            s.result = r

@@ -6,6 +6,13 @@ the UPDATE takes is held only while the server runs that one statement, never ac
 a client round trip, which is what keeps a hot record fast. Under READ COMMITTED a
 writer that queued on the lock re-evaluates its ``WHERE`` on the newest row version
 (EvalPlanQual), so ``revision + 1`` is always computed from the committed winner.
+
+Group commit (``groupcommit``) sends concurrent writes to different records or streams
+as one statement (``_PUT_MANY``, ``_APPEND_MANY``; ``_PUT_TRY``, ``_APPEND_TRY`` for a
+lone one). Those never wait on a row lock: they take their rows with ``FOR UPDATE SKIP
+LOCKED`` and report a row held elsewhere, whose write is then sent again by itself with
+``_PUT`` / ``_APPEND``, which wait in the server's lock queue outside the group commit.
+A batch statement that fails for one write's reason is split (``_shared_failure``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
-from revstore.backends.groupcommit import GroupCommit
+from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.sql import (
     AppendBatch,
     SqlBackend,
@@ -29,7 +36,14 @@ from revstore.backends.sql import (
     install_liveness_probe,
     now,
 )
-from revstore.errors import Duplicate, InvalidInput, Retryable, RevstoreError, Unavailable
+from revstore.errors import (
+    AmbiguousCommit,
+    Duplicate,
+    InvalidInput,
+    Retryable,
+    RevstoreError,
+    Unavailable,
+)
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
@@ -51,10 +65,12 @@ RETRYABLE = {
 # transaction not yet committed was rolled back.
 DISCONNECT_STATES = {"57P01", "57P02", "57P03"}
 
-# The two counter statements are sent straight through psycopg (see ``_statement``), in
+# The counter statements are sent straight through psycopg (see ``_statement``), in
 # psycopg's ``%(name)s`` parameter style: exactly the text SQLAlchemy compiled from the
 # former ``text()`` constructs, so the server receives byte-for-byte the same statement.
 # psycopg prepares it server-side on a connection after ``prepare_threshold`` (5) runs.
+# ``_PUT`` and ``_APPEND`` wait for a row held by another writer (the lock queue orders a
+# hot record); they are sent only outside a group commit's leadership.
 _PUT = """
     WITH head AS (
         UPDATE revstore_records
@@ -79,11 +95,56 @@ _PUT = """
     SELECT revision, version, created_at FROM head
     """
 
+# ``_PUT`` for a group-commit leader with nobody to batch with: the same write, but it
+# never waits on a row that another client holds (see ``_PUT_MANY``): ``locked`` takes
+# the row lock with SKIP LOCKED, the UPDATE runs only if it got it (an uncorrelated
+# EXISTS: a one-time filter, checked before the row is touched), and a row that exists
+# but was skipped is reported by one row of NULLs, apart from a row that does not exist
+# (no row). One row of a simple statement costs the server a fraction of ``_PUT_MANY``.
+_PUT_TRY = """
+    WITH locked AS (
+        SELECT 1
+          FROM revstore_records
+         WHERE namespace = %(ns)s AND id = %(id)s
+           FOR UPDATE SKIP LOCKED
+    ), head AS (
+        UPDATE revstore_records
+           SET revision = revision + 1,
+               version = version + %(bump)s,
+               content = %(content)s,
+               content_hash = %(hash)s,
+               updated_at = %(now)s
+         WHERE namespace = %(ns)s AND id = %(id)s AND NOT deleted
+           AND content_hash <> %(hash)s
+           AND (CAST(%(exp)s AS bigint) IS NULL OR revision = CAST(%(exp)s AS bigint))
+           AND EXISTS (SELECT FROM locked)
+        RETURNING revision, version, created_at
+    ), snapshot AS (
+        INSERT INTO revstore_versions
+            (namespace, record_id, version, revision, content, content_hash,
+             author, summary, created_at)
+        SELECT %(ns)s, %(id)s, head.version, head.revision, %(content)s, %(hash)s,
+               %(author)s, %(summary)s, %(now)s
+          FROM head
+         WHERE %(bump)s = 1
+    )
+    SELECT revision, version, created_at FROM head
+    UNION ALL
+    SELECT NULL, NULL, NULL
+     WHERE NOT EXISTS (SELECT FROM locked)
+       AND EXISTS (SELECT FROM revstore_records WHERE namespace = %(ns)s AND id = %(id)s)
+    """
+
 # The same write for several records at once (group commit, see ``groupcommit``): one
-# statement, one commit. ``locked`` takes the row locks in key order first, so two
-# batches from different processes that share records can never deadlock (each waits
-# for the other's first common key in the same order); the UPDATE then sees, under
-# READ COMMITTED, the newest version of every row it holds.
+# statement, one commit. ``locked`` takes the row locks first, with SKIP LOCKED: the
+# leader of a group commit must never wait on a row that another client holds (a long
+# transaction elsewhere), since every write queued behind it would wait too. A skipped
+# row is reported (``revision`` NULL) apart from a row that does not exist (absent),
+# and its write is sent again alone, blocking, outside the leadership; that last part
+# of the statement runs only when some row was not locked (a one-time filter on the
+# two counts), so the common batch pays nothing for it. Never waiting
+# also means no lock order is needed: two batches cannot deadlock. The UPDATE then
+# sees, under READ COMMITTED, the newest version of every row it holds.
 _PUT_MANY = """
     WITH req AS (
         SELECT * FROM unnest(
@@ -94,8 +155,7 @@ _PUT_MANY = """
     ), locked AS (
         SELECT t.namespace, t.id
           FROM revstore_records AS t JOIN req ON t.namespace = req.ns AND t.id = req.id
-         ORDER BY t.namespace, t.id
-           FOR UPDATE OF t
+           FOR UPDATE OF t SKIP LOCKED
     ), head AS (
         UPDATE revstore_records AS t
            SET revision = t.revision + 1,
@@ -119,6 +179,12 @@ _PUT_MANY = """
          WHERE bump = 1
     )
     SELECT ord, revision, version, created_at FROM head
+    UNION ALL
+    SELECT r.ord, NULL, NULL, NULL
+      FROM req AS r
+     WHERE (SELECT count(*) FROM locked) < (SELECT count(*) FROM req)
+       AND NOT EXISTS (SELECT FROM locked AS l WHERE l.namespace = r.ns AND l.id = r.id)
+       AND EXISTS (SELECT FROM revstore_records AS t WHERE t.namespace = r.ns AND t.id = r.id)
     """
 
 _APPEND = """
@@ -140,9 +206,42 @@ _APPEND = """
     RETURNING sequence
     """
 
-# Appends to several streams at once (group commit), locking the stream rows in key
-# order as ``_PUT_MANY`` does. Each item names its request (``owner``, the ordinal in
-# ``req``) and its place in that request's batch (``pos``).
+# ``_APPEND`` for a group-commit leader with nobody to batch with, never waiting on a
+# stream row held elsewhere, as ``_PUT_TRY`` (a skipped row: one row holding NULL).
+_APPEND_TRY = """
+    WITH locked AS (
+        SELECT 1
+          FROM revstore_streams
+         WHERE namespace = %(ns)s AND id = %(id)s
+           FOR UPDATE SKIP LOCKED
+    ), stream AS (
+        UPDATE revstore_streams
+           SET last_sequence = last_sequence + %(n)s,
+               item_count = item_count + %(n)s,
+               updated_at = %(now)s
+         WHERE namespace = %(ns)s AND id = %(id)s
+           AND (CAST(%(exp)s AS bigint) IS NULL OR last_sequence = CAST(%(exp)s AS bigint))
+           AND EXISTS (SELECT FROM locked)
+        RETURNING last_sequence
+    ), items AS (
+        INSERT INTO revstore_stream_items
+            (namespace, stream_id, sequence, item_id, body, body_hash, created_at)
+        SELECT %(ns)s, %(id)s, stream.last_sequence - %(n)s + b.ord, NULL, b.body, b.body_hash,
+               %(now)s
+          FROM stream,
+               unnest(CAST(%(bodies)s AS text[]), CAST(%(hashes)s AS text[]))
+                   WITH ORDINALITY AS b(body, body_hash, ord)
+    )
+    SELECT last_sequence - %(n)s + 1 FROM stream
+    UNION ALL
+    SELECT NULL
+     WHERE NOT EXISTS (SELECT FROM locked)
+       AND EXISTS (SELECT FROM revstore_streams WHERE namespace = %(ns)s AND id = %(id)s)
+    """
+
+# Appends to several streams at once (group commit), skipping stream rows held
+# elsewhere as ``_PUT_MANY`` does (``first`` NULL). Each item names its request
+# (``owner``, the ordinal in ``req``) and its place in that request's batch (``pos``).
 _APPEND_MANY = """
     WITH req AS (
         SELECT * FROM unnest(
@@ -152,8 +251,7 @@ _APPEND_MANY = """
     ), locked AS (
         SELECT s.namespace, s.id
           FROM revstore_streams AS s JOIN req ON s.namespace = req.ns AND s.id = req.id
-         ORDER BY s.namespace, s.id
-           FOR UPDATE OF s
+           FOR UPDATE OF s SKIP LOCKED
     ), stream AS (
         UPDATE revstore_streams AS s
            SET last_sequence = s.last_sequence + r.n,
@@ -176,7 +274,33 @@ _APPEND_MANY = """
             ON b.owner = st.ord
     )
     SELECT ord, last_sequence - n + 1 FROM stream
+    UNION ALL
+    SELECT r.ord, NULL
+      FROM req AS r
+     WHERE (SELECT count(*) FROM locked) < (SELECT count(*) FROM req)
+       AND NOT EXISTS (SELECT FROM locked AS l WHERE l.namespace = r.ns AND l.id = r.id)
+       AND EXISTS (SELECT FROM revstore_streams AS s WHERE s.namespace = r.ns AND s.id = r.id)
     """
+
+
+def _shared_failure(exc: BaseException) -> bool:
+    """Whether a failed group-commit statement failed for every write it carried.
+
+    Shared, never split: a lost connection (``AmbiguousCommit``: the statement may
+    have committed, so none of its writes is sent again), a retryable server condition
+    (each caller's retry policy re-runs its write), and anything that did not come
+    from the driver (a pool timeout, an error after the statement ran), whose effect on
+    the database is unknown. Anything else the driver or the server refused (a data
+    error, a constraint or a trigger, a value too large, ``Duplicate``) may be one
+    write's fault; a statement sent in autocommit that failed applied nothing, so
+    ``GroupCommit`` may split it and send the halves again.
+    """
+    if isinstance(exc, AmbiguousCommit) or not isinstance(exc, RevstoreError):
+        return True
+    if isinstance(exc, Retryable) and not isinstance(exc, Duplicate):
+        return True
+    cause = exc.__cause__
+    return not isinstance(cause, DBAPIError) or bool(cause.connection_invalidated)
 
 
 _CURSOR = "revstore.pg.cursor"
@@ -328,13 +452,21 @@ class PostgresBackend(SqlBackend):
         super().__init__(engine, strategy)
         # Concurrent counter puts on different records share one statement and commit.
         self._puts: GroupCommit[WriteIntent, _Put | None] | None = (
-            GroupCommit(self._put_one, self._put_many, key=lambda i: (i.namespace, i.id))
+            GroupCommit(
+                self._put_one,
+                self._put_many,
+                key=lambda i: (i.namespace, i.id),
+                shared=_shared_failure,
+            )
             if group_commit
             else None
         )
         self._appends: GroupCommit[AppendBatch, _Appended | None] | None = (
             GroupCommit(
-                self._append_one, self._append_many, key=lambda b: (b.namespace, b.stream_id)
+                self._append_one,
+                self._append_many,
+                key=lambda b: (b.namespace, b.stream_id),
+                shared=_shared_failure,
             )
             if group_commit
             else None
@@ -394,7 +526,7 @@ class PostgresBackend(SqlBackend):
         thing. Errors go through SQLAlchemy's own handler, which wraps them in
         ``DBAPIError`` and invalidates the connection (and the pool) on a disconnect,
         exactly as ``Connection.execute`` does. Statement-level engine events
-        (``before_cursor_execute``) do not fire for these two statements.
+        (``before_cursor_execute``) do not fire for these statements.
 
         One psycopg cursor is kept per pooled DBAPI connection (in the pool record's
         ``info``) and reused: its adapters keep the dumpers already chosen for these
@@ -438,8 +570,14 @@ class PostgresBackend(SqlBackend):
         return self._written_head(intent, *done)
 
     def _put_one(self, intent: WriteIntent) -> _Put | None:
+        """The write alone, waiting for its row: busy keys, skipped writes, no group commit."""
         ts = now()
-        params = {
+        row = self._statement(_PUT, self._put_params(intent, ts), lambda cur: cur.fetchone())
+        return None if row is None else (int(row[0]), int(row[1]), row[2], ts)
+
+    @staticmethod
+    def _put_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
+        return {
             "bump": 1 if intent.create_version else 0,
             "content": intent.content_text,
             "hash": intent.content_hash,
@@ -450,11 +588,16 @@ class PostgresBackend(SqlBackend):
             "author": intent.author,
             "summary": intent.summary,
         }
-        row = self._statement(_PUT, params, lambda cur: cur.fetchone())
-        return None if row is None else (int(row[0]), int(row[1]), row[2], ts)
 
-    def _put_many(self, intents: list[WriteIntent]) -> list[_Put | None]:
+    def _put_many(self, intents: list[WriteIntent]) -> list[_Put | Locked | None]:
+        """What a group-commit leader sends: never waits on a row held elsewhere."""
         ts = now()
+        if len(intents) == 1:
+            params = self._put_params(intents[0], ts)
+            row = self._statement(_PUT_TRY, params, lambda cur: cur.fetchone())
+            if row is None:
+                return [None]
+            return [LOCKED if row[0] is None else (int(row[0]), int(row[1]), row[2], ts)]
         params = {
             "ns": _text_array([i.namespace for i in intents]),
             "id": _text_array([i.id for i in intents]),
@@ -467,9 +610,11 @@ class PostgresBackend(SqlBackend):
             "now": ts,
         }
         rows = self._statement(_PUT_MANY, params, lambda cur: cur.fetchall())
-        out: list[_Put | None] = [None] * len(intents)
+        out: list[_Put | Locked | None] = [None] * len(intents)
         for ordinal, revision, version, created_at in rows:
-            out[int(ordinal) - 1] = (int(revision), int(version), created_at, ts)
+            out[int(ordinal) - 1] = (
+                LOCKED if revision is None else (int(revision), int(version), created_at, ts)
+            )
         return out
 
     def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
@@ -485,8 +630,15 @@ class PostgresBackend(SqlBackend):
         return self._appended(batch, first, ts)
 
     def _append_one(self, batch: AppendBatch) -> _Appended | None:
+        """The append alone, waiting for its stream row (as ``_put_one``)."""
         ts = now()
-        params = {
+        params = self._append_params(batch, ts)
+        sequences = self._statement(_APPEND, params, lambda cur: [int(r[0]) for r in cur])
+        return (min(sequences), ts) if sequences else None
+
+    @staticmethod
+    def _append_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
+        return {
             "n": len(batch.bodies),
             "now": ts,
             "ns": batch.namespace,
@@ -495,11 +647,16 @@ class PostgresBackend(SqlBackend):
             "bodies": _text_array([b.text for b in batch.bodies]),
             "hashes": _text_array([b.hash for b in batch.bodies]),
         }
-        sequences = self._statement(_APPEND, params, lambda cur: [int(r[0]) for r in cur])
-        return (min(sequences), ts) if sequences else None
 
-    def _append_many(self, batches: list[AppendBatch]) -> list[_Appended | None]:
+    def _append_many(self, batches: list[AppendBatch]) -> list[_Appended | Locked | None]:
+        """What a group-commit leader sends: never waits on a stream row held elsewhere."""
         ts = now()
+        if len(batches) == 1:
+            params = self._append_params(batches[0], ts)
+            row = self._statement(_APPEND_TRY, params, lambda cur: cur.fetchone())
+            if row is None:
+                return [None]
+            return [LOCKED if row[0] is None else (int(row[0]), ts)]
         owners: list[int] = []
         positions: list[int] = []
         bodies: list[str] = []
@@ -522,7 +679,7 @@ class PostgresBackend(SqlBackend):
             "now": ts,
         }
         rows = self._statement(_APPEND_MANY, params, lambda cur: cur.fetchall())
-        out: list[_Appended | None] = [None] * len(batches)
+        out: list[_Appended | Locked | None] = [None] * len(batches)
         for ordinal, first in rows:
-            out[int(ordinal) - 1] = (int(first), ts)
+            out[int(ordinal) - 1] = LOCKED if first is None else (int(first), ts)
         return out
