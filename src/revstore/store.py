@@ -16,7 +16,7 @@ from revstore.content import (
     Canonical,
     diff,
     merge_patch,
-    utf8,
+    optional_text,
     validate_id,
     validate_limit,
     validate_non_negative,
@@ -33,17 +33,6 @@ _list = list  # Store.list shadows the builtin inside the class body
 DEFAULT_MAX_BATCH_ITEMS = 1000
 MAX_AUTHOR = 255
 MAX_SUMMARY = 1000
-
-
-def _optional_text(value: object, what: str, limit: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a string or None, got {type(value).__name__}")
-    if len(value) > limit:
-        raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {limit}")
-    utf8(value, what)
-    return value
 
 
 def _expected(value: object, what: str) -> int | None:
@@ -78,6 +67,12 @@ class Store:
         self.url = url
         self.max_content_bytes = validate_positive(max_content_bytes, "max_content_bytes")
         self.max_batch_items = validate_positive(max_batch_items, "max_batch_items")
+        validate_positive(pool_size, "pool_size")
+        validate_non_negative(max_overflow, "max_overflow")
+        if not isinstance(group_commit, bool):
+            raise InvalidInput(f"group_commit must be true or false, got {group_commit!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInput(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self.retry = retry or RetryPolicy()
         self.stats = RetryStats()
         self.backend: SqlBackend = open_backend(
@@ -220,8 +215,8 @@ class Store:
             content_text=body.text if body else "",
             content_hash=body.hash if body else "",
             content_value=body.value if body else None,
-            author=_optional_text(author, "author", MAX_AUTHOR),
-            summary=_optional_text(summary, "summary", MAX_SUMMARY),
+            author=optional_text(author, "author", MAX_AUTHOR),
+            summary=optional_text(summary, "summary", MAX_SUMMARY),
         )
 
     def get(self, id: str, *, namespace: str = "default") -> Record:

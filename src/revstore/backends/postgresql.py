@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
+import psycopg
 from psycopg import Cursor
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,7 +29,7 @@ from revstore.backends.sql import (
     install_liveness_probe,
     now,
 )
-from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.errors import Duplicate, InvalidInput, Retryable, RevstoreError, Unavailable
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
 
@@ -268,9 +269,26 @@ class PostgresBackend(SqlBackend):
             return Retryable(f"{RETRYABLE[state]}: {orig}", code=state, constraint=constraint)
         if state == "23505":
             return Duplicate(f"unique key {constraint} violated", code=state, constraint=constraint)
-        if state in DISCONNECT_STATES or (state or "").startswith("08") or state is None:
-            # No SQLSTATE at all means the driver lost the socket before any reply.
+        if state in DISCONNECT_STATES or (state or "").startswith("08"):
             return Retryable(f"connection lost: {orig}", code="disconnect")
+        if state is None:
+            # No SQLSTATE: the server never answered. Only an OperationalError means the
+            # socket failed (the statement may have reached the server). Any other class
+            # was raised by psycopg itself before sending (a NUL in a text value is a
+            # DataError): nothing reached the server, so it is not a lost connection.
+            if isinstance(orig, psycopg.OperationalError):
+                return Retryable(f"connection lost: {orig}", code="disconnect")
+            if isinstance(orig, psycopg.DataError):
+                return InvalidInput(f"PostgreSQL cannot take this value: {orig}")
+            if isinstance(orig, psycopg.ProgrammingError):
+                # The statements are fixed; what psycopg refuses here comes from the
+                # user (an unknown connection option in the URL).
+                return InvalidInput(f"psycopg refused the request: {orig}")
+            return Unavailable(f"PostgreSQL driver error (nothing was sent): {orig}")
+        if state.startswith("22"):
+            # Class 22, data exception: a value the server refuses (too long, out of
+            # range, untranslatable). The caller's input, not the database's state.
+            return InvalidInput(f"PostgreSQL refused a value ({state}): {orig}")
         return Unavailable(f"PostgreSQL error {state}: {orig}")
 
     # ---------------------------------------------------------------- counter paths

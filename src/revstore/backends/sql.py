@@ -20,13 +20,14 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, and_, event, insert, select, update
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError, StatementError
 from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
 from revstore.content import Canonical
 from revstore.errors import (
     AmbiguousCommit,
+    InvalidInput,
     NotFound,
     Retryable,
     RevstoreError,
@@ -61,6 +62,12 @@ R = schema.records
 V = schema.versions
 S = schema.streams
 I = schema.stream_items  # noqa: E741
+
+DRIVER_DATA_ERRORS = (UnicodeError, OverflowError)
+"""What a driver raises while converting a parameter, before sending anything (PyMySQL
+and sqlite3 encoding a lone surrogate, an int too large for the column's type)."""
+DB_ERRORS = (SQLAlchemyError, *DRIVER_DATA_ERRORS)
+"""Everything that ``_translate_any`` maps: caught around every database call."""
 
 Transform = Callable[[Any], Canonical]
 """Computes the new content from the current one, under the record's lock (merge-patch)."""
@@ -144,6 +151,13 @@ class SqlBackend:
             if exc.connection_invalidated:
                 return Retryable(f"connection lost: {exc.orig}", code="disconnect")
             return self.translate(exc)
+        # A value the driver could not convert: refused before anything was sent, so
+        # neither a lost connection nor the database's fault.
+        cause = exc.orig if isinstance(exc, StatementError) else exc
+        if isinstance(cause, DRIVER_DATA_ERRORS):
+            # Not str(cause): PyMySQL's UnicodeEncodeError holds the whole statement.
+            why = getattr(cause, "reason", None) or str(cause)[:200]
+            return InvalidInput(f"a value cannot be sent to the database: {why}")
         return Unavailable(f"database error: {exc}")
 
     def _connect(self) -> Connection:
@@ -151,6 +165,10 @@ class SqlBackend:
             return self.engine.connect()
         except SQLAlchemyError as exc:
             raise self._translate_any(exc) from exc
+        except (TypeError, ValueError) as exc:
+            # The driver's connect() refused an argument taken from the URL's query
+            # string (PyMySQL: an unknown keyword) or its path (sqlite3: a NUL byte).
+            raise InvalidInput(f"the database URL has an option the driver refuses: {exc}") from exc
 
     @staticmethod
     def _release(conn: Connection) -> None:
@@ -170,7 +188,7 @@ class SqlBackend:
         conn = self._connect()
         try:
             return fn(conn)
-        except SQLAlchemyError as exc:
+        except DB_ERRORS as exc:
             err = self._translate_any(exc)
             if commits and isinstance(err, Retryable) and err.code == "disconnect":
                 raise AmbiguousCommit(
@@ -193,7 +211,7 @@ class SqlBackend:
                 result = fn(conn)
             except BaseException as exc:
                 self._rollback(conn)
-                if isinstance(exc, SQLAlchemyError):
+                if isinstance(exc, DB_ERRORS):
                     raise self._translate_any(exc) from exc
                 raise
             try:
