@@ -318,3 +318,25 @@ def test_a_lost_connection_is_still_unavailable_not_invalid_input() -> None:
     with pytest.raises(Unavailable) as info:
         store.put("x", {"a": 1})
     assert not isinstance(info.value, AmbiguousCommit)
+
+
+def test_the_cli_refuses_bad_input_with_exit_code_2(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from revstore.cli import app
+
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    cases = [
+        ["put", "doc", "9" * 5000, "--db", db],
+        ["put", "doc", "[" * 100_000 + "]" * 100_000, "--db", db],
+        ["put", "doc", "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "--db", db],
+        ["put", "doc", "1e400", "--db", db],
+        ["put", "doc", "{}", "--author", "a\x00", "--db", db],
+        ["put", "doc\uffff", "{}", "--db", db],
+        ["get", "doc", "--db", "postgresql://host:notaport/db"],
+        ["get", "doc", "--db", "weird://x"],
+    ]
+    for args in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args[:3], result.output, result.exception)
+        assert "InvalidInput" in result.output and "Traceback" not in result.output

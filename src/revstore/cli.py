@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from revstore.content import MAX_INT_DIGITS
 from revstore.errors import Conflict, InvalidInput, NotFound, RevstoreError, Unavailable
 from revstore.store import Store
 
@@ -59,6 +60,11 @@ def parse_json(text: str, what: str = "JSON") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         fail(InvalidInput(f"{what} is not valid JSON: {exc}"))
+    except RecursionError:
+        fail(InvalidInput(f"{what} is nested too deeply"))
+    except ValueError:
+        # An integer literal over Python's int<->str digit limit.
+        fail(InvalidInput(f"{what} has an integer of more than {MAX_INT_DIGITS} digits"))
 
 
 def emit(value: Any) -> None:
