@@ -340,3 +340,58 @@ def test_the_cli_refuses_bad_input_with_exit_code_2(tmp_path: Any) -> None:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args[:3], result.output, result.exception)
         assert "InvalidInput" in result.output and "Traceback" not in result.output
+
+
+def _classify(url: str, orig: BaseException, base: type[BaseException]) -> RevstoreError:
+    from sqlalchemy.exc import DBAPIError
+
+    from revstore.backends import open_backend
+
+    backend = open_backend(url)
+    try:
+        wrapped = DBAPIError.instance("SELECT 1", {}, orig, base)
+        return backend._translate_any(wrapped)
+    finally:
+        backend.dispose()
+
+
+def test_driver_errors_are_classified_by_class_not_by_message() -> None:
+    """What each driver raises without a server error code: refused before sending is
+    never a lost connection; a failed socket or protocol still is (may have landed)."""
+    import sqlite3
+
+    import psycopg
+    import pymysql
+
+    from revstore.errors import Retryable
+
+    def lost(err: RevstoreError) -> bool:
+        return isinstance(err, Retryable) and err.code == "disconnect"
+
+    pg = "postgresql://nobody@127.0.0.1:1/none"
+    my = "mysql://nobody@127.0.0.1:1/none"
+    nul = psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    assert isinstance(_classify(pg, nul, psycopg.Error), InvalidInput)
+    bad_option = psycopg.ProgrammingError('invalid connection option "x"')
+    assert isinstance(_classify(pg, bad_option, psycopg.Error), InvalidInput)
+    assert lost(_classify(pg, psycopg.OperationalError("consuming input failed"), psycopg.Error))
+    assert lost(_classify(pg, psycopg.errors.AdminShutdown("terminating"), psycopg.Error))
+    too_long = psycopg.errors.StringDataRightTruncation("value too long")
+    assert isinstance(_classify(pg, too_long, psycopg.Error), InvalidInput)
+
+    assert isinstance(
+        _classify(my, pymysql.err.DataError(1406, "Data too long"), pymysql.err.Error),
+        InvalidInput,
+    )
+    closed = pymysql.err.ProgrammingError("Cursor closed")
+    err = _classify(my, closed, pymysql.err.Error)
+    assert isinstance(err, Unavailable) and not lost(err)
+    assert lost(_classify(my, pymysql.err.OperationalError(2013, "Lost"), pymysql.err.Error))
+    out_of_sequence = pymysql.err.InternalError("Packet sequence number wrong - got 3 expected 1")
+    assert lost(_classify(my, out_of_sequence, pymysql.err.Error))
+
+    lite = "sqlite:////tmp/revstore-classify-never-opened.db"
+    too_big = sqlite3.DataError("string or blob too big")
+    assert isinstance(_classify(lite, too_big, sqlite3.Error), InvalidInput)
+    binding = sqlite3.ProgrammingError("Error binding parameter 1: type 'dict' is not supported")
+    assert not lost(_classify(lite, binding, sqlite3.Error))

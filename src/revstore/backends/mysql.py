@@ -145,12 +145,15 @@ class MysqlBackend(SqlBackend):
         if errno in DATA_ERRORS or isinstance(orig, pymysql.err.DataError):
             return InvalidInput(f"MySQL refused a value ({errno}): {orig}")
         if errno is None and isinstance(
-            orig, (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+            orig, (pymysql.err.ProgrammingError, pymysql.err.NotSupportedError)
         ):
-            # No error number from the server: PyMySQL lost the socket itself.
+            # Raised by PyMySQL before sending (a closed cursor, a bad argument): no
+            # error number, and nothing reached the server. Not a lost connection.
+            return Unavailable(f"PyMySQL refused the request: {orig}")
+        if errno is None:
+            # No error number from the server: PyMySQL lost the socket or the protocol
+            # (a reply out of sequence) after sending, so the statement may have run.
             return Retryable(f"connection lost: {orig}", code="disconnect")
-        # Anything else without a server error number was raised by PyMySQL before
-        # sending (a programming or encoding error): not a lost connection.
         return Unavailable(f"MySQL error {errno}: {orig}")
 
     # ---------------------------------------------------------------- counter paths

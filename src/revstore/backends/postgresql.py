@@ -272,19 +272,19 @@ class PostgresBackend(SqlBackend):
         if state in DISCONNECT_STATES or (state or "").startswith("08"):
             return Retryable(f"connection lost: {orig}", code="disconnect")
         if state is None:
-            # No SQLSTATE: the server never answered. Only an OperationalError means the
-            # socket failed (the statement may have reached the server). Any other class
-            # was raised by psycopg itself before sending (a NUL in a text value is a
-            # DataError): nothing reached the server, so it is not a lost connection.
-            if isinstance(orig, psycopg.OperationalError):
-                return Retryable(f"connection lost: {orig}", code="disconnect")
+            # No SQLSTATE: no error reply from the server. A DataError or
+            # ProgrammingError is psycopg refusing before it sends anything (a NUL in a
+            # text value; an unknown connection option in the URL, as the statements
+            # themselves are fixed): the caller's input, not a lost connection. Any
+            # other class (OperationalError: the socket failed) may have happened after
+            # the statement reached the server, so it stays a lost connection.
             if isinstance(orig, psycopg.DataError):
                 return InvalidInput(f"PostgreSQL cannot take this value: {orig}")
             if isinstance(orig, psycopg.ProgrammingError):
-                # The statements are fixed; what psycopg refuses here comes from the
-                # user (an unknown connection option in the URL).
                 return InvalidInput(f"psycopg refused the request: {orig}")
-            return Unavailable(f"PostgreSQL driver error (nothing was sent): {orig}")
+            if isinstance(orig, psycopg.NotSupportedError):
+                return Unavailable(f"psycopg refused the request: {orig}")
+            return Retryable(f"connection lost: {orig}", code="disconnect")
         if state.startswith("22"):
             # Class 22, data exception: a value the server refuses (too long, out of
             # range, untranslatable). The caller's input, not the database's state.
