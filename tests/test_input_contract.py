@@ -137,6 +137,23 @@ def test_integers_up_to_the_digit_limit_round_trip(store: Store, ns: str) -> Non
             store.patch("big", {"n": too_big}, namespace=ns)
 
 
+def test_wrong_types_anywhere_in_content_are_invalid_input(store: Store, ns: str) -> None:
+    for doc in (
+        {10**5000: 1},  # its repr would raise
+        {(1, 2): 1},
+        {None: 1},
+        {"a": {b"k": 1}},
+        [1, {1, 2}],
+        {"a": object()},
+        [float("nan")],
+        {"a": [float("-inf")]},
+    ):
+        with pytest.raises(InvalidInput):
+            store.put("types", doc, namespace=ns)
+        with pytest.raises(InvalidInput):
+            store.append("types", [doc], namespace=ns)
+
+
 def _nested(depth: int) -> Any:
     doc: Any = "leaf"
     for k in range(depth):

@@ -100,7 +100,12 @@ JSONISH = st.recursive(
 NOT_JSON = st.one_of(
     st.binary(max_size=4),
     st.sets(st.integers(), max_size=2),
-    st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
+    st.dictionaries(
+        st.one_of(st.integers(), HUGE, st.floats(), st.none(), st.binary(max_size=2)),
+        st.integers(),
+        min_size=1,
+        max_size=2,
+    ),
     st.complex_numbers(),
     st.decimals(allow_nan=False),
     st.just(object()),

@@ -60,12 +60,14 @@ def validate_json(value: JSON, what: str = "content") -> None:
         if isinstance(item, int):
             if not -_INT_BOUND < item < _INT_BOUND:
                 raise InvalidInput(
-                    f"{what} has an integer of more than {MAX_INT_DIGITS} digits at {path}"
+                    f"{what} has an integer of more than {MAX_INT_DIGITS} digits at {path[:200]}"
                 )
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
-                raise InvalidInput(f"{what} contains {item!r} at {path}: JSON has no NaN/Infinity")
+                raise InvalidInput(
+                    f"{what} contains {item!r} at {path[:200]}: JSON has no NaN/Infinity"
+                )
             continue
         if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
             raise InvalidInput(
@@ -76,8 +78,9 @@ def validate_json(value: JSON, what: str = "content") -> None:
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise InvalidInput(
-                        f"{what} has a non-string object key {key!r} at {path}: "
-                        "JSON keys are strings"
+                        # Not {key!r}: the repr of a huge int key would raise.
+                        f"{what} has an object key of type {type(key).__name__} at "
+                        f"{path[:200]}: JSON keys are strings"
                     )
                 stack.append((sub, depth + 1, f"{path}.{key}"))
             continue
@@ -86,7 +89,7 @@ def validate_json(value: JSON, what: str = "content") -> None:
                 stack.append((sub, depth + 1, f"{path}[{index}]"))
             continue
         raise InvalidInput(
-            f"{what} is not JSON-serialisable: {type(item).__name__} at {path} "
+            f"{what} is not JSON-serialisable: {type(item).__name__} at {path[:200]} "
             "(use objects, arrays, strings, numbers, booleans and null)"
         )
 
