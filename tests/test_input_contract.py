@@ -154,6 +154,35 @@ def test_wrong_types_anywhere_in_content_are_invalid_input(store: Store, ns: str
             store.append("types", [doc], namespace=ns)
 
 
+NUMBER_ARGS: dict[str, Callable[[Store, str, Any], Any]] = {
+    "list-limit": lambda s, ns, n: s.list(limit=n, namespace=ns),
+    "history-after": lambda s, ns, n: s.history("r", after=n, namespace=ns),
+    "history-limit": lambda s, ns, n: s.history("r", limit=n, namespace=ns),
+    "version": lambda s, ns, n: s.get_version("r", n, namespace=ns),
+    "diff": lambda s, ns, n: s.diff("r", 1, n, namespace=ns),
+    "expected-revision": lambda s, ns, n: s.put("r", {"a": 2}, expected_revision=n, namespace=ns),
+    "create-version": lambda s, ns, n: s.put("r", {"a": 2}, create_version=n, namespace=ns),
+    "restore": lambda s, ns, n: s.restore("r", n, namespace=ns),
+    "expected-sequence": lambda s, ns, n: s.append("s", [2], expected_sequence=n, namespace=ns),
+    "read-after": lambda s, ns, n: s.read("s", after=n, namespace=ns),
+    "read-limit": lambda s, ns, n: s.read("s", limit=n, namespace=ns),
+}
+
+
+@pytest.mark.parametrize("arg", list(NUMBER_ARGS))
+def test_huge_or_odd_numbers_in_arguments_are_invalid_input(
+    store: Store, ns: str, arg: str
+) -> None:
+    """Found by the property tests: an error message that showed a 5000-digit int
+    raised ValueError (the int->str limit) instead of InvalidInput."""
+    store.put("r", {"a": 1}, namespace=ns)
+    store.append("s", [1], namespace=ns)
+    for bad in (10**5000, -(10**5000), 2**63, -2, 1.0, "1", b"1", [1]):
+        with pytest.raises(InvalidInput):
+            NUMBER_ARGS[arg](store, ns, bad)
+    assert store.get("r", namespace=ns).revision == 1
+
+
 def _nested(depth: int) -> Any:
     doc: Any = "leaf"
     for k in range(depth):

@@ -66,7 +66,7 @@ def validate_json(value: JSON, what: str = "content") -> None:
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidInput(
-                    f"{what} contains {item!r} at {path[:200]}: JSON has no NaN/Infinity"
+                    f"{what} contains {shown(item)} at {path[:200]}: JSON has no NaN/Infinity"
                 )
             continue
         if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
@@ -161,6 +161,19 @@ def diff(old: JSON, new: JSON) -> list[dict[str, JSON]]:
     return ops
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, bounded: a huge int's repr would raise
+    ValueError (Python's int->str digit limit) and a long string would flood the
+    message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except Exception:  # a user object whose __repr__ fails
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def check_text(
     value: object,
     what: str,
@@ -208,21 +221,21 @@ def optional_text(value: object, what: str, max_length: int) -> str | None:
 
 def validate_positive(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be an integer, got {value!r}")
+        raise InvalidInput(f"{what} must be an integer, got {shown(value)}")
     if not 1 <= value <= MAX_NUMBER:
-        raise InvalidInput(f"{what} must be from 1 to {MAX_NUMBER}, got {value}")
+        raise InvalidInput(f"{what} must be from 1 to {MAX_NUMBER}, got {shown(value)}")
     return value
 
 
 def validate_non_negative(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be an integer, got {value!r}")
+        raise InvalidInput(f"{what} must be an integer, got {shown(value)}")
     if not 0 <= value <= MAX_NUMBER:
-        raise InvalidInput(f"{what} must be from 0 to {MAX_NUMBER}, got {value}")
+        raise InvalidInput(f"{what} must be from 0 to {MAX_NUMBER}, got {shown(value)}")
     return value
 
 
 def validate_limit(value: object, maximum: int = 1000) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {value!r}")
+        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {shown(value)}")
     return value

@@ -17,6 +17,7 @@ from revstore.content import (
     diff,
     merge_patch,
     optional_text,
+    shown,
     validate_id,
     validate_limit,
     validate_non_negative,
@@ -63,14 +64,16 @@ class Store:
         group_commit: bool = True,
     ) -> None:
         if strategy is not None and strategy not in STRATEGIES:
-            raise InvalidInput(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+            raise InvalidInput(
+                f"strategy must be one of {', '.join(STRATEGIES)}, got {shown(strategy)}"
+            )
         self.url = url
         self.max_content_bytes = validate_positive(max_content_bytes, "max_content_bytes")
         self.max_batch_items = validate_positive(max_batch_items, "max_batch_items")
         validate_positive(pool_size, "pool_size")
         validate_non_negative(max_overflow, "max_overflow")
         if not isinstance(group_commit, bool):
-            raise InvalidInput(f"group_commit must be true or false, got {group_commit!r}")
+            raise InvalidInput(f"group_commit must be true or false, got {shown(group_commit)}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInput(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self.retry = retry or RetryPolicy()
@@ -205,7 +208,7 @@ class Store:
         validate_id(namespace, "namespace")
         validate_id(id)
         if not isinstance(create_version, bool):
-            raise InvalidInput(f"create_version must be true or false, got {create_version!r}")
+            raise InvalidInput(f"create_version must be true or false, got {shown(create_version)}")
         return WriteIntent(
             namespace=namespace,
             id=id,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from revstore.content import check_text
+from revstore.content import check_text, shown
 from revstore.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def check_url(url: object) -> str:
     the URL parser or the driver): not a string, no scheme, NUL or lone surrogates, an
     unknown database or driver, a port that is not a number from 1 to 65535."""
     if not isinstance(url, str) or "://" not in url:
-        raise InvalidInput(f"database URL {url!r} is not a URL; {_USAGE}")
+        raise InvalidInput(f"database URL {shown(url)} is not a URL; {_USAGE}")
     check_text(url, "database URL", max_length=4096)
     scheme = url.split("://", 1)[0].lower()
     database, _, driver = scheme.partition("+")
