@@ -25,6 +25,7 @@ from rich.json import JSON as RichJSON
 from rich.table import Table
 from rich.text import Text
 
+from revstore.content import MAX_INT_DIGITS
 from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
@@ -245,6 +246,11 @@ class Output:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             self.fail(InvalidInput(f"{what} is not valid JSON: {exc}"))
+        except RecursionError:
+            self.fail(InvalidInput(f"{what} is nested too deeply"))
+        except ValueError:
+            # An integer literal over Python's int<->str digit limit.
+            self.fail(InvalidInput(f"{what} has an integer of more than {MAX_INT_DIGITS} digits"))
 
 
 @contextmanager

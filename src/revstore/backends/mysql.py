@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
+import pymysql
 from sqlalchemy import Connection, bindparam, create_engine, event, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
@@ -28,13 +29,16 @@ from revstore.backends.sql import (
     install_liveness_probe,
     now,
 )
-from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.errors import Duplicate, InvalidInput, Retryable, RevstoreError, Unavailable
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
 
 RETRYABLE = {1213: "deadlock", 1205: "lock wait timeout", 1040: "too many connections"}
 DISCONNECT = {2003, 2006, 2013, 2055, 1053, 1927, 4031}
+# Values the server refuses (strict mode): too long, out of range, bad string, NULL in a
+# NOT NULL column, truncated. The caller's input, not the database's state.
+DATA_ERRORS = {1048, 1264, 1265, 1292, 1366, 1406, 1690, 3140}
 
 _BUMP_HEAD = text(
     """
@@ -70,8 +74,12 @@ def _engine(
     url: str, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
 ) -> Engine:
     rest = url.split("://", 1)[1]
-    if "charset=" not in rest:
+    charset = make_url(url).query.get("charset")
+    if charset is None:
         rest += ("&" if "?" in rest else "?") + "charset=utf8mb4"
+    elif charset != "utf8mb4":
+        # Another connection charset would transcode (or mangle) text on the way.
+        raise InvalidInput(f"charset={charset} in the URL: revstore needs utf8mb4 (or no charset)")
     engine = create_engine(
         f"{dialect}+pymysql://{rest}",
         # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself.
@@ -112,6 +120,9 @@ class MysqlBackend(SqlBackend):
                 mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
         except SQLAlchemyError:
             mariadb = False  # unreachable now; errors surface on first use
+        except (TypeError, ValueError) as exc:
+            engine.dispose()
+            raise InvalidInput(f"the database URL has an option PyMySQL refuses: {exc}") from exc
         if mariadb:
             # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
             engine.dispose()
@@ -170,7 +181,19 @@ class MysqlBackend(SqlBackend):
                 message.rsplit("for key ", 1)[-1].strip("'") if "for key" in message else None
             )
             return Duplicate(f"unique key violated: {message}", code="1062", constraint=constraint)
-        if errno in DISCONNECT or errno is None:
+        if errno in DISCONNECT:
+            return Retryable(f"connection lost: {orig}", code="disconnect")
+        if errno in DATA_ERRORS or isinstance(orig, pymysql.err.DataError):
+            return InvalidInput(f"MySQL refused a value ({errno}): {orig}")
+        if errno is None and isinstance(
+            orig, (pymysql.err.ProgrammingError, pymysql.err.NotSupportedError)
+        ):
+            # Raised by PyMySQL before sending (a closed cursor, a bad argument): no
+            # error number, and nothing reached the server. Not a lost connection.
+            return Unavailable(f"PyMySQL refused the request: {orig}")
+        if errno is None:
+            # No error number from the server: PyMySQL lost the socket or the protocol
+            # (a reply out of sequence) after sending, so the statement may have run.
             return Retryable(f"connection lost: {orig}", code="disconnect")
         return Unavailable(f"MySQL error {errno}: {orig}")
 

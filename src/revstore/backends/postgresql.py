@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote
 
+import psycopg
 from psycopg import Cursor, pq
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -506,9 +507,26 @@ class PostgresBackend(SqlBackend):
             return Retryable(f"{RETRYABLE[state]}: {orig}", code=state, constraint=constraint)
         if state == "23505":
             return Duplicate(f"unique key {constraint} violated", code=state, constraint=constraint)
-        if state in DISCONNECT_STATES or (state or "").startswith("08") or state is None:
-            # No SQLSTATE at all means the driver lost the socket before any reply.
+        if state in DISCONNECT_STATES or (state or "").startswith("08"):
             return Retryable(f"connection lost: {orig}", code="disconnect")
+        if state is None:
+            # No SQLSTATE: no error reply from the server. A DataError or
+            # ProgrammingError is psycopg refusing before it sends anything (a NUL in a
+            # text value; an unknown connection option in the URL, as the statements
+            # themselves are fixed): the caller's input, not a lost connection. Any
+            # other class (OperationalError: the socket failed) may have happened after
+            # the statement reached the server, so it stays a lost connection.
+            if isinstance(orig, psycopg.DataError):
+                return InvalidInput(f"PostgreSQL cannot take this value: {orig}")
+            if isinstance(orig, psycopg.ProgrammingError):
+                return InvalidInput(f"psycopg refused the request: {orig}")
+            if isinstance(orig, psycopg.NotSupportedError):
+                return Unavailable(f"psycopg refused the request: {orig}")
+            return Retryable(f"connection lost: {orig}", code="disconnect")
+        if state.startswith("22"):
+            # Class 22, data exception: a value the server refuses (too long, out of
+            # range, untranslatable). The caller's input, not the database's state.
+            return InvalidInput(f"PostgreSQL refused a value ({state}): {orig}")
         return Unavailable(f"PostgreSQL error {state}: {orig}")
 
     # ---------------------------------------------------------------- counter paths

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, and_, delete, event, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError, StatementError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -32,6 +32,7 @@ from revstore.content import Canonical
 from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
+    InvalidInput,
     NotFound,
     Retryable,
     RevstoreError,
@@ -73,6 +74,12 @@ K = schema.idempotency
 SCHEMA_ATTEMPTS = 5
 """Looks under the schema lock before an "already exists" from an unlocked creator is
 taken as an error after all."""
+
+DRIVER_DATA_ERRORS = (UnicodeError, OverflowError)
+"""What a driver raises while converting a parameter, before sending anything (PyMySQL
+and sqlite3 encoding a lone surrogate, an int too large for the column's type)."""
+DB_ERRORS = (SQLAlchemyError, *DRIVER_DATA_ERRORS)
+"""Everything that ``_translate_any`` maps: caught around every database call."""
 
 Transform = Callable[[Any], Canonical]
 """Computes the new content from the current one, under the record's lock (merge-patch)."""
@@ -200,6 +207,13 @@ class SqlBackend:
             if exc.connection_invalidated:
                 return Retryable(f"connection lost: {exc.orig}", code="disconnect")
             return self.translate(exc)
+        # A value the driver could not convert: refused before anything was sent, so
+        # neither a lost connection nor the database's fault.
+        cause = exc.orig if isinstance(exc, StatementError) else exc
+        if isinstance(cause, DRIVER_DATA_ERRORS):
+            # Not str(cause): PyMySQL's UnicodeEncodeError holds the whole statement.
+            why = getattr(cause, "reason", None) or str(cause)[:200]
+            return InvalidInput(f"a value cannot be sent to the database: {why}")
         return Unavailable(f"database error: {exc}")
 
     def _connect(self, wait: bool = True) -> Connection:
@@ -219,6 +233,12 @@ class SqlBackend:
         while True:
             try:
                 return self.engine.connect()
+            except (TypeError, ValueError) as exc:
+                # The driver's connect() refused an argument taken from the URL's query
+                # string (PyMySQL: an unknown keyword) or its path (sqlite3: a NUL byte).
+                raise InvalidInput(
+                    f"the database URL has an option the driver refuses: {exc}"
+                ) from exc
             except SQLAlchemyError as exc:
                 err = self._translate_any(exc)
                 if not (wait and isinstance(err, Retryable) and err.code == "disconnect"):
@@ -256,7 +276,7 @@ class SqlBackend:
         conn = self._connect()
         try:
             return fn(conn)
-        except SQLAlchemyError as exc:
+        except DB_ERRORS as exc:
             err = self._translate_any(exc)
             if commits and isinstance(err, Retryable) and err.code == "disconnect":
                 raise AmbiguousCommit(
@@ -279,7 +299,7 @@ class SqlBackend:
                 result = fn(conn)
             except BaseException as exc:
                 self._rollback(conn)
-                if isinstance(exc, SQLAlchemyError):
+                if isinstance(exc, DB_ERRORS):
                     raise self._translate_any(exc) from exc
                 raise
             try:

@@ -22,13 +22,16 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
 from revstore.backends.sql import SqlBackend, Transform, now
-from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.errors import Duplicate, InvalidInput, Retryable, RevstoreError, Unavailable
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
+SQLITE_TOOBIG = 18
 SQLITE_CONSTRAINT = 19
+SQLITE_MISMATCH = 20
+SQLITE_RANGE = 25
 
 _UPDATE_HEAD = text(
     """
@@ -110,6 +113,11 @@ class SqliteBackend(SqlBackend):
             "SQLITE_CONSTRAINT_UNIQUE",
         ):
             return Duplicate(f"unique key violated: {orig}", code=name, constraint=str(orig))
+        if primary in (SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE) or isinstance(
+            orig, sqlite3.DataError
+        ):
+            # A value SQLite cannot take (too big, wrong type): the caller's input.
+            return InvalidInput(f"SQLite refused a value ({name}): {orig}")
         return Unavailable(f"SQLite error {name}: {orig}")
 
     def write_record(
