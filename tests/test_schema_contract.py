@@ -421,13 +421,13 @@ def test_newer_schema_over_http_is_a_503(tmp_path: Path) -> None:
 def test_migrate_command(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     for _ in range(2):  # creates, then finds it done
-        result = CliRunner().invoke(cli.app, ["migrate", "--db", db])
+        result = CliRunner().invoke(cli.app, ["migrate", "--db", db, "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output) == {"schema_version": SCHEMA_VERSION}
     with Store(db) as store:
         _sql(store, f"UPDATE revstore_schema SET version = {SCHEMA_VERSION + 1}")
     result = CliRunner().invoke(cli.app, ["migrate", "--db", db])
-    assert result.exit_code == 5  # Unavailable
+    assert result.exit_code == 7  # schema mismatch (docs/cli.md)
     assert "SchemaMismatch" in result.output
 
 

@@ -138,7 +138,7 @@ def test_serve_refuses_a_bad_url(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert r.returncode == 2 and "unsupported database" in r.stderr
+    assert r.returncode == 8 and "unsupported database" in r.stderr
 
 
 # ---------------------------------------------------------------- load
