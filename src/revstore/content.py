@@ -12,17 +12,18 @@ import json
 import math
 from typing import Any, TypeAlias
 
+from revstore.config import (  # the limits are configured in one place; re-exported
+    DEFAULT_MAX_CONTENT_BYTES as DEFAULT_MAX_CONTENT_BYTES,
+)
+from revstore.config import MAX_DEPTH as MAX_DEPTH
+from revstore.config import MAX_ID_LENGTH as MAX_ID_LENGTH
+from revstore.config import MAX_NUMBER as MAX_NUMBER
+from revstore.config import MAX_PAGE_LIMIT
 from revstore.diff import diff as json_diff
 from revstore.errors import InvalidInput
 
 JSON: TypeAlias = Any
 """A JSON value: dict with str keys, list, str, int, float, bool or None."""
-
-MAX_DEPTH = 100
-DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
-MAX_ID_LENGTH = 255
-MAX_NUMBER = 2**63 - 1
-"""Revisions, versions and sequences are 64-bit signed integers in every backend."""
 
 
 def validate_json(value: JSON, what: str = "content") -> None:
@@ -156,7 +157,7 @@ def validate_non_negative(value: object, what: str) -> int:
     return value
 
 
-def validate_limit(value: object, maximum: int = 1000) -> int:
+def validate_limit(value: object, maximum: int = MAX_PAGE_LIMIT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {value!r}")
     return value

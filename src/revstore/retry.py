@@ -23,6 +23,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from revstore.config import (
+    RETRY_INITIAL_WAIT,
+    RETRY_MAX_ATTEMPTS,
+    RETRY_MAX_SECONDS,
+    RETRY_MAX_WAIT,
+)
 from revstore.errors import Retryable, Unavailable
 
 T = TypeVar("T")
@@ -38,10 +44,10 @@ class RetryPolicy:
     back at the same instant and lose again.
     """
 
-    max_attempts: int = 12
-    max_seconds: float = 10.0
-    initial_wait: float = 0.002
-    max_wait: float = 0.25
+    max_attempts: int = RETRY_MAX_ATTEMPTS
+    max_seconds: float = RETRY_MAX_SECONDS
+    initial_wait: float = RETRY_INITIAL_WAIT
+    max_wait: float = RETRY_MAX_WAIT
 
     @property
     def budget(self) -> float:

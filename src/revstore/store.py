@@ -8,8 +8,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from revstore.backends import STRATEGIES, open_backend
+from revstore.backends import open_backend
 from revstore.backends.sql import AppendBatch, SqlBackend
+from revstore.config import DEFAULT_MAX_BATCH_ITEMS as DEFAULT_MAX_BATCH_ITEMS
+from revstore.config import DEFAULT_MAX_PAGE_BYTES as DEFAULT_MAX_PAGE_BYTES
+from revstore.config import DEFAULT_URL, MAX_OVERFLOW, POOL_SIZE, STRATEGIES
+from revstore.config import MAX_AUTHOR as MAX_AUTHOR
+from revstore.config import MAX_SUMMARY as MAX_SUMMARY
 from revstore.content import (
     DEFAULT_MAX_CONTENT_BYTES,
     JSON,
@@ -30,13 +35,6 @@ from revstore.stream import AppendResult, ReadPage, StreamInfo
 
 T = TypeVar("T")
 _list = list  # Store.list shadows the builtin inside the class body
-
-DEFAULT_MAX_BATCH_ITEMS = 1000
-DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
-"""A page of ``history``, ``read`` or ``list`` ends before its content passes this many
-bytes (canonical JSON, UTF-8), with at least one item."""
-MAX_AUTHOR = 255
-MAX_SUMMARY = 1000
 
 
 def _optional_text(value: object, what: str, limit: int) -> str | None:
@@ -77,15 +75,15 @@ class Store:
 
     def __init__(
         self,
-        url: str = "sqlite:///revstore.db",
+        url: str = DEFAULT_URL,
         *,
         strategy: str | None = None,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
         retry: RetryPolicy | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
+        pool_size: int = POOL_SIZE,
+        max_overflow: int = MAX_OVERFLOW,
         group_commit: bool = True,
     ) -> None:
         if strategy is not None and strategy not in STRATEGIES:

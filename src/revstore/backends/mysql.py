@@ -28,6 +28,7 @@ from revstore.backends.sql import (
     install_liveness_probe,
     now,
 )
+from revstore.config import parse_url, with_query
 from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
@@ -69,11 +70,9 @@ _BUMP_STREAM = text(
 def _engine(
     url: str, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
 ) -> Engine:
-    rest = url.split("://", 1)[1]
-    if "charset=" not in rest:
-        rest += ("&" if "?" in rest else "?") + "charset=utf8mb4"
     engine = create_engine(
-        f"{dialect}+pymysql://{rest}",
+        # utf8mb4: every code point, not MySQL's three-byte "utf8".
+        with_query(parse_url(url).sqlalchemy(dialect), "charset", "utf8mb4"),
         # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself.
         isolation_level="AUTOCOMMIT",
         pool_size=pool_size,

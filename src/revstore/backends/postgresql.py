@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import unquote
 
 from psycopg import Cursor, pq
 from sqlalchemy import Connection, create_engine, event
@@ -36,10 +35,12 @@ from revstore.backends.sql import (
     install_liveness_probe,
     now,
 )
+from revstore.config import AUTO as AUTO
+from revstore.config import PREPARE_AFTER, parse_url
+from revstore.config import prepare_threshold as prepare_threshold
 from revstore.errors import (
     AmbiguousCommit,
     Duplicate,
-    InvalidInput,
     Retryable,
     RevstoreError,
     Unavailable,
@@ -335,61 +336,6 @@ def _text_array(values: Sequence[str | None]) -> str:
     )
 
 
-def _normalise(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    if "+" in scheme:
-        return url
-    return f"postgresql+psycopg://{rest}"
-
-
-PREPARE_THRESHOLD = "prepare_threshold"
-"""revstore's own URL query parameter (taken off before the URL reaches libpq)."""
-AUTO = "auto"
-PREPARE_AFTER = 5
-"""psycopg's default: a statement text run this many times on a connection is prepared."""
-
-
-def prepare_threshold(url: str) -> tuple[str, int | str | None]:
-    """Split ``?prepare_threshold=auto|none|N`` off ``url``: the URL for the engine, and
-    when psycopg may prepare statements server-side (after N executions of one
-    statement text on a connection; ``None``: never; ``"auto"``, the default: after
-    ``PREPARE_AFTER``, except on a connection that goes through a pooler).
-
-    Why it matters: behind a pooler in transaction mode (PgBouncer < 1.21, or ≥ 1.21
-    without ``max_prepared_statements``) consecutive transactions of one client
-    connection run on different server connections, so a statement psycopg prepared
-    on one is missing on the next (26000) or already there under the same name
-    (42P05). Unnamed statements, the only kind used with ``none``, pass any pooler.
-    Prepared statements do pay on a direct connection: the counter statements are
-    CTEs whose parse and plan are a large part of their cost (docs/operations.md).
-    """
-    base, sep, query = url.partition("?")
-    value: int | str | None = AUTO
-    if not sep:
-        return url, value
-    kept = []
-    for part in query.split("&"):
-        name, _, raw = part.partition("=")
-        if name != PREPARE_THRESHOLD:
-            if part:
-                kept.append(part)
-            continue
-        word = unquote(raw).strip().lower()
-        if word == AUTO:
-            value = AUTO
-        elif word in ("none", "off", "never"):
-            value = None
-        elif word.isascii() and word.isdigit() and len(word) <= 6:
-            value = int(word)
-        else:
-            raise InvalidInput(
-                f"{PREPARE_THRESHOLD}={raw!r} in the database URL: give 'auto' (the "
-                "default), 'none' (never prepare: behind a transaction pooler) or a "
-                "number of executions"
-            )
-    return base + ("?" + "&".join(kept) if kept else ""), value
-
-
 def _behind_pooler(dbapi_conn: Any) -> bool:
     """True when this connection does not reach the PostgreSQL backend it reports.
 
@@ -424,7 +370,7 @@ class PostgresBackend(SqlBackend):
     ) -> None:
         url, threshold = prepare_threshold(url)
         engine = create_engine(
-            _normalise(url),
+            parse_url(url).sqlalchemy(),
             # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself, and the
             # one-statement writes below commit as they finish.
             isolation_level="AUTOCOMMIT",

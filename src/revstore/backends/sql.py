@@ -28,6 +28,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
+from revstore.config import LIST_SCAN_ROWS
 from revstore.content import Canonical
 from revstore.errors import (
     AmbiguousCommit,
@@ -87,11 +88,6 @@ def utc(value: datetime | str) -> datetime:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-LIST_SCAN_ROWS = 2000
-"""A ``list`` page looks at most this many ids (or limit + 1), live or deleted: past
-them it ends early, even empty, with ``next_after`` set."""
 
 
 def page_cut(sizes: Sequence[int], limit: int, max_bytes: int) -> tuple[int, bool]:

@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
 from revstore.backends.sql import SqlBackend, Transform, now
+from revstore.config import parse_url
 from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
@@ -63,10 +64,11 @@ class SqliteBackend(SqlBackend):
         busy_timeout_ms: int = 30_000,
         **_: Any,
     ) -> None:
-        if url.startswith("sqlite:///:memory:") or url in ("sqlite://", "sqlite:///"):
+        parsed = parse_url(url)
+        if parsed.rest.startswith("/:memory:") or parsed.rest in ("", "/"):
             raise_memory()
         engine = create_engine(
-            url.replace("sqlite+pysqlite://", "sqlite://", 1),
+            parsed.sqlalchemy(),
             # Driver autocommit: SqlBackend issues BEGIN IMMEDIATE / COMMIT itself.
             isolation_level="AUTOCOMMIT",
             pool_size=pool_size,
