@@ -30,17 +30,16 @@ from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
     Conflict,
-    Duplicate,
     DuplicateItem,
     InvalidInput,
     NotFound,
-    Retryable,
     RevstoreError,
     SchemaMismatch,
     SequenceConflict,
     Unavailable,
     VersionConflict,
 )
+from revstore.failures import Duplicate, Retryable
 from revstore.record import Record, Version
 from revstore.store import Store
 from revstore.stream import StreamItem

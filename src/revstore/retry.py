@@ -29,7 +29,8 @@ from revstore.config import (
     RETRY_MAX_SECONDS,
     RETRY_MAX_WAIT,
 )
-from revstore.errors import Retryable, Unavailable
+from revstore.errors import Unavailable
+from revstore.failures import Retryable
 
 T = TypeVar("T")
 

@@ -29,13 +29,27 @@ from revstore.backends.sql import (
     now,
 )
 from revstore.config import parse_url, with_query
-from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.errors import RevstoreError, Unavailable
+from revstore.failures import Disconnected, Duplicate, Failure, Transient, classify
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 from revstore.stream import AppendResult
 
-RETRYABLE = {1213: "deadlock", 1205: "lock wait timeout", 1040: "too many connections"}
-DISCONNECT = {2003, 2006, 2013, 2055, 1053, 1927, 4031}
+FAILURES: dict[int, Failure] = {
+    1213: Failure(Transient, "deadlock"),
+    1205: Failure(Transient, "lock wait timeout"),
+    1040: Failure(Transient, "too many connections"),
+    1062: Failure(Duplicate, "unique key violated"),
+    # The session is gone: the work of any transaction not yet committed was rolled back.
+    2003: Failure(Disconnected, "can't connect"),
+    2006: Failure(Disconnected, "server has gone away"),
+    2013: Failure(Disconnected, "lost connection during query"),
+    2055: Failure(Disconnected, "lost connection"),
+    1053: Failure(Disconnected, "server shutdown in progress"),
+    1927: Failure(Disconnected, "connection killed"),
+    4031: Failure(Disconnected, "disconnected for inactivity"),
+}
+"""Server / client error number → failure category."""
 
 _BUMP_HEAD = text(
     """
@@ -161,17 +175,13 @@ class MysqlBackend(SqlBackend):
         orig = exc.orig
         args: tuple[Any, ...] = getattr(orig, "args", ())
         errno = args[0] if args and isinstance(args[0], int) else None
-        if errno in RETRYABLE:
-            return Retryable(f"{RETRYABLE[errno]}: {orig}", code=str(errno))
-        if errno == 1062:
-            message = str(args[1]) if len(args) > 1 else str(orig)
-            constraint = (
-                message.rsplit("for key ", 1)[-1].strip("'") if "for key" in message else None
-            )
-            return Duplicate(f"unique key violated: {message}", code="1062", constraint=constraint)
-        if errno in DISCONNECT or errno is None:
-            return Retryable(f"connection lost: {orig}", code="disconnect")
-        return Unavailable(f"MySQL error {errno}: {orig}")
+        if errno is None:
+            # No error number: the driver lost the socket before any reply.
+            return Disconnected(f"connection lost: {orig}")
+        message = str(args[1]) if len(args) > 1 else str(orig)
+        constraint = message.rsplit("for key ", 1)[-1].strip("'") if "for key" in message else None
+        found = classify(FAILURES, (errno,), message, str(errno), constraint)
+        return found or Unavailable(f"MySQL error {errno}: {orig}")
 
     # ---------------------------------------------------------------- counter paths
 

@@ -40,10 +40,16 @@ from revstore.config import PREPARE_AFTER, parse_url
 from revstore.config import prepare_threshold as prepare_threshold
 from revstore.errors import (
     AmbiguousCommit,
-    Duplicate,
-    Retryable,
     RevstoreError,
     Unavailable,
+)
+from revstore.failures import (
+    Disconnected,
+    Duplicate,
+    Failure,
+    Retryable,
+    Transient,
+    classify,
 )
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
@@ -55,16 +61,21 @@ _Put = tuple[int, int, datetime, datetime]
 _Appended = tuple[int, datetime]
 """An applied counter append: its first sequence, and the time stored."""
 
-RETRYABLE = {
-    "40001": "serialization_failure",
-    "40P01": "deadlock_detected",
-    "55P03": "lock_not_available",
-    "53300": "too_many_connections",
-    "57014": "query_canceled",
+FAILURES: dict[str, Failure] = {
+    "40001": Failure(Transient, "serialization_failure"),
+    "40P01": Failure(Transient, "deadlock_detected"),
+    "55P03": Failure(Transient, "lock_not_available"),
+    "53300": Failure(Transient, "too_many_connections"),
+    "57014": Failure(Transient, "query_canceled"),
+    "23505": Failure(Duplicate, "unique_violation"),
+    # The session is gone (terminated, server restarting, network): the work of any
+    # transaction not yet committed was rolled back.
+    "57P01": Failure(Disconnected, "admin_shutdown"),
+    "57P02": Failure(Disconnected, "crash_shutdown"),
+    "57P03": Failure(Disconnected, "cannot_connect_now"),
+    "08": Failure(Disconnected, "connection_exception"),  # the whole class 08
 }
-# The session is gone (terminated, server restarting, network): the work of any
-# transaction not yet committed was rolled back.
-DISCONNECT_STATES = {"57P01", "57P02", "57P03"}
+"""SQLSTATE (or its two-character class) → failure category."""
 
 # The counter statements are sent straight through psycopg (see ``_statement``), in
 # psycopg's ``%(name)s`` parameter style: exactly the text SQLAlchemy compiled from the
@@ -448,14 +459,11 @@ class PostgresBackend(SqlBackend):
         state = getattr(orig, "sqlstate", None)
         diag = getattr(orig, "diag", None)
         constraint = getattr(diag, "constraint_name", None)
-        if state in RETRYABLE:
-            return Retryable(f"{RETRYABLE[state]}: {orig}", code=state, constraint=constraint)
-        if state == "23505":
-            return Duplicate(f"unique key {constraint} violated", code=state, constraint=constraint)
-        if state in DISCONNECT_STATES or (state or "").startswith("08") or state is None:
+        if state is None:
             # No SQLSTATE at all means the driver lost the socket before any reply.
-            return Retryable(f"connection lost: {orig}", code="disconnect")
-        return Unavailable(f"PostgreSQL error {state}: {orig}")
+            return Disconnected(f"connection lost: {orig}")
+        found = classify(FAILURES, (state, state[:2]), orig, state, constraint)
+        return found or Unavailable(f"PostgreSQL error {state}: {orig}")
 
     # ---------------------------------------------------------------- counter paths
 

@@ -34,10 +34,10 @@ from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
     NotFound,
-    Retryable,
     RevstoreError,
     Unavailable,
 )
+from revstore.failures import Disconnected, LostRace
 from revstore.idempotency import IN_PROGRESS, Applied, Claim, KeyRow
 from revstore.migrations import Migrator
 from revstore.record import (
@@ -194,7 +194,7 @@ class SqlBackend:
     def _translate_any(self, exc: BaseException) -> RevstoreError:
         if isinstance(exc, DBAPIError):
             if exc.connection_invalidated:
-                return Retryable(f"connection lost: {exc.orig}", code="disconnect")
+                return Disconnected(f"connection lost: {exc.orig}")
             return self.translate(exc)
         return Unavailable(f"database error: {exc}")
 
@@ -217,7 +217,7 @@ class SqlBackend:
                 return self.engine.connect()
             except SQLAlchemyError as exc:
                 err = self._translate_any(exc)
-                if not (wait and isinstance(err, Retryable) and err.code == "disconnect"):
+                if not (wait and isinstance(err, Disconnected)):
                     raise err from exc
                 now_ = time.monotonic()
                 if deadline is None:
@@ -254,7 +254,7 @@ class SqlBackend:
             return fn(conn)
         except SQLAlchemyError as exc:
             err = self._translate_any(exc)
-            if commits and isinstance(err, Retryable) and err.code == "disconnect":
+            if commits and isinstance(err, Disconnected):
                 raise AmbiguousCommit(
                     f"connection lost during a one-statement write: {exc}"
                 ) from exc
@@ -282,7 +282,7 @@ class SqlBackend:
                 conn.exec_driver_sql("COMMIT")
             except SQLAlchemyError as exc:
                 err = self._translate_any(exc)
-                if isinstance(err, Retryable) and err.code == "disconnect":
+                if isinstance(err, Disconnected):
                     # The COMMIT may have reached the server before the connection died.
                     raise AmbiguousCommit(f"connection lost during COMMIT: {exc}") from exc
                 self._rollback(conn)
@@ -615,7 +615,7 @@ class SqlBackend:
                 self.insert_ignore(R).values(**values).execution_options(preserve_rowcount=True)
             )
             if result.rowcount != 1:
-                raise Retryable(f"record {intent.id!r} was created concurrently", code="lost-race")
+                raise LostRace(f"record {intent.id!r} was created concurrently")
         else:
             conn.execute(insert(R).values(**values))
         if plan.snapshot:
@@ -713,7 +713,7 @@ class SqlBackend:
             stmt = stmt.where(R.c.revision == cas)
         result = conn.execute(stmt)
         if result.rowcount != 1:
-            raise Retryable(f"record {intent.id!r} changed concurrently", code="lost-race")
+            raise LostRace(f"record {intent.id!r} changed concurrently")
         return Record(
             intent.namespace,
             intent.id,
@@ -918,7 +918,7 @@ class SqlBackend:
         if cas:
             stmt = stmt.where(S.c.last_sequence == last)
         if conn.execute(stmt).rowcount != 1:
-            raise Retryable(f"stream {batch.stream_id!r} changed concurrently", code="lost-race")
+            raise LostRace(f"stream {batch.stream_id!r} changed concurrently")
         return self._appended(batch, last + 1, ts)
 
     def _insert_items(self, conn: Connection, batch: AppendBatch, first: int, ts: datetime) -> None:

@@ -23,13 +23,22 @@ from sqlalchemy.sql.elements import ColumnElement
 from revstore import schema
 from revstore.backends.sql import SqlBackend, Transform, now
 from revstore.config import parse_url
-from revstore.errors import Duplicate, Retryable, RevstoreError, Unavailable
+from revstore.errors import RevstoreError, Unavailable
+from revstore.failures import Duplicate, Failure, Transient, classify
 from revstore.idempotency import Claim
 from revstore.record import Mode, Record, WriteIntent
 
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
 SQLITE_CONSTRAINT = 19
+
+FAILURES: dict[int | str, Failure] = {
+    SQLITE_BUSY: Failure(Transient, "database is busy"),
+    SQLITE_LOCKED: Failure(Transient, "database table is locked"),
+    "SQLITE_CONSTRAINT_PRIMARYKEY": Failure(Duplicate, "unique key violated"),
+    "SQLITE_CONSTRAINT_UNIQUE": Failure(Duplicate, "unique key violated"),
+}
+"""Extended result code name, or primary result code → failure category."""
 
 _UPDATE_HEAD = text(
     """
@@ -105,14 +114,9 @@ class SqliteBackend(SqlBackend):
         code = getattr(orig, "sqlite_errorcode", None)
         name = getattr(orig, "sqlite_errorname", None) or str(code)
         primary = code & 0xFF if isinstance(code, int) else None
-        if primary in (SQLITE_BUSY, SQLITE_LOCKED):
-            return Retryable(f"database is busy: {orig}", code=name)
-        if primary == SQLITE_CONSTRAINT and name in (
-            "SQLITE_CONSTRAINT_PRIMARYKEY",
-            "SQLITE_CONSTRAINT_UNIQUE",
-        ):
-            return Duplicate(f"unique key violated: {orig}", code=name, constraint=str(orig))
-        return Unavailable(f"SQLite error {name}: {orig}")
+        constraint = str(orig) if primary == SQLITE_CONSTRAINT else None
+        found = classify(FAILURES, (name, primary), orig, name, constraint)
+        return found or Unavailable(f"SQLite error {name}: {orig}")
 
     def write_record(
         self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
