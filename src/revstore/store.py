@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from revstore.backends import open_backend
-from revstore.backends.sql import AppendBatch, SqlBackend
+from revstore.backends.sql import SqlBackend
 from revstore.config import DEFAULT_MAX_BATCH_ITEMS as DEFAULT_MAX_BATCH_ITEMS
 from revstore.config import DEFAULT_MAX_PAGE_BYTES as DEFAULT_MAX_PAGE_BYTES
 from revstore.config import DEFAULT_URL, MAX_OVERFLOW, POOL_SIZE, STRATEGIES
@@ -31,7 +31,7 @@ from revstore.errors import InvalidInput
 from revstore.idempotency import Claim, IdempotencyKeys
 from revstore.record import HistoryPage, Mode, Record, RecordPage, Version, WriteIntent
 from revstore.retry import RetryPolicy, RetryStats
-from revstore.stream import AppendResult, ReadPage, StreamInfo
+from revstore.stream import AppendBatch, AppendResult, ReadPage, StreamInfo
 
 T = TypeVar("T")
 _list = list  # Store.list shadows the builtin inside the class body
@@ -111,7 +111,7 @@ class Store:
 
     @property
     def strategy(self) -> str:
-        return self.backend.strategy
+        return self.backend.strategy.name
 
     @property
     def backend_name(self) -> str:

@@ -15,15 +15,15 @@ if TYPE_CHECKING:
     from revstore.backends.sql import SqlBackend
 
 _MODULES = {
-    "sqlite": "revstore.backends.sqlite:SqliteBackend",
-    "postgresql": "revstore.backends.postgresql:PostgresBackend",
-    "mysql": "revstore.backends.mysql:MysqlBackend",
+    "sqlite": "revstore.backends.sqlite",
+    "postgresql": "revstore.backends.postgresql",
+    "mysql": "revstore.backends.mysql",
 }
 
 
 def open_backend(url: str, **options: Any) -> SqlBackend:
     """Create the backend for ``url`` (``sqlite:///file.db``, ``postgresql://…``, ``mysql://…``)."""
-    module_name, class_name = _MODULES[parse_url(url).backend].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    backend: SqlBackend = cls(url, **options)
+    parsed = parse_url(url)
+    module = importlib.import_module(_MODULES[parsed.backend])
+    backend: SqlBackend = module.open_backend(parsed, **options)
     return backend

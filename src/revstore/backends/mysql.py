@@ -10,8 +10,9 @@ what the re-check of item ids under the stream lock relies on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, bindparam, create_engine, event, text
@@ -21,19 +22,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
-from revstore.backends.sql import (
-    AppendBatch,
-    SqlBackend,
-    Transform,
-    install_liveness_probe,
-    now,
-)
-from revstore.config import parse_url, with_query
+from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.sql import SqlBackend, install_liveness_probe
+from revstore.config import CONNECT_TIMEOUT, MAX_OVERFLOW, POOL_SIZE, DatabaseURL, with_query
 from revstore.errors import RevstoreError, Unavailable
 from revstore.failures import Disconnected, Duplicate, Failure, Transient, classify
-from revstore.idempotency import Claim
-from revstore.record import Mode, Record, WriteIntent
-from revstore.stream import AppendResult
+from revstore.record import WriteIntent
+from revstore.stream import AppendBatch
 
 FAILURES: dict[int, Failure] = {
     1213: Failure(Transient, "deadlock"),
@@ -82,11 +77,11 @@ _BUMP_STREAM = text(
 
 
 def _engine(
-    url: str, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
+    url: DatabaseURL, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
 ) -> Engine:
     engine = create_engine(
         # utf8mb4: every code point, not MySQL's three-byte "utf8".
-        with_query(parse_url(url).sqlalchemy(dialect), "charset", "utf8mb4"),
+        with_query(url.sqlalchemy(dialect), "charset", "utf8mb4"),
         # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself.
         isolation_level="AUTOCOMMIT",
         pool_size=pool_size,
@@ -106,20 +101,17 @@ def _engine(
     return engine
 
 
-class MysqlBackend(SqlBackend):
+class MysqlDialect(Dialect):
     name: ClassVar[str] = "mysql"
     default_strategy: ClassVar[str] = "counter"
+    counter_puts: ClassVar[bool] = True
+    counter_appends: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        url: str,
-        strategy: str | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
-        connect_timeout: int = 10,
-        **_: Any,
-    ) -> None:
-        engine = _engine(url, "mysql", pool_size, max_overflow, connect_timeout)
+    def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
+        self.connect_timeout = connect_timeout
+
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        engine = _engine(url, "mysql", pool_size, max_overflow, self.connect_timeout)
         try:
             with engine.connect():
                 mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
@@ -128,8 +120,8 @@ class MysqlBackend(SqlBackend):
         if mariadb:
             # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
             engine.dispose()
-            engine = _engine(url, "mariadb", pool_size, max_overflow, connect_timeout)
-        super().__init__(engine, strategy)
+            engine = _engine(url, "mariadb", pool_size, max_overflow, self.connect_timeout)
+        return engine
 
     # ---------------------------------------------------------------- schema
 
@@ -137,7 +129,9 @@ class MysqlBackend(SqlBackend):
     """Seconds to wait for another process's schema creation or migration."""
 
     @contextmanager
-    def _schema_lock(self, conn: Connection) -> Iterator[None]:
+    def schema_lock(
+        self, conn: Connection, rollback: Callable[[Connection], None]
+    ) -> Iterator[None]:
         # DDL commits by itself here, so no transaction can hold the work together: a
         # named server lock does, taken and released on this one connection (the server
         # drops it too if the connection dies). The name is server-wide, hence the
@@ -163,7 +157,7 @@ class MysqlBackend(SqlBackend):
                 )
                 conn.invalidate()
 
-    def _already_exists(self, exc: DBAPIError) -> bool:
+    def already_exists(self, exc: DBAPIError) -> bool:
         args: tuple[Any, ...] = getattr(exc.orig, "args", ())
         # 1050 table exists, 1061 duplicate index name, 1060 duplicate column.
         return bool(args) and args[0] in (1050, 1060, 1061)
@@ -183,19 +177,9 @@ class MysqlBackend(SqlBackend):
         found = classify(FAILURES, (errno,), message, str(errno), constraint)
         return found or Unavailable(f"MySQL error {errno}: {orig}")
 
-    # ---------------------------------------------------------------- counter paths
+    # ---------------------------------------------------------------- counter statements
 
-    def write_record(
-        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
-    ) -> Record:
-        if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
-            return super().write_record(intent, transform, claim)
-        return self.transaction(
-            lambda c: self._settle_record(c, claim, intent, self._counter_put(c, intent))
-        )
-
-    def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
-        ts = now()
+    def bump_head(self, conn: Connection, intent: WriteIntent, ts: datetime) -> Bumped | None:
         result = conn.execute(
             _BUMP_HEAD,
             {
@@ -209,37 +193,34 @@ class MysqlBackend(SqlBackend):
             },
         )
         if result.rowcount != 1:
-            # Absent, deleted, unchanged or conflicting: the general path decides.
-            return self._write_from_head(conn, intent, None, lock=True)
+            return None
         revision = int(result.lastrowid)
         # This transaction holds the row lock taken by the UPDATE: the row read here is
         # the one it just wrote.
         head = conn.execute(_HEAD_AFTER_BUMP, {"ns": intent.namespace, "id": intent.id}).one()
-        return self._finish_counter_put(conn, intent, revision, int(head[0]), head[1], ts)
+        return revision, int(head[0]), head[1]
 
-    def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
-        if self.strategy != "counter" or batch.item_ids is not None:
-            return super().append(batch, claim)
-        return self.transaction(
-            lambda c: self._settle_append(c, claim, batch, self._counter_append(c, batch))
-        )
-
-    def _counter_append(self, conn: Connection, batch: AppendBatch) -> AppendResult:
-        ts = now()
-        n = len(batch.bodies)
+    def bump_stream(self, conn: Connection, batch: AppendBatch, ts: datetime) -> int | None:
         result = conn.execute(
             _BUMP_STREAM,
             {
-                "n": n,
+                "n": len(batch.bodies),
                 "now": ts,
                 "ns": batch.namespace,
                 "id": batch.stream_id,
                 "exp": batch.expected,
             },
         )
-        if result.rowcount != 1:
-            return self._append_locked(conn, batch)
-        last = int(result.lastrowid)
-        # The range last-n+1 … last is ours: the row lock is held until COMMIT.
-        self._insert_items(conn, batch, last - n + 1, ts)
-        return self._appended(batch, last - n + 1, ts)
+        return int(result.lastrowid) if result.rowcount == 1 else None
+
+
+def open_backend(
+    url: DatabaseURL,
+    strategy: str | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    connect_timeout: int = CONNECT_TIMEOUT,
+    **_: Any,
+) -> SqlBackend:
+    dialect = MysqlDialect(connect_timeout)
+    return SqlBackend(dialect, dialect.create_engine(url, pool_size, max_overflow), strategy)

@@ -22,21 +22,23 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from psycopg import Cursor, pq
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
+from revstore.backends.dialect import Dialect
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
-from revstore.backends.sql import (
-    AppendBatch,
-    SqlBackend,
-    Transform,
-    install_liveness_probe,
-    now,
-)
+from revstore.backends.sql import SqlBackend, install_liveness_probe, now
 from revstore.config import AUTO as AUTO
-from revstore.config import PREPARE_AFTER, parse_url
+from revstore.config import (
+    CONNECT_TIMEOUT,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    PREPARE_AFTER,
+    DatabaseURL,
+    parse_url,
+)
 from revstore.config import prepare_threshold as prepare_threshold
 from revstore.errors import (
     AmbiguousCommit,
@@ -52,8 +54,8 @@ from revstore.failures import (
     classify,
 )
 from revstore.idempotency import Claim
-from revstore.record import Mode, Record, WriteIntent
-from revstore.stream import AppendResult
+from revstore.record import Record, WriteIntent
+from revstore.stream import AppendBatch, AppendResult
 
 T = TypeVar("T")
 _Put = tuple[int, int, datetime, datetime]
@@ -365,23 +367,17 @@ def _behind_pooler(dbapi_conn: Any) -> bool:
     return row is None or int(row[0]) != int(dbapi_conn.info.backend_pid)
 
 
-class PostgresBackend(SqlBackend):
+class PostgresDialect(Dialect):
     name: ClassVar[str] = "postgresql"
     default_strategy: ClassVar[str] = "counter"
 
-    def __init__(
-        self,
-        url: str,
-        strategy: str | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
-        connect_timeout: int = 10,
-        group_commit: bool = True,
-        **_: Any,
-    ) -> None:
-        url, threshold = prepare_threshold(url)
+    def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
+        self.connect_timeout = connect_timeout
+
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        plain, threshold = prepare_threshold(url.url)
         engine = create_engine(
-            parse_url(url).sqlalchemy(),
+            parse_url(plain).sqlalchemy(),
             # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself, and the
             # one-statement writes below commit as they finish.
             isolation_level="AUTOCOMMIT",
@@ -389,7 +385,7 @@ class PostgresBackend(SqlBackend):
             max_overflow=max_overflow,
             pool_reset_on_return=None,  # see SqlBackend._release
             connect_args={
-                "connect_timeout": connect_timeout,
+                "connect_timeout": self.connect_timeout,
                 "application_name": "revstore",
                 # psycopg's own option (not libpq's): see ``prepare_threshold``.
                 "prepare_threshold": PREPARE_AFTER if threshold == AUTO else threshold,
@@ -406,42 +402,21 @@ class PostgresBackend(SqlBackend):
                     dbapi_conn.prepare_threshold = None
 
         install_liveness_probe(engine, lambda conn: int(conn.fileno()))
-        super().__init__(engine, strategy)
-        # Concurrent counter puts on different records share one statement and commit.
-        self._puts: GroupCommit[WriteIntent, _Put | None] | None = (
-            GroupCommit(
-                self._put_one,
-                self._put_many,
-                key=lambda i: (i.namespace, i.id),
-                shared=_shared_failure,
-            )
-            if group_commit
-            else None
-        )
-        self._appends: GroupCommit[AppendBatch, _Appended | None] | None = (
-            GroupCommit(
-                self._append_one,
-                self._append_many,
-                key=lambda b: (b.namespace, b.stream_id),
-                shared=_shared_failure,
-            )
-            if group_commit
-            else None
-        )
+        return engine
 
     # ---------------------------------------------------------------- schema
 
     schema_lock_key: ClassVar[int] = int.from_bytes(b"revstore", "big")
     """The advisory lock that serialises schema creation and migration (per database)."""
 
-    def _take_schema_lock(self, conn: Connection) -> None:
+    def take_schema_lock(self, conn: Connection) -> None:
         # Transaction-scoped, released by the COMMIT / ROLLBACK that ends the DDL
         # transaction: a session-level lock would outlive the transaction on the
         # server connection PgBouncer (transaction mode) lends us, and could be taken
         # and released on two different server connections.
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({self.schema_lock_key})")
 
-    def _already_exists(self, exc: DBAPIError) -> bool:
+    def already_exists(self, exc: DBAPIError) -> bool:
         state = getattr(exc.orig, "sqlstate", None)
         constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
         # 42P07 duplicate_table (tables and indexes), 42710 duplicate_object; two
@@ -464,6 +439,55 @@ class PostgresBackend(SqlBackend):
             return Disconnected(f"connection lost: {orig}")
         found = classify(FAILURES, (state, state[:2]), orig, state, constraint)
         return found or Unavailable(f"PostgreSQL error {state}: {orig}")
+
+
+def open_backend(
+    url: DatabaseURL,
+    strategy: str | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    connect_timeout: int = CONNECT_TIMEOUT,
+    group_commit: bool = True,
+    **_: Any,
+) -> PostgresBackend:
+    dialect = PostgresDialect(connect_timeout)
+    engine = dialect.create_engine(url, pool_size, max_overflow)
+    return PostgresBackend(dialect, engine, strategy, group_commit=group_commit)
+
+
+class PostgresBackend(SqlBackend):
+    """The executor, plus PostgreSQL's counter writes: one self-committing statement
+    each, sent straight through psycopg, with group commit."""
+
+    def __init__(
+        self,
+        dialect: PostgresDialect,
+        engine: Engine,
+        strategy: str | None = None,
+        group_commit: bool = True,
+    ) -> None:
+        super().__init__(dialect, engine, strategy)
+        # Concurrent counter puts on different records share one statement and commit.
+        self._puts: GroupCommit[WriteIntent, _Put | None] | None = (
+            GroupCommit(
+                self._put_one,
+                self._put_many,
+                key=lambda i: (i.namespace, i.id),
+                shared=_shared_failure,
+            )
+            if group_commit
+            else None
+        )
+        self._appends: GroupCommit[AppendBatch, _Appended | None] | None = (
+            GroupCommit(
+                self._append_one,
+                self._append_many,
+                key=lambda b: (b.namespace, b.stream_id),
+                shared=_shared_failure,
+            )
+            if group_commit
+            else None
+        )
 
     # ---------------------------------------------------------------- counter paths
 
@@ -505,22 +529,15 @@ class PostgresBackend(SqlBackend):
 
         return self.run_write_statement(run)
 
-    def write_record(
-        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
-    ) -> Record:
-        if (
-            claim is not None
-            or self.strategy != "counter"
-            or transform is not None
-            or intent.mode is not Mode.PUT
-        ):
+    def counter_put(self, intent: WriteIntent, claim: Claim | None) -> Record | None:
+        if claim is not None:
             # A claimed write applies its idempotency key in its own transaction, which
             # the one-statement (and group commit) paths do not have: the lock path.
-            return super().write_record(intent, transform, claim)
+            return None
         done = self._puts.submit(intent) if self._puts is not None else self._put_one(intent)
         if done is None:
             # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
-            return super().write_record(intent, None)
+            return None
         return self._written_head(intent, *done)
 
     def _put_one(self, intent: WriteIntent) -> _Put | None:
@@ -571,15 +588,14 @@ class PostgresBackend(SqlBackend):
             )
         return out
 
-    def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
-        if claim is not None or self.strategy != "counter" or batch.item_ids is not None:
-            # Client item ids must be checked under the stream lock, and a claimed
-            # append applies its key in its own transaction: the general path.
-            return super().append(batch, claim)
+    def counter_append(self, batch: AppendBatch, claim: Claim | None) -> AppendResult | None:
+        if claim is not None:
+            # A claimed append applies its key in its own transaction: the general path.
+            return None
         done = self._appends.submit(batch) if self._appends is not None else self._append_one(batch)
         if done is None:
             # New stream or expectation mismatch: the general path creates or reports.
-            return super().append(batch)
+            return None
         first, ts = done
         return self._appended(batch, first, ts)
 

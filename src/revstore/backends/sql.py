@@ -17,17 +17,16 @@ import logging
 import random
 import select as io_select
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, event, insert, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
-from sqlalchemy.sql.dml import Insert
-from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
+from revstore.backends.dialect import Dialect
+from revstore.backends.strategy import Strategy, strategy_named
 from revstore.config import LIST_SCAN_ROWS
 from revstore.content import Canonical
 from revstore.errors import (
@@ -51,6 +50,7 @@ from revstore.record import (
     WriteIntent,
     plan_write,
 )
+from revstore.stream import AppendBatch as AppendBatch
 from revstore.stream import (
     AppendResult,
     ReadPage,
@@ -142,44 +142,19 @@ def install_liveness_probe(engine: Engine, fileno: Callable[[Any], int]) -> None
             raise DisconnectionError("the server closed this pooled connection")
 
 
-class AppendBatch:
-    """A validated batch for ``append``."""
-
-    __slots__ = ("bodies", "expected", "item_ids", "namespace", "stream_id")
-
-    def __init__(
-        self,
-        namespace: str,
-        stream_id: str,
-        bodies: list[Canonical],
-        item_ids: list[str] | None,
-        expected: int | None,
-    ) -> None:
-        self.namespace = namespace
-        self.stream_id = stream_id
-        self.bodies = bodies
-        self.item_ids = item_ids
-        self.expected = expected
-
-
 class SqlBackend:
-    """Base of the three backends. Subclasses build the engine, translate errors and
-    add their fast ``counter`` paths."""
-
-    name: ClassVar[str] = "sql"
-    default_strategy: ClassVar[str] = "lock"
-    begin_write: ClassVar[str] = "BEGIN"
-    """Opens a write transaction (SQLite: BEGIN IMMEDIATE takes the write lock up front)."""
-    begin_optimistic: ClassVar[str] = "BEGIN"
-    begin_schema: ClassVar[str] = "BEGIN"
-    """Opens the transaction that schema creation and migration run in."""
+    """The executor: a pool of connections to one database, explicit transactions,
+    reads, and the portable write paths. What is particular to the database is its
+    ``dialect``; how a write takes its next number is its ``strategy``. (PostgreSQL
+    adds its one-statement counter writes and group commit: ``PostgresBackend``.)"""
 
     reconnect_seconds: float = 10.0
     """How long ``_connect`` keeps trying a server that cannot be reached."""
 
-    def __init__(self, engine: Engine, strategy: str | None = None) -> None:
+    def __init__(self, dialect: Dialect, engine: Engine, strategy: str | None = None) -> None:
+        self.dialect = dialect
         self.engine = engine
-        self.strategy = strategy or self.default_strategy
+        self.strategy: Strategy = strategy_named(strategy or dialect.default_strategy)
         self._schema_ready = False
         self.migrator = Migrator()
         """Creates and upgrades the tables under the schema lock (tests inject steps)."""
@@ -187,15 +162,15 @@ class SqlBackend:
 
     # ---------------------------------------------------------------- plumbing
 
-    def translate(self, exc: DBAPIError) -> RevstoreError:
-        """Map a driver error to the revstore hierarchy (by SQLSTATE / error number)."""
-        raise NotImplementedError
+    @property
+    def name(self) -> str:
+        return self.dialect.name
 
     def _translate_any(self, exc: BaseException) -> RevstoreError:
         if isinstance(exc, DBAPIError):
             if exc.connection_invalidated:
                 return Disconnected(f"connection lost: {exc.orig}")
-            return self.translate(exc)
+            return self.dialect.translate(exc)
         return Unavailable(f"database error: {exc}")
 
     def _connect(self, wait: bool = True) -> Connection:
@@ -271,7 +246,7 @@ class SqlBackend:
         conn = self._connect()
         try:
             try:
-                conn.exec_driver_sql(begin or self.begin_write)
+                conn.exec_driver_sql(begin or self.dialect.begin_write)
                 result = fn(conn)
             except BaseException as exc:
                 self._rollback(conn)
@@ -300,10 +275,6 @@ class SqlBackend:
         except SQLAlchemyError:
             conn.invalidate()
 
-    def insert_ignore(self, table: Any) -> Insert:
-        """INSERT that does nothing when the primary key exists (dialect-specific)."""
-        raise NotImplementedError
-
     def create_schema(self) -> int:
         """Create the tables, or bring older ones to this release's schema version, or
         refuse a newer one (:class:`SchemaMismatch`); once per backend. Returns the
@@ -321,12 +292,12 @@ class SqlBackend:
             for attempt in range(1, SCHEMA_ATTEMPTS + 1):
                 try:
                     # Outside the lock and any transaction (SQLite's switch to WAL).
-                    self._prepare_ddl(conn)
-                    with self._schema_lock(conn):
+                    self.dialect.prepare_ddl(conn)
+                    with self.dialect.schema_lock(conn, self._rollback):
                         version = self.migrator.ensure(conn)
                     break
                 except DBAPIError as exc:
-                    if attempt == SCHEMA_ATTEMPTS or not self._already_exists(exc):
+                    if attempt == SCHEMA_ATTEMPTS or not self.dialect.already_exists(exc):
                         raise
                     # A creator that does not take the lock (an older release, a DBA)
                     # made the same table a moment ago: that counts as success, and the
@@ -340,31 +311,6 @@ class SqlBackend:
         self._schema_ready = True
         return version
 
-    @contextmanager
-    def _schema_lock(self, conn: Connection) -> Iterator[None]:
-        """Hold the database-wide schema lock, in one transaction where DDL is
-        transactional (PostgreSQL, SQLite): the checks, the DDL and the version bump
-        commit together, so a waiter that gets the lock sees all of it or none."""
-        conn.exec_driver_sql(self.begin_schema)
-        try:
-            self._take_schema_lock(conn)
-            yield
-            conn.exec_driver_sql("COMMIT")
-        except BaseException:
-            # Nothing half-done stays: the next look under the lock starts clean.
-            self._rollback(conn)
-            raise
-
-    def _take_schema_lock(self, conn: Connection) -> None:
-        """Hook run right after ``begin_schema`` (PostgreSQL: the advisory lock)."""
-
-    def _already_exists(self, exc: DBAPIError) -> bool:
-        """The statement failed because the table / index it creates exists."""
-        return False
-
-    def _prepare_ddl(self, conn: Connection) -> None:
-        """Hook run before the schema lock is taken (SQLite switches the file to WAL)."""
-
     def ping(self) -> None:
         # A readiness probe answers at once: it never waits for a server that is down.
         conn = self._connect(wait=False)
@@ -374,11 +320,6 @@ class SqlBackend:
             raise self._translate_any(exc) from exc
         finally:
             self._release(conn)
-
-    def content_bytes(self, column: Any) -> ColumnElement[int]:
-        """Size in bytes (UTF-8) of a stored JSON text column, computed in the
-        database so that a page can be cut before its rows are fetched."""
-        return func.octet_length(column)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -434,7 +375,7 @@ class SqlBackend:
             # read returns exactly the rows the first one measured.
             sizes = list(
                 conn.execute(
-                    select(V.c.version, self.content_bytes(V.c.content))
+                    select(V.c.version, self.dialect.content_bytes(V.c.content))
                     .where(*where)
                     .order_by(V.c.version)
                     .limit(limit + 1)
@@ -508,7 +449,7 @@ class SqlBackend:
             # from the same range, and the cursor is the last row it returned.
             sizes = list(
                 conn.execute(
-                    select(R.c.id, self.content_bytes(R.c.content))
+                    select(R.c.id, self.dialect.content_bytes(R.c.content))
                     .where(*where)
                     .order_by(R.c.id)
                     .limit(limit + 1)
@@ -542,18 +483,46 @@ class SqlBackend:
     ) -> Record:
         """One attempt at a write with this backend's strategy (the Store retries).
         With a ``claim``, the idempotency key is applied in the same transaction."""
-        if self.strategy == "optimistic":
-            return self.transaction(
-                lambda c: self._settle_record(
-                    c, claim, intent, self._write_from_head(c, intent, transform, lock=False)
-                ),
-                self.begin_optimistic,
-            )
+        return self.strategy.write_record(self, intent, transform, claim)
+
+    def counter_put(self, intent: WriteIntent, claim: Claim | None) -> Record | None:
+        """A put by the dialect's counter statement (``Counter``); None when the dialect
+        has none, and the write goes the ``Lock`` way."""
+        if not self.dialect.counter_puts:
+            return None
         return self.transaction(
-            lambda c: self._settle_record(
-                c, claim, intent, self._write_from_head(c, intent, transform, lock=True)
-            )
+            lambda c: self.settle_record(c, claim, intent, self._counter_put(c, intent))
         )
+
+    def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
+        ts = now()
+        bumped = self.dialect.bump_head(conn, intent, ts)
+        if bumped is None:
+            # Absent, deleted, unchanged or conflicting: the general path decides, still
+            # in the same transaction (SQLite: under the same write lock).
+            return self.write_from_head(conn, intent, None, lock=True)
+        revision, version, created_at = bumped
+        return self._finish_counter_put(conn, intent, revision, version, created_at, ts)
+
+    def counter_append(self, batch: AppendBatch, claim: Claim | None) -> AppendResult | None:
+        """An append by the dialect's counter statement (``Counter``, no item ids); None
+        when the dialect has none."""
+        if not self.dialect.counter_appends:
+            return None
+        return self.transaction(
+            lambda c: self.settle_append(c, claim, batch, self._counter_append(c, batch))
+        )
+
+    def _counter_append(self, conn: Connection, batch: AppendBatch) -> AppendResult:
+        ts = now()
+        last = self.dialect.bump_stream(conn, batch, ts)
+        if last is None:
+            # New stream or failed expectation: the locked path creates or reports.
+            return self.append_locked(conn, batch)
+        first = last - len(batch.bodies) + 1
+        # The range first … last is ours: the row lock is held until COMMIT.
+        self._insert_items(conn, batch, first, ts)
+        return self._appended(batch, first, ts)
 
     def _read_head(self, conn: Connection, intent: WriteIntent, lock: bool) -> Row[Any] | None:
         query = select(R).where(self._pk(intent.namespace, intent.id))
@@ -563,7 +532,7 @@ class SqlBackend:
             query = query.with_for_update()
         return conn.execute(query).first()
 
-    def _write_from_head(
+    def write_from_head(
         self,
         conn: Connection,
         intent: WriteIntent,
@@ -612,7 +581,9 @@ class SqlBackend:
             # Another creator may be inserting the same id right now: insert-if-absent
             # waits for it, and a lost race is re-run (reading the winner's row).
             result = conn.execute(
-                self.insert_ignore(R).values(**values).execution_options(preserve_rowcount=True)
+                self.dialect.insert_ignore(R)
+                .values(**values)
+                .execution_options(preserve_rowcount=True)
             )
             if result.rowcount != 1:
                 raise LostRace(f"record {intent.id!r} was created concurrently")
@@ -747,7 +718,7 @@ class SqlBackend:
             # Sizes first, bodies second (see history); stored items never change.
             sizes = list(
                 conn.execute(
-                    select(I.c.sequence, self.content_bytes(I.c.body))
+                    select(I.c.sequence, self.dialect.content_bytes(I.c.body))
                     .where(*where)
                     .order_by(I.c.sequence)
                     .limit(limit + 1)
@@ -806,14 +777,7 @@ class SqlBackend:
             )
             if resent is not None:
                 return resent
-        if self.strategy == "optimistic":
-            return self.transaction(
-                lambda c: self._settle_append(c, claim, batch, self._append_optimistic(c, batch)),
-                self.begin_optimistic,
-            )
-        return self.transaction(
-            lambda c: self._settle_append(c, claim, batch, self._append_locked(c, batch))
-        )
+        return self.strategy.append(self, batch, claim)
 
     def _stored_items(self, conn: Connection, batch: AppendBatch) -> dict[str, StoredItem]:
         assert batch.item_ids is not None
@@ -852,7 +816,7 @@ class SqlBackend:
             # First append: create the row if absent (a concurrent creator makes this a
             # no-op), then lock it like any other.
             conn.execute(
-                self.insert_ignore(S).values(
+                self.dialect.insert_ignore(S).values(
                     namespace=batch.namespace,
                     id=batch.stream_id,
                     last_sequence=0,
@@ -864,12 +828,12 @@ class SqlBackend:
             last = conn.execute(query).scalar()
         return int(last or 0)
 
-    def _append_locked(self, conn: Connection, batch: AppendBatch) -> AppendResult:
+    def append_locked(self, conn: Connection, batch: AppendBatch) -> AppendResult:
         ts = now()
         last = self._lock_stream(conn, batch, ts)
         return self._append_after(conn, batch, last, ts, cas=False)
 
-    def _append_optimistic(self, conn: Connection, batch: AppendBatch) -> AppendResult:
+    def append_optimistic(self, conn: Connection, batch: AppendBatch) -> AppendResult:
         ts = now()
         last = conn.execute(
             select(S.c.last_sequence).where(
@@ -950,14 +914,14 @@ class SqlBackend:
 
     # ---------------------------------------------------------------- idempotency keys
 
-    def _settle_record(
+    def settle_record(
         self, conn: Connection, claim: Claim | None, intent: WriteIntent, rec: Record
     ) -> Record:
         if claim is not None:
             self._settle(conn, claim, Applied.of_record(intent.mode, rec))
         return rec
 
-    def _settle_append(
+    def settle_append(
         self, conn: Connection, claim: Claim | None, batch: AppendBatch, res: AppendResult
     ) -> AppendResult:
         if claim is not None:
@@ -1000,7 +964,7 @@ class SqlBackend:
     ) -> bool:
         """Reserve ``key`` if absent (True when this call inserted it)."""
         stmt = (
-            self.insert_ignore(K)
+            self.dialect.insert_ignore(K)
             .values(
                 key=key,
                 request_hash=request_hash,

@@ -12,21 +12,32 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, LargeBinary, bindparam, cast, create_engine, event, func, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    LargeBinary,
+    bindparam,
+    cast,
+    create_engine,
+    event,
+    func,
+    text,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
-from revstore.backends.sql import SqlBackend, Transform, now
-from revstore.config import parse_url
+from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.sql import SqlBackend
+from revstore.config import MAX_OVERFLOW, POOL_SIZE, SQLITE_BUSY_TIMEOUT_MS, DatabaseURL
 from revstore.errors import RevstoreError, Unavailable
 from revstore.failures import Duplicate, Failure, Transient, classify
-from revstore.idempotency import Claim
-from revstore.record import Mode, Record, WriteIntent
+from revstore.record import WriteIntent
 
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
@@ -56,28 +67,24 @@ _UPDATE_HEAD = text(
 ).bindparams(bindparam("now", type_=schema.Timestamp))
 
 
-class SqliteBackend(SqlBackend):
+class SqliteDialect(Dialect):
     name: ClassVar[str] = "sqlite"
     default_strategy: ClassVar[str] = "counter"
     begin_write: ClassVar[str] = "BEGIN IMMEDIATE"
     begin_optimistic: ClassVar[str] = "BEGIN DEFERRED"
     # Takes the file's write lock: schema creation is serialised with every writer.
     begin_schema: ClassVar[str] = "BEGIN IMMEDIATE"
+    counter_puts: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        url: str,
-        strategy: str | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
-        busy_timeout_ms: int = 30_000,
-        **_: Any,
-    ) -> None:
-        parsed = parse_url(url)
-        if parsed.rest.startswith("/:memory:") or parsed.rest in ("", "/"):
+    def __init__(self, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+        self.busy_timeout_ms = busy_timeout_ms
+
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        if url.rest.startswith("/:memory:") or url.rest in ("", "/"):
             raise_memory()
+        busy_timeout_ms = self.busy_timeout_ms
         engine = create_engine(
-            parsed.sqlalchemy(),
+            url.sqlalchemy(),
             # Driver autocommit: SqlBackend issues BEGIN IMMEDIATE / COMMIT itself.
             isolation_level="AUTOCOMMIT",
             pool_size=pool_size,
@@ -98,8 +105,7 @@ class SqliteBackend(SqlBackend):
             cur.execute("PRAGMA case_sensitive_like=ON")
             cur.close()
 
-        super().__init__(engine, strategy)
-        self._busy_timeout_s = busy_timeout_ms / 1000
+        return engine
 
     def insert_ignore(self, table: Any) -> Insert:
         return sqlite_insert(table).on_conflict_do_nothing()
@@ -118,19 +124,9 @@ class SqliteBackend(SqlBackend):
         found = classify(FAILURES, (name, primary), orig, name, constraint)
         return found or Unavailable(f"SQLite error {name}: {orig}")
 
-    def write_record(
-        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
-    ) -> Record:
-        if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
-            return super().write_record(intent, transform, claim)
-        return self.transaction(
-            lambda c: self._settle_record(c, claim, intent, self._counter_put(c, intent))
-        )
-
-    def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
+    def bump_head(self, conn: Connection, intent: WriteIntent, ts: datetime) -> Bumped | None:
         # Under BEGIN IMMEDIATE this transaction is the only writer of the file, so the
         # UPDATE … RETURNING takes the next numbers with no possible race.
-        ts = now()
         row = conn.execute(
             _UPDATE_HEAD,
             {
@@ -143,13 +139,9 @@ class SqliteBackend(SqlBackend):
                 "exp": intent.expected_revision,
             },
         ).first()
-        if row is None:
-            # Absent, deleted, unchanged or conflicting: the general path decides, still
-            # under the same write lock.
-            return self._write_from_head(conn, intent, None, lock=True)
-        return self._finish_counter_put(conn, intent, int(row[0]), int(row[1]), row[2], ts)
+        return None if row is None else (int(row[0]), int(row[1]), row[2])
 
-    def _prepare_ddl(self, conn: Connection) -> None:
+    def prepare_ddl(self, conn: Connection) -> None:
         # journal_mode cannot change inside a transaction: switched before BEGIN
         # IMMEDIATE (every new connection has done it already; this covers a file
         # switched back by someone else meanwhile).
@@ -157,15 +149,27 @@ class SqliteBackend(SqlBackend):
         if driver is None:
             return
         try:
-            enable_wal(driver, self._busy_timeout_s)
+            enable_wal(driver, self.busy_timeout_ms / 1000)
         except sqlite3.Error as exc:
             # Straight from the driver: wrapped as SQLAlchemy would, for translate().
             raise DBAPIError.instance("PRAGMA journal_mode=WAL", None, exc, sqlite3.Error) from exc
 
-    def _already_exists(self, exc: DBAPIError) -> bool:
+    def already_exists(self, exc: DBAPIError) -> bool:
         # SQLite has no error code for it (plain SQLITE_ERROR): the message is all
         # there is. Under BEGIN IMMEDIATE only a creator that skips it can cause this.
         return " already exists" in str(exc.orig)
+
+
+def open_backend(
+    url: DatabaseURL,
+    strategy: str | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    **_: Any,
+) -> SqlBackend:
+    dialect = SqliteDialect(busy_timeout_ms)
+    return SqlBackend(dialect, dialect.create_engine(url, pool_size, max_overflow), strategy)
 
 
 def enable_wal(dbapi_conn: sqlite3.Connection, timeout_s: float) -> None:
