@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
+from revstore.backends.ops import Step
 from revstore.config import DatabaseURL
 from revstore.errors import RevstoreError
 from revstore.record import WriteIntent
@@ -89,14 +90,15 @@ class Dialect:
 
     # ---------------------------------------------------------------- counter statements
 
-    def bump_head(self, conn: Connection, intent: WriteIntent, ts: datetime) -> Bumped | None:
+    def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
         """Take the record's next numbers in one statement, inside the caller's write
         transaction, and store the intent's content; None when the statement did not
         apply (absent, deleted, unchanged or a failed expectation: the general path
-        decides, in the same transaction). Dialects without one return None."""
-        return None
+        decides, in the same transaction). Only where ``counter_puts``."""
+        raise NotImplementedError
 
-    def bump_stream(self, conn: Connection, batch: AppendBatch, ts: datetime) -> int | None:
-        """Take ``count`` sequences of a stream in one statement (``counter_appends``);
-        the stream's new last sequence, or None when it did not apply."""
-        return None
+    def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
+        """Take the batch's sequences of a stream in one statement, inside the caller's
+        write transaction; the stream's new last sequence, or None when it did not
+        apply. Only where ``counter_appends``."""
+        raise NotImplementedError

@@ -23,6 +23,7 @@ from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
 from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend, install_liveness_probe
 from revstore.config import CONNECT_TIMEOUT, MAX_OVERFLOW, POOL_SIZE, DatabaseURL, with_query
 from revstore.errors import RevstoreError, Unavailable
@@ -179,8 +180,8 @@ class MysqlDialect(Dialect):
 
     # ---------------------------------------------------------------- counter statements
 
-    def bump_head(self, conn: Connection, intent: WriteIntent, ts: datetime) -> Bumped | None:
-        result = conn.execute(
+    def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
+        result = yield Execute(
             _BUMP_HEAD,
             {
                 "bump": 1 if intent.create_version else 0,
@@ -197,11 +198,11 @@ class MysqlDialect(Dialect):
         revision = int(result.lastrowid)
         # This transaction holds the row lock taken by the UPDATE: the row read here is
         # the one it just wrote.
-        head = conn.execute(_HEAD_AFTER_BUMP, {"ns": intent.namespace, "id": intent.id}).one()
+        head = (yield Execute(_HEAD_AFTER_BUMP, {"ns": intent.namespace, "id": intent.id})).one()
         return revision, int(head[0]), head[1]
 
-    def bump_stream(self, conn: Connection, batch: AppendBatch, ts: datetime) -> int | None:
-        result = conn.execute(
+    def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
+        result = yield Execute(
             _BUMP_STREAM,
             {
                 "n": len(batch.bodies),

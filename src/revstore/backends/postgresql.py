@@ -29,6 +29,7 @@ from sqlalchemy.sql.dml import Insert
 
 from revstore.backends.dialect import Dialect
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
+from revstore.backends.protocol import appended, written_head
 from revstore.backends.sql import SqlBackend, install_liveness_probe, now
 from revstore.config import AUTO as AUTO
 from revstore.config import (
@@ -538,7 +539,7 @@ class PostgresBackend(SqlBackend):
         if done is None:
             # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
             return None
-        return self._written_head(intent, *done)
+        return written_head(intent, *done)
 
     def _put_one(self, intent: WriteIntent) -> _Put | None:
         """The write alone, waiting for its row: busy keys, skipped writes, no group commit."""
@@ -597,7 +598,7 @@ class PostgresBackend(SqlBackend):
             # New stream or expectation mismatch: the general path creates or reports.
             return None
         first, ts = done
-        return self._appended(batch, first, ts)
+        return appended(batch, first, ts)
 
     def _append_one(self, batch: AppendBatch) -> _Appended | None:
         """The append alone, waiting for its stream row (as ``_put_one``)."""

@@ -33,6 +33,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
 from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend
 from revstore.config import MAX_OVERFLOW, POOL_SIZE, SQLITE_BUSY_TIMEOUT_MS, DatabaseURL
 from revstore.errors import RevstoreError, Unavailable
@@ -124,10 +125,10 @@ class SqliteDialect(Dialect):
         found = classify(FAILURES, (name, primary), orig, name, constraint)
         return found or Unavailable(f"SQLite error {name}: {orig}")
 
-    def bump_head(self, conn: Connection, intent: WriteIntent, ts: datetime) -> Bumped | None:
+    def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
         # Under BEGIN IMMEDIATE this transaction is the only writer of the file, so the
         # UPDATE … RETURNING takes the next numbers with no possible race.
-        row = conn.execute(
+        result = yield Execute(
             _UPDATE_HEAD,
             {
                 "bump": 1 if intent.create_version else 0,
@@ -138,7 +139,8 @@ class SqliteDialect(Dialect):
                 "id": intent.id,
                 "exp": intent.expected_revision,
             },
-        ).first()
+        )
+        row = result.first()
         return None if row is None else (int(row[0]), int(row[1]), row[2])
 
     def prepare_ddl(self, conn: Connection) -> None:

@@ -22,7 +22,8 @@ from revstore.errors import InvalidInput
 from revstore.record import Mode
 
 if TYPE_CHECKING:
-    from revstore.backends.sql import SqlBackend, Transform
+    from revstore.backends.protocol import Transform
+    from revstore.backends.sql import SqlBackend
     from revstore.idempotency import Claim
     from revstore.record import Record, WriteIntent
     from revstore.stream import AppendBatch, AppendResult
@@ -60,16 +61,14 @@ class Lock(Strategy):
         transform: Transform | None,
         claim: Claim | None,
     ) -> Record:
+        p = backend.protocol
         return backend.transaction(
-            lambda c: backend.settle_record(
-                c, claim, intent, backend.write_from_head(c, intent, transform, lock=True)
-            )
+            p.settle_record(claim, intent, p.write_from_head(intent, transform, lock=True))
         )
 
     def append(self, backend: SqlBackend, batch: AppendBatch, claim: Claim | None) -> AppendResult:
-        return backend.transaction(
-            lambda c: backend.settle_append(c, claim, batch, backend.append_locked(c, batch))
-        )
+        p = backend.protocol
+        return backend.transaction(p.settle_append(claim, batch, p.append_locked(batch)))
 
 
 class Optimistic(Strategy):
@@ -82,16 +81,16 @@ class Optimistic(Strategy):
         transform: Transform | None,
         claim: Claim | None,
     ) -> Record:
+        p = backend.protocol
         return backend.transaction(
-            lambda c: backend.settle_record(
-                c, claim, intent, backend.write_from_head(c, intent, transform, lock=False)
-            ),
+            p.settle_record(claim, intent, p.write_from_head(intent, transform, lock=False)),
             backend.dialect.begin_optimistic,
         )
 
     def append(self, backend: SqlBackend, batch: AppendBatch, claim: Claim | None) -> AppendResult:
+        p = backend.protocol
         return backend.transaction(
-            lambda c: backend.settle_append(c, claim, batch, backend.append_optimistic(c, batch)),
+            p.settle_append(claim, batch, p.append_optimistic(batch)),
             backend.dialect.begin_optimistic,
         )
 
