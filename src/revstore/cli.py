@@ -26,6 +26,7 @@ from rich.text import Text
 
 from revstore.config import DEFAULT_URL as DEFAULT_URL
 from revstore.config import db_url as db_url
+from revstore.content import MAX_INT_DIGITS
 from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
@@ -239,6 +240,11 @@ class Output:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             self.fail(InvalidInput(f"{what} is not valid JSON: {exc}"))
+        except RecursionError:
+            self.fail(InvalidInput(f"{what} is nested too deeply"))
+        except ValueError:
+            # An integer literal over Python's int<->str digit limit.
+            self.fail(InvalidInput(f"{what} has an integer of more than {MAX_INT_DIGITS} digits"))
 
 
 @contextmanager

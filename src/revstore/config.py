@@ -155,11 +155,16 @@ STRATEGIES: Final = ("counter", "lock", "optimistic")
 # ----------------------------------------------------------------- limits and defaults
 
 MAX_DEPTH: Final = 100
-"""Deepest nesting of JSON content."""
+"""Content may nest at most this many arrays/objects inside each other: ``[[1]]`` is
+depth 2, a scalar is depth 0."""
 DEFAULT_MAX_CONTENT_BYTES: Final = 1024 * 1024
 MAX_ID_LENGTH: Final = 255
 MAX_NUMBER: Final = 2**63 - 1
 """Revisions, versions and sequences are 64-bit signed integers in every backend."""
+MAX_INT_DIGITS: Final = 4300
+"""Integers in content have at most this many decimal digits: Python's default limit
+for int <-> str conversion (``sys.get_int_max_str_digits``), fixed here so that what
+is accepted does not depend on how the interpreter is configured."""
 DEFAULT_MAX_BATCH_ITEMS: Final = 1000
 DEFAULT_MAX_PAGE_BYTES: Final = 8 * 1024 * 1024
 """A page of ``history``, ``read`` or ``list`` ends before its content passes this many

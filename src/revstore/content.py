@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any, TypeAlias
 
 from revstore.config import (  # the limits are configured in one place; re-exported
@@ -17,6 +18,7 @@ from revstore.config import (  # the limits are configured in one place; re-expo
 )
 from revstore.config import MAX_DEPTH as MAX_DEPTH
 from revstore.config import MAX_ID_LENGTH as MAX_ID_LENGTH
+from revstore.config import MAX_INT_DIGITS as MAX_INT_DIGITS
 from revstore.config import MAX_NUMBER as MAX_NUMBER
 from revstore.config import MAX_PAGE_LIMIT
 from revstore.diff import diff as json_diff
@@ -25,27 +27,56 @@ from revstore.errors import InvalidInput
 JSON: TypeAlias = Any
 """A JSON value: dict with str keys, list, str, int, float, bool or None."""
 
+_INT_BOUND = 10**MAX_INT_DIGITS
+
+# The one text rule. Every text field (namespaces, ids, stream and item ids, list
+# cursors, author, summary) must be text that every backend stores and compares byte
+# for byte. Refused everywhere:
+# - U+0000: PostgreSQL text cannot hold it (psycopg refuses it before sending);
+# - lone surrogates U+D800-U+DFFF: not Unicode scalar values, no UTF-8 form;
+# - the 66 noncharacters (U+FDD0-U+FDEF and U+xFFFE/U+xFFFF of every plane): SQLite's
+#   LIKE reads U+FFFE/U+FFFF as U+FFFD, so a prefix listing would mix distinct ids.
+# Identifiers (namespace, ids, cursors) also refuse control characters (C0, DEL, C1).
+_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
+    f"{chr(plane * 0x10000 + 0xFFFE)}{chr(plane * 0x10000 + 0xFFFF)}" for plane in range(17)
+)
+_BAD_TEXT = re.compile(f"[\x00\ud800-\udfff{_NONCHARACTERS}]")
+_BAD_ID = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_NONCHARACTERS}]")
+
 
 def validate_json(value: JSON, what: str = "content") -> None:
     """Raise InvalidInput unless ``value`` is plain JSON (no NaN, sets, bytes, non-str keys)."""
     # An explicit stack instead of recursion: a hostile document cannot blow the stack.
+    # ``depth`` counts the arrays/objects around ``item`` (0 at the root).
     stack: list[tuple[JSON, int, str]] = [(value, 0, "$")]
     while stack:
         item, depth, path = stack.pop()
-        if depth > MAX_DEPTH:
-            raise InvalidInput(f"{what} is nested deeper than {MAX_DEPTH} levels (at {path})")
-        if item is None or isinstance(item, (str, bool, int)):
+        if item is None or isinstance(item, (str, bool)):
+            continue
+        if isinstance(item, int):
+            if not -_INT_BOUND < item < _INT_BOUND:
+                raise InvalidInput(
+                    f"{what} has an integer of more than {MAX_INT_DIGITS} digits at {path[:200]}"
+                )
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
-                raise InvalidInput(f"{what} contains {item!r} at {path}: JSON has no NaN/Infinity")
+                raise InvalidInput(
+                    f"{what} contains {shown(item)} at {path[:200]}: JSON has no NaN/Infinity"
+                )
             continue
+        if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
+            raise InvalidInput(
+                f"{what} is nested deeper than {MAX_DEPTH} levels of arrays/objects "
+                f"(at {path[:200]})"
+            )
         if isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise InvalidInput(
-                        f"{what} has a non-string object key {key!r} at {path}: "
-                        "JSON keys are strings"
+                        # Not {key!r}: the repr of a huge int key would raise.
+                        f"{what} has an object key of type {type(key).__name__} at "
+                        f"{path[:200]}: JSON keys are strings"
                     )
                 stack.append((sub, depth + 1, f"{path}.{key}"))
             continue
@@ -54,7 +85,7 @@ def validate_json(value: JSON, what: str = "content") -> None:
                 stack.append((sub, depth + 1, f"{path}[{index}]"))
             continue
         raise InvalidInput(
-            f"{what} is not JSON-serialisable: {type(item).__name__} at {path} "
+            f"{what} is not JSON-serialisable: {type(item).__name__} at {path[:200]} "
             "(use objects, arrays, strings, numbers, booleans and null)"
         )
 
@@ -126,38 +157,81 @@ def diff(old: JSON, new: JSON) -> list[dict[str, JSON]]:
     return json_diff(old, new)
 
 
-def validate_id(value: object, what: str = "id") -> str:
-    """Ids are 1..255 characters with no control characters."""
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, bounded: a huge int's repr would raise
+    ValueError (Python's int->str digit limit) and a long string would flood the
+    message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except Exception:  # a user object whose __repr__ fails
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_text(
+    value: object,
+    what: str,
+    *,
+    max_length: int,
+    min_length: int = 0,
+    identifier: bool = False,
+) -> str:
+    """The one text rule (see ``_BAD_TEXT``): a ``str`` of ``min_length`` to
+    ``max_length`` characters that every backend stores byte-exact; identifiers also
+    refuse control characters. Raises InvalidInput naming the field and the character."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
-    if not value:
+    if len(value) < min_length:
         raise InvalidInput(f"{what} must not be empty")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
-    utf8(value, what)
-    for ch in value:
-        if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
-            raise InvalidInput(f"{what} {value!r} contains the control character {ch!r}")
+    if len(value) > max_length:
+        raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {max_length}")
+    bad = (_BAD_ID if identifier else _BAD_TEXT).search(value)
+    if bad is not None:
+        ch = bad.group()
+        if ch == "\x00":
+            kind = "NUL"
+        elif "\ud800" <= ch <= "\udfff":
+            kind = "a lone surrogate"
+        elif ch < "\ua000":
+            kind = "a control character"
+        else:
+            kind = "a noncharacter"
+        raise InvalidInput(f"{what} contains {kind} (U+{ord(ch):04X}) at index {bad.start()}")
     return value
+
+
+def validate_id(value: object, what: str = "id") -> str:
+    """Ids (and namespaces, cursors) are 1..255 characters under the text rule, without
+    control characters."""
+    return check_text(value, what, min_length=1, max_length=MAX_ID_LENGTH, identifier=True)
+
+
+def optional_text(value: object, what: str, max_length: int) -> str | None:
+    """A free-text field (author, summary): None, or text under the text rule."""
+    if value is None:
+        return None
+    return check_text(value, what, max_length=max_length)
 
 
 def validate_positive(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be an integer, got {value!r}")
+        raise InvalidInput(f"{what} must be an integer, got {shown(value)}")
     if not 1 <= value <= MAX_NUMBER:
-        raise InvalidInput(f"{what} must be from 1 to {MAX_NUMBER}, got {value}")
+        raise InvalidInput(f"{what} must be from 1 to {MAX_NUMBER}, got {shown(value)}")
     return value
 
 
 def validate_non_negative(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be an integer, got {value!r}")
+        raise InvalidInput(f"{what} must be an integer, got {shown(value)}")
     if not 0 <= value <= MAX_NUMBER:
-        raise InvalidInput(f"{what} must be from 0 to {MAX_NUMBER}, got {value}")
+        raise InvalidInput(f"{what} must be from 0 to {MAX_NUMBER}, got {shown(value)}")
     return value
 
 
 def validate_limit(value: object, maximum: int = MAX_PAGE_LIMIT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {value!r}")
+        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {shown(value)}")
     return value

@@ -21,7 +21,8 @@ from revstore.content import (
     Canonical,
     diff,
     merge_patch,
-    utf8,
+    optional_text,
+    shown,
     validate_id,
     validate_limit,
     validate_non_negative,
@@ -37,20 +38,9 @@ T = TypeVar("T")
 _list = list  # Store.list shadows the builtin inside the class body
 
 
-def _optional_text(value: object, what: str, limit: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a string or None, got {type(value).__name__}")
-    if len(value) > limit:
-        raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {limit}")
-    utf8(value, what)
-    return value
-
-
 def _claim(value: object) -> Claim | None:
     if value is not None and not isinstance(value, Claim):
-        raise InvalidInput(f"claim must be a Claim from Store.keys.claim(), got {value!r}")
+        raise InvalidInput(f"claim must be a Claim from Store.keys.claim(), got {shown(value)}")
     return value
 
 
@@ -87,11 +77,19 @@ class Store:
         group_commit: bool = True,
     ) -> None:
         if strategy is not None and strategy not in STRATEGIES:
-            raise InvalidInput(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+            raise InvalidInput(
+                f"strategy must be one of {', '.join(STRATEGIES)}, got {shown(strategy)}"
+            )
         self.url = url
         self.max_content_bytes = validate_positive(max_content_bytes, "max_content_bytes")
         self.max_batch_items = validate_positive(max_batch_items, "max_batch_items")
         self.max_page_bytes = validate_positive(max_page_bytes, "max_page_bytes")
+        validate_positive(pool_size, "pool_size")
+        validate_non_negative(max_overflow, "max_overflow")
+        if not isinstance(group_commit, bool):
+            raise InvalidInput(f"group_commit must be true or false, got {shown(group_commit)}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInput(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self.retry = retry or RetryPolicy()
         self.stats = RetryStats()
         self.backend: SqlBackend = open_backend(
@@ -248,7 +246,7 @@ class Store:
         validate_id(namespace, "namespace")
         validate_id(id)
         if not isinstance(create_version, bool):
-            raise InvalidInput(f"create_version must be true or false, got {create_version!r}")
+            raise InvalidInput(f"create_version must be true or false, got {shown(create_version)}")
         return WriteIntent(
             namespace=namespace,
             id=id,
@@ -258,8 +256,8 @@ class Store:
             content_text=body.text if body else "",
             content_hash=body.hash if body else "",
             content_value=body.value if body else None,
-            author=_optional_text(author, "author", MAX_AUTHOR),
-            summary=_optional_text(summary, "summary", MAX_SUMMARY),
+            author=optional_text(author, "author", MAX_AUTHOR),
+            summary=optional_text(summary, "summary", MAX_SUMMARY),
         )
 
     def get(self, id: str, *, namespace: str = "default") -> Record:

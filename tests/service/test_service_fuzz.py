@@ -1,6 +1,7 @@
 """Property-based fuzzing of the API from its own OpenAPI (schemathesis): whatever
 the generated request, no 5xx, and every response conforms to the documented schema
-(status code, content type, headers, body)."""
+(status code, content type, headers, body). A quick pass in the default run; the
+10,000-request run is ``test_service_schemathesis.py`` (``-m slow``)."""
 
 from __future__ import annotations
 
@@ -62,12 +63,4 @@ def _seeded() -> Iterator[None]:
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_conforms_to_its_openapi(case: schemathesis.Case[Any]) -> None:
     """A quick pass on every operation (the default test run)."""
-    case.call_and_validate(checks=CHECKS)
-
-
-@pytest.mark.slow
-@schema.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api_conforms_to_its_openapi_thoroughly(case: schemathesis.Case[Any]) -> None:
-    """More and random examples (a different seed each run)."""
     case.call_and_validate(checks=CHECKS)

@@ -8,8 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from revstore.config import DRIVERS, DatabaseURL, parse_url
 from revstore.config import STRATEGIES as STRATEGIES
-from revstore.config import parse_url
+from revstore.content import check_text, shown
+from revstore.errors import InvalidInput
 
 if TYPE_CHECKING:
     from revstore.backends.sql import SqlBackend
@@ -19,11 +24,34 @@ _MODULES = {
     "postgresql": "revstore.backends.postgresql",
     "mysql": "revstore.backends.mysql",
 }
+_USAGE = "use sqlite:///path.db, postgresql://user@host/db or mysql://user@host/db"
+
+
+def check_url(url: object) -> DatabaseURL:
+    """Refuse a malformed database URL with InvalidInput (never a raw ValueError from
+    the URL parser or the driver): not a string, no scheme, NUL or lone surrogates, an
+    unknown database or driver, a port that is not a number from 1 to 65535."""
+    if not isinstance(url, str) or "://" not in url:
+        raise InvalidInput(f"database URL {shown(url)} is not a URL; {_USAGE}")
+    check_text(url, "database URL", max_length=4096)
+    parsed = parse_url(url)
+    if parsed.driver and parsed.driver != DRIVERS[parsed.backend]:
+        raise InvalidInput(
+            f"unsupported driver {parsed.driver!r} for {parsed.scheme}; revstore uses "
+            f"{DRIVERS[parsed.backend]} (write {parsed.scheme}://… without a driver)"
+        )
+    try:
+        port = make_url(url).port
+    except (ValueError, TypeError, ArgumentError) as exc:
+        raise InvalidInput(f"database URL is malformed ({exc}); {_USAGE}") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise InvalidInput(f"database URL has port {port}; a port is from 1 to 65535")
+    return parsed
 
 
 def open_backend(url: str, **options: Any) -> SqlBackend:
     """Create the backend for ``url`` (``sqlite:///file.db``, ``postgresql://…``, ``mysql://…``)."""
-    parsed = parse_url(url)
+    parsed = check_url(url)
     module = importlib.import_module(_MODULES[parsed.backend])
     backend: SqlBackend = module.open_backend(parsed, **options)
     return backend

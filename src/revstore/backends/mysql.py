@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar
 
+import pymysql
 from sqlalchemy import Connection, bindparam, create_engine, event, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
@@ -26,7 +27,7 @@ from revstore.backends.dialect import Bumped, Dialect
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend, install_liveness_probe
 from revstore.config import CONNECT_TIMEOUT, MAX_OVERFLOW, POOL_SIZE, DatabaseURL, with_query
-from revstore.errors import RevstoreError, Unavailable
+from revstore.errors import InvalidInput, RevstoreError, Unavailable
 from revstore.failures import Disconnected, Duplicate, Failure, Transient, classify
 from revstore.record import WriteIntent
 from revstore.stream import AppendBatch
@@ -46,6 +47,9 @@ FAILURES: dict[int, Failure] = {
     4031: Failure(Disconnected, "disconnected for inactivity"),
 }
 """Server / client error number → failure category."""
+# Values the server refuses (strict mode): too long, out of range, bad string, NULL in a
+# NOT NULL column, truncated. The caller's input, not the database's state.
+DATA_ERRORS = {1048, 1264, 1265, 1292, 1366, 1406, 1690, 3140}
 
 _BUMP_HEAD = text(
     """
@@ -80,6 +84,10 @@ _BUMP_STREAM = text(
 def _engine(
     url: DatabaseURL, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
 ) -> Engine:
+    charset = make_url(url.url).query.get("charset")
+    if charset not in (None, "utf8mb4"):
+        # Another connection charset would transcode (or mangle) text on the way.
+        raise InvalidInput(f"charset={charset} in the URL: revstore needs utf8mb4 (or no charset)")
     engine = create_engine(
         # utf8mb4: every code point, not MySQL's three-byte "utf8".
         with_query(url.sqlalchemy(dialect), "charset", "utf8mb4"),
@@ -118,6 +126,9 @@ class MysqlDialect(Dialect):
                 mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
         except SQLAlchemyError:
             mariadb = False  # unreachable now; errors surface on first use
+        except (TypeError, ValueError) as exc:
+            engine.dispose()
+            raise InvalidInput(f"the database URL has an option PyMySQL refuses: {exc}") from exc
         if mariadb:
             # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
             engine.dispose()
@@ -170,13 +181,24 @@ class MysqlDialect(Dialect):
         orig = exc.orig
         args: tuple[Any, ...] = getattr(orig, "args", ())
         errno = args[0] if args and isinstance(args[0], int) else None
-        if errno is None:
-            # No error number: the driver lost the socket before any reply.
-            return Disconnected(f"connection lost: {orig}")
         message = str(args[1]) if len(args) > 1 else str(orig)
         constraint = message.rsplit("for key ", 1)[-1].strip("'") if "for key" in message else None
         found = classify(FAILURES, (errno,), message, str(errno), constraint)
-        return found or Unavailable(f"MySQL error {errno}: {orig}")
+        if found is not None:
+            return found
+        if errno in DATA_ERRORS or isinstance(orig, pymysql.err.DataError):
+            return InvalidInput(f"MySQL refused a value ({errno}): {orig}")
+        if errno is None and isinstance(
+            orig, (pymysql.err.ProgrammingError, pymysql.err.NotSupportedError)
+        ):
+            # Raised by PyMySQL before sending (a closed cursor, a bad argument): no
+            # error number, and nothing reached the server. Not a lost connection.
+            return Unavailable(f"PyMySQL refused the request: {orig}")
+        if errno is None:
+            # No error number from the server: PyMySQL lost the socket or the protocol
+            # (a reply out of sequence) after sending, so the statement may have run.
+            return Disconnected(f"connection lost: {orig}")
+        return Unavailable(f"MySQL error {errno}: {orig}")
 
     # ---------------------------------------------------------------- counter statements
 

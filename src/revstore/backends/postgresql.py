@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
+import psycopg
 from psycopg import Cursor, pq
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -43,6 +44,7 @@ from revstore.config import (
 from revstore.config import prepare_threshold as prepare_threshold
 from revstore.errors import (
     AmbiguousCommit,
+    InvalidInput,
     RevstoreError,
     Unavailable,
 )
@@ -436,10 +438,27 @@ class PostgresDialect(Dialect):
         diag = getattr(orig, "diag", None)
         constraint = getattr(diag, "constraint_name", None)
         if state is None:
-            # No SQLSTATE at all means the driver lost the socket before any reply.
+            # No SQLSTATE: no error reply from the server. A DataError or
+            # ProgrammingError is psycopg refusing before it sends anything (a NUL in a
+            # text value; an unknown connection option in the URL, as the statements
+            # themselves are fixed): the caller's input, not a lost connection. Any
+            # other class (OperationalError: the socket failed) may have happened after
+            # the statement reached the server, so it stays a lost connection.
+            if isinstance(orig, psycopg.DataError):
+                return InvalidInput(f"PostgreSQL cannot take this value: {orig}")
+            if isinstance(orig, psycopg.ProgrammingError):
+                return InvalidInput(f"psycopg refused the request: {orig}")
+            if isinstance(orig, psycopg.NotSupportedError):
+                return Unavailable(f"psycopg refused the request: {orig}")
             return Disconnected(f"connection lost: {orig}")
         found = classify(FAILURES, (state, state[:2]), orig, state, constraint)
-        return found or Unavailable(f"PostgreSQL error {state}: {orig}")
+        if found is not None:
+            return found
+        if state.startswith("22"):
+            # Class 22, data exception: a value the server refuses (too long, out of
+            # range, untranslatable). The caller's input, not the database's state.
+            return InvalidInput(f"PostgreSQL refused a value ({state}): {orig}")
+        return Unavailable(f"PostgreSQL error {state}: {orig}")
 
 
 def open_backend(

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError, StatementError
 
 from revstore.backends.dialect import Dialect
 from revstore.backends.ops import Execute, Step
@@ -30,7 +30,7 @@ from revstore.backends.protocol import page_cut as page_cut
 from revstore.backends.protocol import prefix_upper_bound as prefix_upper_bound
 from revstore.backends.protocol import utc as utc
 from revstore.backends.strategy import Strategy, strategy_named
-from revstore.errors import AmbiguousCommit, RevstoreError, Unavailable
+from revstore.errors import AmbiguousCommit, InvalidInput, RevstoreError, Unavailable
 from revstore.failures import Disconnected
 from revstore.idempotency import Claim, KeyRow
 from revstore.migrations import Migrator
@@ -41,6 +41,12 @@ from revstore.stream import AppendResult, ReadPage, StreamInfo
 T = TypeVar("T")
 
 log = logging.getLogger("revstore.backend")
+
+DRIVER_DATA_ERRORS = (UnicodeError, OverflowError)
+"""What a driver raises while converting a parameter, before sending anything (PyMySQL
+and sqlite3 encoding a lone surrogate, an int too large for the column's type)."""
+DB_ERRORS = (SQLAlchemyError, *DRIVER_DATA_ERRORS)
+"""Everything that ``_translate_any`` maps: caught around every database call."""
 
 SCHEMA_ATTEMPTS = 5
 """Looks under the schema lock before an "already exists" from an unlocked creator is
@@ -98,6 +104,13 @@ class SqlBackend:
             if exc.connection_invalidated:
                 return Disconnected(f"connection lost: {exc.orig}")
             return self.dialect.translate(exc)
+        # A value the driver could not convert: refused before anything was sent, so
+        # neither a lost connection nor the database's fault.
+        cause = exc.orig if isinstance(exc, StatementError) else exc
+        if isinstance(cause, DRIVER_DATA_ERRORS):
+            # Not str(cause): PyMySQL's UnicodeEncodeError holds the whole statement.
+            why = getattr(cause, "reason", None) or str(cause)[:200]
+            return InvalidInput(f"a value cannot be sent to the database: {why}")
         return Unavailable(f"database error: {exc}")
 
     def _connect(self, wait: bool = True) -> Connection:
@@ -117,6 +130,12 @@ class SqlBackend:
         while True:
             try:
                 return self.engine.connect()
+            except (TypeError, ValueError) as exc:
+                # The driver's connect() refused an argument taken from the URL's query
+                # string (PyMySQL: an unknown keyword) or its path (sqlite3: a NUL byte).
+                raise InvalidInput(
+                    f"the database URL has an option the driver refuses: {exc}"
+                ) from exc
             except SQLAlchemyError as exc:
                 err = self._translate_any(exc)
                 if not (wait and isinstance(err, Disconnected)):
@@ -157,7 +176,7 @@ class SqlBackend:
                 op = step.send(sent) if error is None else step.throw(error)
             except StopIteration as done:
                 return cast(T, done.value)
-            except SQLAlchemyError as exc:
+            except DB_ERRORS as exc:
                 # Raised while the protocol read a result (a lazy fetch).
                 raise self._translate_any(exc) from exc
             error = None
@@ -166,7 +185,7 @@ class SqlBackend:
                     sent = conn.execute(op.statement, op.params)
                 else:
                     sent = conn.exec_driver_sql(op.sql)
-            except SQLAlchemyError as exc:
+            except DB_ERRORS as exc:
                 error = self._translate_any(exc)
                 error.__cause__ = exc
 
@@ -179,7 +198,7 @@ class SqlBackend:
         conn = self._connect()
         try:
             return fn(conn)
-        except SQLAlchemyError as exc:
+        except DB_ERRORS as exc:
             raise self._translate_any(exc) from exc
         finally:
             self._release(conn)
@@ -191,7 +210,7 @@ class SqlBackend:
         def once(conn: Connection) -> T:
             try:
                 return fn(conn)
-            except SQLAlchemyError as exc:
+            except DB_ERRORS as exc:
                 err = self._translate_any(exc)
                 if isinstance(err, Disconnected):
                     raise AmbiguousCommit(

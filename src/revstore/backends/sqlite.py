@@ -36,13 +36,16 @@ from revstore.backends.dialect import Bumped, Dialect
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend
 from revstore.config import MAX_OVERFLOW, POOL_SIZE, SQLITE_BUSY_TIMEOUT_MS, DatabaseURL
-from revstore.errors import RevstoreError, Unavailable
+from revstore.errors import InvalidInput, RevstoreError, Unavailable
 from revstore.failures import Duplicate, Failure, Transient, classify
 from revstore.record import WriteIntent
 
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
+SQLITE_TOOBIG = 18
 SQLITE_CONSTRAINT = 19
+SQLITE_MISMATCH = 20
+SQLITE_RANGE = 25
 
 FAILURES: dict[int | str, Failure] = {
     SQLITE_BUSY: Failure(Transient, "database is busy"),
@@ -123,7 +126,14 @@ class SqliteDialect(Dialect):
         primary = code & 0xFF if isinstance(code, int) else None
         constraint = str(orig) if primary == SQLITE_CONSTRAINT else None
         found = classify(FAILURES, (name, primary), orig, name, constraint)
-        return found or Unavailable(f"SQLite error {name}: {orig}")
+        if found is not None:
+            return found
+        if primary in (SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE) or isinstance(
+            orig, sqlite3.DataError
+        ):
+            # A value SQLite cannot take (too big, wrong type): the caller's input.
+            return InvalidInput(f"SQLite refused a value ({name}): {orig}")
+        return Unavailable(f"SQLite error {name}: {orig}")
 
     def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
         # Under BEGIN IMMEDIATE this transaction is the only writer of the file, so the

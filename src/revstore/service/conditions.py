@@ -28,7 +28,17 @@ class ETag:
     opaque: str
 
     def revision(self) -> int | None:
-        return int(self.opaque) if self.opaque.isdigit() and len(self.opaque) < 19 else None
+        """The revision this tag names, or None when no ETag we issue looks like it.
+
+        Only the exact text of ``etag(revision)`` counts (entity tags compare as
+        strings): ASCII digits, no leading zero, at least 1 (``"0"`` names no
+        representation, RFC 9110 If-Match never matches a missing record) and within a
+        BIGINT. ``str.isdigit`` alone would take "²" or Arabic-Indic digits.
+        """
+        text = self.opaque
+        if not (0 < len(text) < 19 and text.isascii() and text.isdigit()) or text[0] == "0":
+            return None
+        return int(text)
 
 
 def etag(revision: int) -> str:

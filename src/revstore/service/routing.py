@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import anyio
 from fastapi import Request
@@ -22,6 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from revstore.content import MAX_INT_DIGITS
 from revstore.errors import RevstoreError
 from revstore.service import idempotency as idem
 from revstore.service.context import Services, services
@@ -40,8 +42,43 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse an object that names a member twice: JSON parsers disagree on which one
+    wins (RFC 8259 §4), so the stored document would depend on the parser."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def check_url_text(request: Request) -> None:
+    """422 unless the path and query are UTF-8 once percent-decoded. Starlette decodes
+    them with replacement characters, so ``/v1/records/%FF`` would silently name the
+    record "\ufffd", as would every other invalid byte sequence."""
+    raw_path: bytes = request.scope.get("raw_path") or b""
+    for part, what in ((raw_path, "path"), (request.scope.get("query_string") or b"", "query")):
+        if b"%" not in part and part.isascii():
+            continue
+        try:
+            unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProblemError(
+                422, "invalid-input", f"the URL {what} is not UTF-8 once percent-decoded"
+            ) from exc
 
 
 async def read_json_body(request: Request, expected: str) -> None:
@@ -60,7 +97,8 @@ async def read_json_body(request: Request, expected: str) -> None:
     if not body.strip():
         raise ProblemError(422, "invalid-input", "the request body is empty; send a JSON object")
     try:
-        value = json.loads(body)
+        # UTF-8 only (RFC 8259 §8.1): json.loads(bytes) would also guess UTF-16/32.
+        value = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ProblemError(
             422, "invalid-input", f"the body is not valid JSON: {exc.msg} at position {exc.pos}"
@@ -69,6 +107,15 @@ async def read_json_body(request: Request, expected: str) -> None:
         raise ProblemError(422, "invalid-input", "the body is not valid UTF-8") from exc
     except RecursionError as exc:
         raise ProblemError(422, "invalid-input", "the body is nested too deeply") from exc
+    except DuplicateKey as exc:
+        raise ProblemError(
+            422, "invalid-input", f"the body has the member {exc.key[:100]!r} twice in one object"
+        ) from exc
+    except ValueError as exc:
+        # An integer literal over Python's int<->str digit limit (4300 by default).
+        raise ProblemError(
+            422, "invalid-input", f"the body has an integer of more than {MAX_INT_DIGITS} digits"
+        ) from exc
     if _SURROGATE_ESCAPE.search(body):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -92,6 +139,7 @@ class ServiceRoute(APIRoute):
         async def run(request: Request) -> Response:
             svc = services(request)
             try:
+                check_url_text(request)
                 if body_type is not None:
                     await read_json_body(request, body_type)
                 return await handler(request)
