@@ -12,17 +12,17 @@ trip later), and tells a failure *before* COMMIT (safe to re-run) from a failure
 from __future__ import annotations
 
 import logging
-import random
 import select as io_select
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from revstore.backends.dialect import Dialect
+from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.ops import Execute, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction
 from revstore.backends.protocol import now as now
@@ -30,7 +30,7 @@ from revstore.backends.protocol import page_cut as page_cut
 from revstore.backends.protocol import prefix_upper_bound as prefix_upper_bound
 from revstore.backends.protocol import utc as utc
 from revstore.backends.strategy import Strategy, strategy_named
-from revstore.errors import AmbiguousCommit, InvalidInput, RevstoreError, Unavailable
+from revstore.errors import AmbiguousCommit, RevstoreError
 from revstore.failures import Disconnected
 from revstore.idempotency import Claim, KeyRow
 from revstore.migrations import Migrator
@@ -41,12 +41,6 @@ from revstore.stream import AppendResult, ReadPage, StreamInfo
 T = TypeVar("T")
 
 log = logging.getLogger("revstore.backend")
-
-DRIVER_DATA_ERRORS = (UnicodeError, OverflowError)
-"""What a driver raises while converting a parameter, before sending anything (PyMySQL
-and sqlite3 encoding a lone surrogate, an int too large for the column's type)."""
-DB_ERRORS = (SQLAlchemyError, *DRIVER_DATA_ERRORS)
-"""Everything that ``_translate_any`` maps: caught around every database call."""
 
 SCHEMA_ATTEMPTS = 5
 """Looks under the schema lock before an "already exists" from an unlocked creator is
@@ -100,18 +94,7 @@ class SqlBackend:
         return self.dialect.name
 
     def _translate_any(self, exc: BaseException) -> RevstoreError:
-        if isinstance(exc, DBAPIError):
-            if exc.connection_invalidated:
-                return Disconnected(f"connection lost: {exc.orig}")
-            return self.dialect.translate(exc)
-        # A value the driver could not convert: refused before anything was sent, so
-        # neither a lost connection nor the database's fault.
-        cause = exc.orig if isinstance(exc, StatementError) else exc
-        if isinstance(cause, DRIVER_DATA_ERRORS):
-            # Not str(cause): PyMySQL's UnicodeEncodeError holds the whole statement.
-            why = getattr(cause, "reason", None) or str(cause)[:200]
-            return InvalidInput(f"a value cannot be sent to the database: {why}")
-        return Unavailable(f"database error: {exc}")
+        return translate_any(self.dialect, exc)
 
     def _connect(self, wait: bool = True) -> Connection:
         """A pooled connection. While the server cannot be reached (connection refused,
@@ -125,35 +108,12 @@ class SqlBackend:
         under one. Dead pooled connections never get this far: the liveness probe
         (``install_liveness_probe``) replaces them at checkout.
         """
-        deadline: float | None = None
-        delay = 0.02
+        waiting = ConnectWait(self.reconnect_seconds, wait)
         while True:
             try:
                 return self.engine.connect()
-            except (TypeError, ValueError) as exc:
-                # The driver's connect() refused an argument taken from the URL's query
-                # string (PyMySQL: an unknown keyword) or its path (sqlite3: a NUL byte).
-                raise InvalidInput(
-                    f"the database URL has an option the driver refuses: {exc}"
-                ) from exc
-            except SQLAlchemyError as exc:
-                err = self._translate_any(exc)
-                if not (wait and isinstance(err, Disconnected)):
-                    raise err from exc
-                now_ = time.monotonic()
-                if deadline is None:
-                    deadline = now_ + self.reconnect_seconds
-                if now_ >= deadline:
-                    # Chained to the classified error, so logs keep its db code.
-                    err.__cause__ = exc
-                    raise Unavailable(
-                        f"the database could not be reached for {self.reconnect_seconds:g}s: "
-                        f"{exc.orig if isinstance(exc, DBAPIError) else exc}"
-                    ) from err
-                # Jitter: writers that lost the server together must not all come back
-                # at the same instant when it accepts connections again.
-                time.sleep(min(delay * random.uniform(0.5, 1.5), deadline - now_))
-                delay = min(delay * 2, 0.5)
+            except (TypeError, ValueError, SQLAlchemyError) as exc:
+                time.sleep(waiting.after(self.dialect, exc))
 
     @staticmethod
     def _release(conn: Connection) -> None:
@@ -169,25 +129,19 @@ class SqlBackend:
     def drive(self, conn: Connection, step: Step[T]) -> T:
         """Run a protocol on ``conn``: send each statement it yields, send it back the
         result, or throw in the translated error (chained to the driver's)."""
-        sent: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = step.send(sent) if error is None else step.throw(error)
-            except StopIteration as done:
-                return cast(T, done.value)
-            except DB_ERRORS as exc:
-                # Raised while the protocol read a result (a lazy fetch).
-                raise self._translate_any(exc) from exc
-            error = None
+        stepper = Stepper(self.dialect, step)
+        op = stepper.feed()
+        while op is not None:
             try:
                 if isinstance(op, Execute):
-                    sent = conn.execute(op.statement, op.params)
+                    result = conn.execute(op.statement, op.params)
                 else:
-                    sent = conn.exec_driver_sql(op.sql)
+                    result = conn.exec_driver_sql(op.sql)
             except DB_ERRORS as exc:
-                error = self._translate_any(exc)
-                error.__cause__ = exc
+                op = stepper.feed(error=exc)
+            else:
+                op = stepper.feed(result)
+        return stepper.result()
 
     def run(self, step: Step[T]) -> T:
         """Run a protocol on a pooled connection with no transaction around it: reads,
