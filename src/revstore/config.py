@@ -35,6 +35,13 @@ DRIVERS: Final[dict[BackendName, str]] = {
 }
 """The sync DBAPI driver each backend runs on when the URL names none."""
 
+ASYNC_DRIVERS: Final[dict[BackendName, str]] = {
+    "sqlite": "aiosqlite",
+    "postgresql": "psycopg",  # psycopg's async API: SQLAlchemy's psycopg_async dialect
+    "mysql": "asyncmy",
+}
+"""The native asyncio driver each backend runs on in ``AsyncStore``."""
+
 DEFAULT_URL: Final = "sqlite:///revstore.db"
 ENV_URL: Final = "REVSTORE_URL"
 """The environment variable the CLI, the lab and the service read the URL from."""

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from revstore.config import DRIVERS, DatabaseURL, parse_url
+from revstore.config import DRIVERS, MAX_OVERFLOW, POOL_SIZE, DatabaseURL, parse_url
 from revstore.config import STRATEGIES as STRATEGIES
 from revstore.content import check_text, shown
 from revstore.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from revstore.backends.aio import AsyncSqlBackend
+    from revstore.backends.dialect import Dialect
     from revstore.backends.sql import SqlBackend
 
 _MODULES = {
@@ -47,6 +49,23 @@ def check_url(url: object) -> DatabaseURL:
     if port is not None and not 1 <= port <= 65535:
         raise InvalidInput(f"database URL has port {port}; a port is from 1 to 65535")
     return parsed
+
+
+def open_async_backend(
+    url: str,
+    *,
+    strategy: str | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    **options: Any,
+) -> AsyncSqlBackend:
+    """The asyncio executor for ``url``, on the database's native async driver."""
+    from revstore.backends.aio import AsyncSqlBackend
+
+    parsed = check_url(url)
+    module = importlib.import_module(_MODULES[parsed.backend])
+    dialect: Dialect = module.make_dialect(**options)
+    return AsyncSqlBackend(parsed, dialect, strategy, pool_size, max_overflow)
 
 
 def open_backend(url: str, **options: Any) -> SqlBackend:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, func
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -44,6 +45,12 @@ class Dialect:
 
     def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
         """The engine: driver autocommit (the executor issues BEGIN / COMMIT itself)."""
+        raise NotImplementedError
+
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        """The same engine on the dialect's native asyncio driver (``ASYNC_DRIVERS``)."""
         raise NotImplementedError
 
     def insert_ignore(self, table: Any) -> Insert:

@@ -20,13 +20,21 @@ from sqlalchemy import Connection, bindparam, create_engine, event, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
 from revstore.backends.dialect import Bumped, Dialect
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend, install_liveness_probe
-from revstore.config import CONNECT_TIMEOUT, MAX_OVERFLOW, POOL_SIZE, DatabaseURL, with_query
+from revstore.config import (
+    ASYNC_DRIVERS,
+    CONNECT_TIMEOUT,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    DatabaseURL,
+    with_query,
+)
 from revstore.errors import InvalidInput, RevstoreError, Unavailable
 from revstore.failures import Disconnected, Duplicate, Failure, Transient, classify
 from revstore.record import WriteIntent
@@ -81,32 +89,50 @@ _BUMP_STREAM = text(
 ).bindparams(bindparam("now", type_=schema.Timestamp))
 
 
-def _engine(
-    url: DatabaseURL, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
-) -> Engine:
+def _url(url: DatabaseURL, dialect: str, driver: str | None = None) -> str:
     charset = make_url(url.url).query.get("charset")
     if charset not in (None, "utf8mb4"):
         # Another connection charset would transcode (or mangle) text on the way.
         raise InvalidInput(f"charset={charset} in the URL: revstore needs utf8mb4 (or no charset)")
-    engine = create_engine(
-        # utf8mb4: every code point, not MySQL's three-byte "utf8".
-        with_query(url.sqlalchemy(dialect), "charset", "utf8mb4"),
-        # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself.
-        isolation_level="AUTOCOMMIT",
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_reset_on_return=None,  # see SqlBackend._release
-        pool_recycle=3600,
-        connect_args={"connect_timeout": connect_timeout},
-    )
+    # utf8mb4: every code point, not MySQL's three-byte "utf8".
+    return with_query(url.sqlalchemy(dialect, driver), "charset", "utf8mb4")
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        cur.close()
 
+def _options(pool_size: int, max_overflow: int, connect_timeout: int) -> dict[str, Any]:
+    return {
+        # Driver autocommit: the executor issues BEGIN / COMMIT itself.
+        "isolation_level": "AUTOCOMMIT",
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_reset_on_return": None,  # see SqlBackend._release
+        "pool_recycle": 3600,
+        "connect_args": {"connect_timeout": connect_timeout},
+    }
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cur.close()
+
+
+def _engine(
+    url: DatabaseURL, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
+) -> Engine:
+    engine = create_engine(_url(url, dialect), **_options(pool_size, max_overflow, connect_timeout))
+    event.listen(engine, "connect", _on_connect)
     install_liveness_probe(engine, lambda conn: int(conn._sock.fileno()))
+    return engine
+
+
+def _async_engine(
+    url: DatabaseURL, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
+) -> AsyncEngine:
+    engine = create_async_engine(
+        _url(url, dialect, ASYNC_DRIVERS["mysql"]),
+        **_options(pool_size, max_overflow, connect_timeout),
+    )
+    event.listen(engine.sync_engine, "connect", _on_connect)
     return engine
 
 
@@ -133,6 +159,21 @@ class MysqlDialect(Dialect):
             # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
             engine.dispose()
             engine = _engine(url, "mariadb", pool_size, max_overflow, self.connect_timeout)
+        return engine
+
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        engine = _async_engine(url, "mysql", pool_size, max_overflow, self.connect_timeout)
+        try:
+            async with engine.connect():
+                mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+        except SQLAlchemyError:
+            mariadb = False  # unreachable now; errors surface on first use
+        if mariadb:
+            # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
+            await engine.dispose()
+            engine = _async_engine(url, "mariadb", pool_size, max_overflow, self.connect_timeout)
         return engine
 
     # ---------------------------------------------------------------- schema
@@ -235,6 +276,10 @@ class MysqlDialect(Dialect):
             },
         )
         return int(result.lastrowid) if result.rowcount == 1 else None
+
+
+def make_dialect(connect_timeout: int = CONNECT_TIMEOUT, **_: Any) -> MysqlDialect:
+    return MysqlDialect(connect_timeout)
 
 
 def open_backend(

@@ -26,14 +26,15 @@ from psycopg import Cursor, pq
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from revstore.backends.dialect import Dialect
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.protocol import appended, written_head
 from revstore.backends.sql import SqlBackend, install_liveness_probe, now
-from revstore.config import AUTO as AUTO
 from revstore.config import (
+    ASYNC_DRIVERS,
     CONNECT_TIMEOUT,
     MAX_OVERFLOW,
     POOL_SIZE,
@@ -41,6 +42,7 @@ from revstore.config import (
     DatabaseURL,
     parse_url,
 )
+from revstore.config import AUTO as AUTO
 from revstore.config import prepare_threshold as prepare_threshold
 from revstore.errors import (
     AmbiguousCommit,
@@ -56,7 +58,6 @@ from revstore.failures import (
     Transient,
     classify,
 )
-from revstore.idempotency import Claim
 from revstore.record import Record, WriteIntent
 from revstore.stream import AppendBatch, AppendResult
 
@@ -352,6 +353,11 @@ def _text_array(values: Sequence[str | None]) -> str:
     )
 
 
+def _prepare_after(threshold: int | str | None, auto: int | None) -> int | None:
+    """psycopg's ``prepare_threshold`` for the URL's setting (``auto`` stands for ``auto``)."""
+    return auto if isinstance(threshold, str) else threshold
+
+
 def _behind_pooler(dbapi_conn: Any) -> bool:
     """True when this connection does not reach the PostgreSQL backend it reports.
 
@@ -377,23 +383,41 @@ class PostgresDialect(Dialect):
     def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout
 
-    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
-        plain, threshold = prepare_threshold(url.url)
-        engine = create_engine(
-            parse_url(plain).sqlalchemy(),
-            # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself, and the
-            # one-statement writes below commit as they finish.
-            isolation_level="AUTOCOMMIT",
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_reset_on_return=None,  # see SqlBackend._release
-            connect_args={
+    def _engine_options(
+        self, pool_size: int, max_overflow: int, threshold: int | None
+    ) -> dict[str, Any]:
+        return {
+            # Driver autocommit: the executor issues BEGIN / COMMIT itself, and the
+            # one-statement writes commit as they finish.
+            "isolation_level": "AUTOCOMMIT",
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_reset_on_return": None,  # see SqlBackend._release
+            "connect_args": {
                 "connect_timeout": self.connect_timeout,
                 "application_name": "revstore",
                 # psycopg's own option (not libpq's): see ``prepare_threshold``.
-                "prepare_threshold": PREPARE_AFTER if threshold == AUTO else threshold,
+                "prepare_threshold": threshold,
             },
+        }
+
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        plain, threshold = prepare_threshold(url.url)
+        # "auto" needs the pooler check of the sync engine, not ported to the async
+        # connection yet: until then the async engine never prepares unless told to.
+        options = self._engine_options(pool_size, max_overflow, _prepare_after(threshold, None))
+        return create_async_engine(
+            parse_url(plain).sqlalchemy(driver=ASYNC_DRIVERS["postgresql"]), **options
         )
+
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        plain, threshold = prepare_threshold(url.url)
+        options = self._engine_options(
+            pool_size, max_overflow, _prepare_after(threshold, PREPARE_AFTER)
+        )
+        engine = create_engine(parse_url(plain).sqlalchemy(), **options)
         if threshold == AUTO:
 
             @event.listens_for(engine, "connect")
@@ -459,6 +483,10 @@ class PostgresDialect(Dialect):
             # range, untranslatable). The caller's input, not the database's state.
             return InvalidInput(f"PostgreSQL refused a value ({state}): {orig}")
         return Unavailable(f"PostgreSQL error {state}: {orig}")
+
+
+def make_dialect(connect_timeout: int = CONNECT_TIMEOUT, **_: Any) -> PostgresDialect:
+    return PostgresDialect(connect_timeout)
 
 
 def open_backend(
@@ -549,11 +577,7 @@ class PostgresBackend(SqlBackend):
 
         return self.run_write_statement(run)
 
-    def counter_put(self, intent: WriteIntent, claim: Claim | None) -> Record | None:
-        if claim is not None:
-            # A claimed write applies its idempotency key in its own transaction, which
-            # the one-statement (and group commit) paths do not have: the lock path.
-            return None
+    def one_statement_put(self, intent: WriteIntent) -> Record | None:
         done = self._puts.submit(intent) if self._puts is not None else self._put_one(intent)
         if done is None:
             # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
@@ -608,10 +632,7 @@ class PostgresBackend(SqlBackend):
             )
         return out
 
-    def counter_append(self, batch: AppendBatch, claim: Claim | None) -> AppendResult | None:
-        if claim is not None:
-            # A claimed append applies its key in its own transaction: the general path.
-            return None
+    def one_statement_append(self, batch: AppendBatch) -> AppendResult | None:
         done = self._appends.submit(batch) if self._appends is not None else self._append_one(batch)
         if done is None:
             # New stream or expectation mismatch: the general path creates or reports.

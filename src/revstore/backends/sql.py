@@ -278,7 +278,12 @@ class SqlBackend:
     ) -> Record:
         """One attempt at a write with this backend's strategy (the Store retries).
         With a ``claim``, the idempotency key is applied in the same transaction."""
-        return self.strategy.write_record(self, intent, transform, claim)
+        if self.strategy.one_statement_put(intent, transform, claim):
+            done = self.one_statement_put(intent)
+            if done is not None:
+                return done
+        tx = self.strategy.record_write(self.protocol, intent, transform, claim)
+        return self.transaction(tx.step, tx.begin)
 
     def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
         """One attempt at an append with this backend's strategy (the Store retries).
@@ -289,23 +294,22 @@ class SqlBackend:
             resent = self.run(self.protocol.resent(batch))
             if resent is not None:
                 return resent
-        return self.strategy.append(self, batch, claim)
+        if self.strategy.one_statement_append(batch, claim):
+            done = self.one_statement_append(batch)
+            if done is not None:
+                return done
+        tx = self.strategy.stream_append(self.protocol, batch, claim)
+        return self.transaction(tx.step, tx.begin)
 
-    def counter_put(self, intent: WriteIntent, claim: Claim | None) -> Record | None:
-        """A put by the dialect's counter statement (``Counter``); None when the dialect
-        has none, and the write goes the ``Lock`` way."""
-        if not self.dialect.counter_puts:
-            return None
-        p = self.protocol
-        return self.transaction(p.settle_record(claim, intent, p.counter_put(intent)))
+    def one_statement_put(self, intent: WriteIntent) -> Record | None:
+        """A put as one self-committing counter statement (PostgreSQL); None when this
+        executor has none, or when it did not apply (the strategy's transaction then
+        decides, under a row lock)."""
+        return None
 
-    def counter_append(self, batch: AppendBatch, claim: Claim | None) -> AppendResult | None:
-        """An append by the dialect's counter statement (``Counter``, no item ids); None
-        when the dialect has none."""
-        if not self.dialect.counter_appends:
-            return None
-        p = self.protocol
-        return self.transaction(p.settle_append(claim, batch, p.counter_append(batch)))
+    def one_statement_append(self, batch: AppendBatch) -> AppendResult | None:
+        """The same for an append without item ids."""
+        return None
 
     # Idempotency keys: each is one self-committing statement; re-run safely after a
     # lost connection (by their owner marker), so no AmbiguousCommit here.

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -35,7 +36,13 @@ from revstore import schema
 from revstore.backends.dialect import Bumped, Dialect
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend
-from revstore.config import MAX_OVERFLOW, POOL_SIZE, SQLITE_BUSY_TIMEOUT_MS, DatabaseURL
+from revstore.config import (
+    ASYNC_DRIVERS,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    SQLITE_BUSY_TIMEOUT_MS,
+    DatabaseURL,
+)
 from revstore.errors import InvalidInput, RevstoreError, Unavailable
 from revstore.failures import Duplicate, Failure, Transient, classify
 from revstore.record import WriteIntent
@@ -84,32 +91,47 @@ class SqliteDialect(Dialect):
         self.busy_timeout_ms = busy_timeout_ms
 
     def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        engine = create_engine(
+            url.sqlalchemy(), **self._engine_options(url, pool_size, max_overflow)
+        )
+        event.listen(engine, "connect", self._on_connect)
+        return engine
+
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        engine = create_async_engine(
+            url.sqlalchemy(driver=ASYNC_DRIVERS["sqlite"]),
+            **self._engine_options(url, pool_size, max_overflow),
+        )
+        event.listen(engine.sync_engine, "connect", self._on_connect)
+        return engine
+
+    def _engine_options(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> dict[str, Any]:
         if url.rest.startswith("/:memory:") or url.rest in ("", "/"):
             raise_memory()
-        busy_timeout_ms = self.busy_timeout_ms
-        engine = create_engine(
-            url.sqlalchemy(),
-            # Driver autocommit: SqlBackend issues BEGIN IMMEDIATE / COMMIT itself.
-            isolation_level="AUTOCOMMIT",
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_reset_on_return=None,  # see SqlBackend._release
-            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
-        )
+        return {
+            # Driver autocommit: the executor issues BEGIN IMMEDIATE / COMMIT itself.
+            "isolation_level": "AUTOCOMMIT",
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_reset_on_return": None,  # see SqlBackend._release
+            "connect_args": {"timeout": self.busy_timeout_ms / 1000, "check_same_thread": False},
+        }
 
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            # WAL: readers never block the writer and the writer never blocks readers.
-            enable_wal(dbapi_conn, busy_timeout_ms / 1000)
-            # FULL: an acknowledged write survives a power cut, not only a crash.
-            cur.execute("PRAGMA synchronous=FULL")
-            # list(prefix=…) uses LIKE, which must be case-sensitive as on the servers.
-            cur.execute("PRAGMA case_sensitive_like=ON")
-            cur.close()
-
-        return engine
+    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        """Every new connection, sqlite3's or aiosqlite's (through SQLAlchemy's adapter)."""
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        # WAL: readers never block the writer and the writer never blocks readers.
+        enable_wal(dbapi_conn, self.busy_timeout_ms / 1000)
+        # FULL: an acknowledged write survives a power cut, not only a crash.
+        cur.execute("PRAGMA synchronous=FULL")
+        # list(prefix=…) uses LIKE, which must be case-sensitive as on the servers.
+        cur.execute("PRAGMA case_sensitive_like=ON")
+        cur.close()
 
     def insert_ignore(self, table: Any) -> Insert:
         return sqlite_insert(table).on_conflict_do_nothing()
@@ -172,6 +194,10 @@ class SqliteDialect(Dialect):
         return " already exists" in str(exc.orig)
 
 
+def make_dialect(busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **_: Any) -> SqliteDialect:
+    return SqliteDialect(busy_timeout_ms)
+
+
 def open_backend(
     url: DatabaseURL,
     strategy: str | None = None,
@@ -184,7 +210,7 @@ def open_backend(
     return SqlBackend(dialect, dialect.create_engine(url, pool_size, max_overflow), strategy)
 
 
-def enable_wal(dbapi_conn: sqlite3.Connection, timeout_s: float) -> None:
+def enable_wal(dbapi_conn: Any, timeout_s: float) -> None:
     """Switch the file to WAL (kept in the file; a no-op once done).
 
     Processes opening a new file at the same moment all ask for the switch, which
@@ -197,7 +223,10 @@ def enable_wal(dbapi_conn: sqlite3.Connection, timeout_s: float) -> None:
     wait = 0.005
     while True:
         try:
-            mode = dbapi_conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            mode = cur.fetchone()[0]
+            cur.close()
         except sqlite3.OperationalError as exc:
             busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (SQLITE_BUSY, SQLITE_LOCKED)
             if not busy or time.monotonic() >= deadline:
