@@ -36,13 +36,13 @@ from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 import revstore
-from conftest import BACKENDS, _required, require_server
 from revstore import RevstoreError, SchemaMismatch, Store, cli, schema
 from revstore.backends.sqlite import enable_wal
 from revstore.migrations import MIGRATIONS, Migration, Migrator, add_column
 from revstore.schema import SCHEMA_VERSION
 from revstore.service import create_app
 from schema_racers import WAIT, FirstCallers, Outcome, first_callers, in_threads
+from testdbs import BACKENDS, _required, require_server
 
 FreshDb = Callable[[], str]
 
