@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, and_, delete, insert, select, update
+from sqlalchemy import Row, Select, and_, delete, insert, select, update
 
 from revstore import config, schema
 from revstore.backends.dialect import Dialect
@@ -220,31 +220,39 @@ class Protocol:
         self, namespace: str, record_id: str, after: int, limit: int, max_bytes: int
     ) -> Step[HistoryPage]:
         where = (V.c.namespace == namespace, V.c.record_id == record_id, V.c.version > after)
-        # Sizes first, contents second: a page over the byte budget is cut before its
-        # contents leave the database. Versions never change, so the second read
-        # returns exactly the rows the first one measured.
-        sizes = list(
-            (
-                yield Execute(
-                    select(V.c.version, self.dialect.content_bytes(V.c.content))
-                    .where(*where)
-                    .order_by(V.c.version)
-                    .limit(limit + 1)
-                )
-            )
+        # Versions never change: the rows read are exactly the ones measured.
+        page = yield from self._measured_page(
+            select(V.c.version, self.dialect.content_bytes(V.c.content))
+            .where(*where)
+            .order_by(V.c.version)
+            .limit(limit + 1),
+            lambda last: select(V).where(*where, V.c.version <= last).order_by(V.c.version),
+            limit,
+            max_bytes,
         )
-        if not sizes:
+        if page is None:
             head = (yield Execute(select(R.c.revision).where(_pk(namespace, record_id)))).first()
             if head is None:
                 raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
             return HistoryPage([], None)
-        count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
-        last = int(sizes[count - 1][0])
-        rows = list(
-            (yield Execute(select(V).where(*where, V.c.version <= last).order_by(V.c.version)))
-        )
+        rows, more = page
         versions = [version_of(r) for r in rows]
         return HistoryPage(versions, versions[-1].version if more and versions else None)
+
+    @staticmethod
+    def _measured_page(
+        sizes: Select[Any], rows: Callable[[int], Select[Any]], limit: int, max_bytes: int
+    ) -> Step[tuple[list[Row[Any]], bool] | None]:
+        """Sizes first, contents second: a page over the byte budget is cut before its
+        contents leave the database. ``sizes`` gives (position, size) rows after the
+        cursor (limit + 1 of them); ``rows(last)`` the page's rows up to ``last``.
+        None when nothing follows the cursor."""
+        measured = list((yield Execute(sizes)))
+        if not measured:
+            return None
+        count, more = page_cut([int(r[1]) for r in measured], limit, max_bytes)
+        last = int(measured[count - 1][0])
+        return list((yield Execute(rows(last)))), more
 
     def get_version(self, namespace: str, record_id: str, number: int) -> Step[Version]:
         head = (yield Execute(select(R.c.deleted).where(_pk(namespace, record_id)))).first()
@@ -467,18 +475,17 @@ class Protocol:
         self, namespace: str, stream_id: str, after: int, limit: int, max_bytes: int
     ) -> Step[ReadPage]:
         where = (I.c.namespace == namespace, I.c.stream_id == stream_id, I.c.sequence > after)
-        # Sizes first, bodies second (see history); stored items never change.
-        sizes = list(
-            (
-                yield Execute(
-                    select(I.c.sequence, self.dialect.content_bytes(I.c.body))
-                    .where(*where)
-                    .order_by(I.c.sequence)
-                    .limit(limit + 1)
-                )
-            )
+        # Stored items never change (see history).
+        page = yield from self._measured_page(
+            select(I.c.sequence, self.dialect.content_bytes(I.c.body))
+            .where(*where)
+            .order_by(I.c.sequence)
+            .limit(limit + 1),
+            lambda last: select(I).where(*where, I.c.sequence <= last).order_by(I.c.sequence),
+            limit,
+            max_bytes,
         )
-        if not sizes:
+        if page is None:
             found = (
                 yield Execute(
                     select(S.c.last_sequence).where(S.c.namespace == namespace, S.c.id == stream_id)
@@ -487,11 +494,7 @@ class Protocol:
             if found is None:
                 raise NotFound(f"stream {stream_id!r} does not exist in namespace {namespace!r}")
             return ReadPage([], None)
-        count, more = page_cut([int(r[1]) for r in sizes], limit, max_bytes)
-        last = int(sizes[count - 1][0])
-        rows = list(
-            (yield Execute(select(I).where(*where, I.c.sequence <= last).order_by(I.c.sequence)))
-        )
+        rows, more = page
         items = [item_of(r) for r in rows]
         return ReadPage(items, items[-1].sequence if more and items else None)
 
