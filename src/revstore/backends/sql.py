@@ -1,5 +1,7 @@
-"""What every SQL backend shares: the engine, explicit transactions, reads, and the
-portable ``lock`` and ``optimistic`` write paths.
+"""The sync executor: a pool of connections to one database, explicit transactions,
+schema creation, and every operation as its protocol (``protocol``) driven on a
+``Connection``. What is particular to the database is the ``dialect``; how a write
+takes its next number is the ``strategy``; the asyncio executor is ``aio``.
 
 Connections run in driver autocommit and every transaction is opened and closed here
 with explicit statements. That lets a backend choose its own ``BEGIN`` (SQLite needs
