@@ -366,14 +366,29 @@ def _behind_pooler(dbapi_conn: Any) -> bool:
     random one), while ``pg_backend_pid()`` runs on the real backend. A direct
     connection always agrees with itself. One query per new pooled connection.
     """
-    with dbapi_conn.cursor() as cur:
+    # psycopg's connection, or (asyncio engine) SQLAlchemy's adapter around psycopg's
+    # AsyncConnection: the adapter runs the cursor synchronously in its greenlet.
+    info = getattr(dbapi_conn, "driver_connection", dbapi_conn).info
+    cur = dbapi_conn.cursor()
+    try:
         cur.execute("SELECT pg_backend_pid()")
         row = cur.fetchone()
-    if dbapi_conn.info.transaction_status != pq.TransactionStatus.IDLE:
+    finally:
+        cur.close()
+    if info.transaction_status != pq.TransactionStatus.IDLE:
         # The driver may not be in autocommit yet when this runs.
         # Never leave a transaction open: behind a pooler it would pin a server connection.
         dbapi_conn.rollback()
-    return row is None or int(row[0]) != int(dbapi_conn.info.backend_pid)
+    return row is None or int(row[0]) != int(info.backend_pid)
+
+
+def _no_prepare_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
+    """Connect event of a ``prepare_threshold=auto`` engine. Decided per connection,
+    before it runs any statement of ours: a transaction pooler would lend each
+    transaction a different server connection, where psycopg's prepared statements
+    do not exist."""
+    if _behind_pooler(dbapi_conn):
+        getattr(dbapi_conn, "driver_connection", dbapi_conn).prepare_threshold = None
 
 
 class PostgresDialect(Dialect):
@@ -405,12 +420,15 @@ class PostgresDialect(Dialect):
         self, url: DatabaseURL, pool_size: int, max_overflow: int
     ) -> AsyncEngine:
         plain, threshold = prepare_threshold(url.url)
-        # "auto" needs the pooler check of the sync engine, not ported to the async
-        # connection yet: until then the async engine never prepares unless told to.
-        options = self._engine_options(pool_size, max_overflow, _prepare_after(threshold, None))
-        return create_async_engine(
+        options = self._engine_options(
+            pool_size, max_overflow, _prepare_after(threshold, PREPARE_AFTER)
+        )
+        engine = create_async_engine(
             parse_url(plain).sqlalchemy(driver=ASYNC_DRIVERS["postgresql"]), **options
         )
+        if threshold == AUTO:
+            event.listen(engine.sync_engine, "connect", _no_prepare_behind_a_pooler)
+        return engine
 
     def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
         plain, threshold = prepare_threshold(url.url)
@@ -419,14 +437,7 @@ class PostgresDialect(Dialect):
         )
         engine = create_engine(parse_url(plain).sqlalchemy(), **options)
         if threshold == AUTO:
-
-            @event.listens_for(engine, "connect")
-            def _no_prepare_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
-                # Decided per connection, before it runs any statement of ours: a
-                # transaction pooler would lend each transaction a different server
-                # connection, where psycopg's prepared statements do not exist.
-                if _behind_pooler(dbapi_conn):
-                    dbapi_conn.prepare_threshold = None
+            event.listen(engine, "connect", _no_prepare_behind_a_pooler)
 
         install_liveness_probe(engine, lambda conn: int(conn.fileno()))
         return engine
