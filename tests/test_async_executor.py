@@ -6,6 +6,7 @@ inside a transaction."""
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from revstore.backends.aio import AsyncSqlBackend
 from revstore.content import Canonical
 from revstore.errors import NotFound, SequenceConflict, VersionConflict
 from revstore.record import Mode, WriteIntent
+from revstore.schema import SCHEMA_VERSION
 from revstore.stream import AppendBatch
 
 T = TypeVar("T")
@@ -137,3 +139,19 @@ def test_a_cancelled_writer_leaves_no_transaction_behind(url: str, ns: str) -> N
         assert done.content == {"n": "last"}
 
     run(url, "lock", body)
+
+
+def test_async_schema_creation_runs_the_same_schema_code(
+    backend_url: str, tmp_path: pathlib.Path, ns: str
+) -> None:
+    """On a fresh SQLite file it creates the tables; on the servers it finds them."""
+
+    async def body(b: AsyncSqlBackend) -> int:
+        version = await b.create_schema()
+        await b.write_record(put(ns, "schema", {"ok": True}))
+        return version
+
+    for url in (backend_url, f"sqlite:///{tmp_path / 'fresh.db'}"):
+        assert run(url, None, body) == SCHEMA_VERSION
+    with Store(f"sqlite:///{tmp_path / 'fresh.db'}") as store:
+        assert store.get("schema", namespace=ns).content == {"ok": True}

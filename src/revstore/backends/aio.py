@@ -19,12 +19,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from revstore.backends.dialect import Dialect
-from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper
+from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.ops import Execute, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction
+from revstore.backends.sql import ensure_schema
 from revstore.backends.strategy import Strategy, strategy_named
 from revstore.config import MAX_OVERFLOW, POOL_SIZE, DatabaseURL
 from revstore.idempotency import Claim
+from revstore.migrations import Migrator
 from revstore.record import Record, WriteIntent
 from revstore.stream import AppendBatch, AppendResult
 
@@ -53,6 +55,8 @@ class AsyncSqlBackend:
         self._pool = (pool_size, max_overflow)
         self._engine: AsyncEngine | None = None
         self._engine_lock = asyncio.Lock()
+        self.migrator = Migrator()
+        self.schema_version: int | None = None
 
     @property
     def name(self) -> str:
@@ -145,6 +149,24 @@ class AsyncSqlBackend:
             raise
         finally:
             await self._release(conn)
+
+    async def create_schema(self) -> int:
+        """As ``SqlBackend.create_schema``: the same sync schema code, run on an asyncio
+        connection (``AsyncConnection.run_sync``)."""
+        if self.schema_version is not None:
+            return self.schema_version
+        conn = await self._connect()
+        try:
+            version = await conn.run_sync(ensure_schema, self.dialect, self.migrator)
+        except DB_ERRORS as exc:
+            raise translate_any(self.dialect, exc) from exc
+        except asyncio.CancelledError as exc:
+            await self._abandon(conn, exc)
+            raise
+        finally:
+            await self._release(conn)
+        self.schema_version = version
+        return version
 
     # ---------------------------------------------------------------- writes
 

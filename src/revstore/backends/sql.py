@@ -49,6 +49,26 @@ SCHEMA_ATTEMPTS = 5
 taken as an error after all."""
 
 
+def ensure_schema(conn: Connection, dialect: Dialect, migrator: Migrator) -> int:
+    """Create, migrate or check the schema on ``conn`` under the dialect's schema lock;
+    the schema version. Sync SQLAlchemy code: the asyncio executor runs it on its
+    connection through ``AsyncConnection.run_sync``."""
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            # Outside the lock and any transaction (SQLite's switch to WAL).
+            dialect.prepare_ddl(conn)
+            with dialect.schema_lock(conn, SqlBackend._rollback):
+                return migrator.ensure(conn)
+        except DBAPIError as exc:
+            if attempt == SCHEMA_ATTEMPTS or not dialect.already_exists(exc):
+                raise
+            # A creator that does not take the lock (an older release, a DBA) made the
+            # same table a moment ago: that counts as success, and the next look under
+            # the lock sees the table and goes on from there.
+            log.info("schema object created concurrently, looking again: %s", exc.orig)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def install_liveness_probe(engine: Engine, fileno: Callable[[Any], int]) -> None:
     """Drop a pooled connection the server has already closed, at checkout, without a
     round trip.
@@ -213,20 +233,7 @@ class SqlBackend:
             return self.schema_version
         conn = self._connect()
         try:
-            for attempt in range(1, SCHEMA_ATTEMPTS + 1):
-                try:
-                    # Outside the lock and any transaction (SQLite's switch to WAL).
-                    self.dialect.prepare_ddl(conn)
-                    with self.dialect.schema_lock(conn, self._rollback):
-                        version = self.migrator.ensure(conn)
-                    break
-                except DBAPIError as exc:
-                    if attempt == SCHEMA_ATTEMPTS or not self.dialect.already_exists(exc):
-                        raise
-                    # A creator that does not take the lock (an older release, a DBA)
-                    # made the same table a moment ago: that counts as success, and the
-                    # next look under the lock sees the table and goes on from there.
-                    log.info("schema object created concurrently, looking again: %s", exc.orig)
+            version = ensure_schema(conn, self.dialect, self.migrator)
         except SQLAlchemyError as exc:
             raise self._translate_any(exc) from exc
         finally:

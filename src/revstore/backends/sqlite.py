@@ -179,7 +179,8 @@ class SqliteDialect(Dialect):
         # journal_mode cannot change inside a transaction: switched before BEGIN
         # IMMEDIATE (every new connection has done it already; this covers a file
         # switched back by someone else meanwhile).
-        driver = conn.connection.driver_connection
+        # The DBAPI connection: sqlite3's, or SQLAlchemy's sync adapter of aiosqlite's.
+        driver = conn.connection.dbapi_connection
         if driver is None:
             return
         try:
