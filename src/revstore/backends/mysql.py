@@ -133,7 +133,18 @@ def _async_engine(
         **_options(pool_size, max_overflow, connect_timeout),
     )
     event.listen(engine.sync_engine, "connect", _on_connect)
+    install_liveness_probe(engine.sync_engine, lambda conn: _asyncmy_fileno(conn.driver_connection))
     return engine
+
+
+def _asyncmy_fileno(conn: Any) -> int:
+    """The socket of an asyncmy connection, for the liveness probe; -1 (dead) when its
+    transport is closing: the event loop reads an idle asyncio socket itself, so a
+    server's EOF shows there rather than as a readable socket."""
+    transport = conn._transport
+    if transport is None or transport.is_closing():
+        return -1
+    return int(transport.get_extra_info("socket").fileno())
 
 
 class MysqlDialect(Dialect):

@@ -428,6 +428,11 @@ class PostgresDialect(Dialect):
         )
         if threshold == AUTO:
             event.listen(engine.sync_engine, "connect", _no_prepare_behind_a_pooler)
+        # psycopg's AsyncConnection waits on its socket only during an operation, so an
+        # idle one is probed as in sync.
+        install_liveness_probe(
+            engine.sync_engine, lambda conn: int(conn.driver_connection.fileno())
+        )
         return engine
 
     def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
