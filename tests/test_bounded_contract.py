@@ -14,8 +14,7 @@ from unittest import mock
 
 import pytest
 
-from revstore import DuplicateItem, InvalidInput, Store
-from revstore.backends import sql as sql_backend
+from revstore import DuplicateItem, InvalidInput, Store, config
 from revstore.backends.sql import page_cut, prefix_upper_bound
 from revstore.content import canonical_json
 from revstore.store import DEFAULT_MAX_PAGE_BYTES
@@ -226,7 +225,7 @@ def test_list_looks_at_a_bounded_window_of_ids(store: Store, ns: str) -> None:
         store.put(f"r{k:02}", {"k": k}, namespace=ns)
         if k not in live:
             store.delete(f"r{k:02}", namespace=ns)
-    with mock.patch.object(sql_backend, "LIST_SCAN_ROWS", 5):
+    with mock.patch.object(config, "LIST_SCAN_ROWS", 5):
         pages = walk(lambda after: store.list("r", after, 2, namespace=ns), None)
         assert [[r.content["k"] for r in p.records] for p in pages] == [
             [0, 1], [], [], [17], [], [29], []

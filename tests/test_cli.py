@@ -22,6 +22,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 import revstore.errors as errors_module
+import revstore.failures as failures_module
 from revstore import cli
 from revstore.cli import EXIT_CODES, app, exit_code, follow
 from revstore.errors import (
@@ -380,9 +381,18 @@ def test_every_error_class_is_mapped_deliberately() -> None:
         for obj in vars(errors_module).values()
         if inspect.isclass(obj) and issubclass(obj, RevstoreError)
     }
+    # The internal failure categories (revstore.failures) exit as their public names do.
+    classes |= {Retryable, Duplicate}
     assert classes == set(EXIT_CODES), "map each error class to an exit code in cli.EXIT_CODES"
     assert classes == set(SAMPLES) == set(EXPECTED)
     assert {kind: exit_code(SAMPLES[kind]) for kind in classes} == EXPECTED
+    categories = [
+        obj
+        for obj in vars(failures_module).values()
+        if inspect.isclass(obj) and issubclass(obj, Retryable)
+    ]
+    assert len(categories) >= 4
+    assert all(exit_code(kind("transient")) == 5 for kind in categories)
 
 
 @pytest.mark.parametrize("kind", list(SAMPLES), ids=lambda k: k.__name__)

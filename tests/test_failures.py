@@ -126,3 +126,37 @@ def test_optimistic_strategy_retries_lost_races(backend_url: str, ns: str) -> No
         assert sorted(acked) == history[1:]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("name", ["postgresql", "mysql"])
+def test_killed_idle_sessions_are_replaced_by_the_asyncio_executor(
+    server_url: Callable[[str], str], name: str, ns: str
+) -> None:
+    """The same at checkout on psycopg async and asyncmy connections: one attempt, no
+    retry, and no write is ever sent on a dead connection."""
+    import asyncio
+
+    from revstore.backends import open_async_backend
+    from revstore.content import Canonical
+    from revstore.record import Mode, WriteIntent
+
+    url = server_url(name)
+
+    def put(k: int, value: object) -> WriteIntent:
+        body = Canonical(value, max_bytes=1000)
+        return WriteIntent(
+            ns, f"k{k}", Mode.PUT, None, True, body.text, body.hash, body.value, None, None
+        )
+
+    async def main() -> None:
+        backend = open_async_backend(url)
+        try:
+            await backend.create_schema()
+            await asyncio.gather(*(backend.write_record(put(k, {"k": k})) for k in range(8)))
+            assert await asyncio.to_thread(_kill_sessions, url, name) >= 1
+            for k in range(8):
+                assert (await backend.write_record(put(k, {"after": k}))).revision == 2
+        finally:
+            await backend.dispose()
+
+    asyncio.run(main())

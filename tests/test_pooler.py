@@ -72,3 +72,28 @@ def test_the_url_parameter_overrides_the_detection(server_url: Callable[[str], s
         assert _threshold_of_a_pooled_connection(store) is None
     finally:
         store.close()
+
+
+def _async_threshold(url: str) -> object:
+    import asyncio
+
+    from revstore.backends import open_async_backend
+
+    async def main() -> object:
+        backend = open_async_backend(url)
+        try:
+            engine = await backend.engine()
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                return raw.driver_connection.prepare_threshold  # type: ignore[union-attr]
+        finally:
+            await backend.dispose()
+
+    return asyncio.run(main())
+
+
+def test_the_asyncio_engine_detects_the_pooler_too(server_url: Callable[[str], str]) -> None:
+    """Same decision on psycopg's async connections (AsyncStore's executor)."""
+    assert _async_threshold(server_url("pgbouncer")) is None
+    assert _async_threshold(server_url("postgresql")) == 5
+    assert _async_threshold(server_url("postgresql") + "?prepare_threshold=none") is None

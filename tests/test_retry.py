@@ -53,3 +53,32 @@ def test_conflicts_and_ambiguous_commits_are_never_retried() -> None:
         with pytest.raises(type(exc)):
             RetryPolicy().run(fn, op="put", key="doc")
         assert len(calls) == 1
+
+
+def test_the_asyncio_shell_makes_the_same_decisions(caplog: pytest.LogCaptureFixture) -> None:
+    """``run_async`` re-runs a coroutine on the same budget, with the same logs and
+    stats as ``run``; what is not Retryable goes straight back."""
+    import asyncio
+
+    calls, fn = flaky(3)
+
+    async def attempt() -> object:
+        return fn()  # type: ignore[operator]
+
+    stats = RetryStats()
+    with caplog.at_level(logging.INFO, logger="revstore.retry"):
+        done = asyncio.run(RetryPolicy().run_async(attempt, op="put", key="doc", stats=stats))
+    assert done == "ok" and len(calls) == 4 and stats.retries == 3
+    retries = [r for r in caplog.records if getattr(r, "event", None) == "retry"]
+    assert [r.attempt for r in retries] == [1, 2, 3]  # type: ignore[attr-defined]
+
+    calls, fn = flaky(100)
+    with pytest.raises(Unavailable, match="gave up after 3 attempts"):
+        asyncio.run(RetryPolicy(max_attempts=3).run_async(attempt, op="put", key="doc"))
+    assert len(calls) == 3
+
+    async def conflict() -> None:
+        raise VersionConflict("expected 1, is 2", None)
+
+    with pytest.raises(VersionConflict):
+        asyncio.run(RetryPolicy().run_async(conflict, op="put", key="doc"))

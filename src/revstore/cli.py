@@ -9,7 +9,6 @@ docs/cli.md.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,27 +24,26 @@ from rich.json import JSON as RichJSON
 from rich.table import Table
 from rich.text import Text
 
+from revstore.config import DEFAULT_URL as DEFAULT_URL
+from revstore.config import db_url as db_url
 from revstore.content import MAX_INT_DIGITS
 from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
     Conflict,
-    Duplicate,
     DuplicateItem,
     InvalidInput,
     NotFound,
-    Retryable,
     RevstoreError,
     SchemaMismatch,
     SequenceConflict,
     Unavailable,
     VersionConflict,
 )
+from revstore.failures import Duplicate, Retryable
 from revstore.record import Record, Version
 from revstore.store import Store
 from revstore.stream import StreamItem
-
-DEFAULT_URL = "sqlite:///revstore.db"
 
 # ----------------------------------------------------------------- exit codes
 
@@ -155,10 +153,6 @@ PROGRESS_AFTER = 2.0
 """``--all`` prints progress on stderr once a run has taken this long (seconds)..."""
 PROGRESS_EVERY = 2.0
 """...and then at most this often."""
-
-
-def db_url(db: str | None) -> str:
-    return db or os.environ.get("REVSTORE_URL") or DEFAULT_URL
 
 
 # ----------------------------------------------------------------- output

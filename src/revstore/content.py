@@ -13,23 +13,20 @@ import math
 import re
 from typing import Any, TypeAlias
 
+from revstore.config import (  # the limits are configured in one place; re-exported
+    DEFAULT_MAX_CONTENT_BYTES as DEFAULT_MAX_CONTENT_BYTES,
+)
+from revstore.config import MAX_DEPTH as MAX_DEPTH
+from revstore.config import MAX_ID_LENGTH as MAX_ID_LENGTH
+from revstore.config import MAX_INT_DIGITS as MAX_INT_DIGITS
+from revstore.config import MAX_NUMBER as MAX_NUMBER
+from revstore.config import MAX_PAGE_LIMIT
 from revstore.diff import diff as json_diff
 from revstore.errors import InvalidInput
 
 JSON: TypeAlias = Any
 """A JSON value: dict with str keys, list, str, int, float, bool or None."""
 
-MAX_DEPTH = 100
-"""Content may nest at most this many arrays/objects inside each other: ``[[1]]`` is
-depth 2, a scalar is depth 0."""
-DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
-MAX_ID_LENGTH = 255
-MAX_NUMBER = 2**63 - 1
-"""Revisions, versions and sequences are 64-bit signed integers in every backend."""
-MAX_INT_DIGITS = 4300
-"""Integers in content have at most this many decimal digits: Python's default limit
-for int <-> str conversion (``sys.get_int_max_str_digits``), fixed here so that what
-is accepted does not depend on how the interpreter is configured."""
 _INT_BOUND = 10**MAX_INT_DIGITS
 
 # The one text rule. Every text field (namespaces, ids, stream and item ids, list
@@ -234,7 +231,7 @@ def validate_non_negative(value: object, what: str) -> int:
     return value
 
 
-def validate_limit(value: object, maximum: int = 1000) -> int:
+def validate_limit(value: object, maximum: int = MAX_PAGE_LIMIT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {shown(value)}")
     return value

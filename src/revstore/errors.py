@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from revstore.failures import Duplicate as Duplicate
+    from revstore.failures import Retryable as Retryable
     from revstore.record import Record
 
 
@@ -106,17 +108,17 @@ class SchemaMismatch(Unavailable):
         self.supported = supported
 
 
-class Retryable(RevstoreError):
-    """A transient database condition (serialization failure, deadlock, lock timeout,
-    SQLite busy, lost race on a unique key). The whole transaction is re-run."""
-
-    def __init__(self, message: str, code: str | None = None, constraint: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.constraint = constraint
+# The retry categories (Retryable, Duplicate, …) are internal: they live in
+# revstore.failures and are re-run by the retry policy. The two names this module used
+# to define stay importable from here, loaded on first use (revstore.failures imports
+# this module, so a plain import here would be circular).
+_MOVED = {"Retryable", "Duplicate"}
 
 
-class Duplicate(Retryable):
-    """A unique key fired. With the counter and lock strategies it never does; with the
-    optimistic strategy it means a lost race, so the transaction is re-run. It only
-    reaches a caller as :class:`Unavailable` once the retry budget is exhausted."""
+def __getattr__(name: str) -> type[RevstoreError]:
+    if name in _MOVED:
+        from revstore import failures
+
+        moved: type[RevstoreError] = getattr(failures, name)
+        return moved
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,7 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from revstore.config import MAX_IDEMPOTENCY_KEY
 from revstore.errors import InvalidInput
 from revstore.record import Mode, Record
 from revstore.retry import RetryPolicy
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-MAX_KEY = 255
+MAX_KEY = MAX_IDEMPOTENCY_KEY
 IN_PROGRESS = 0
 """``status`` of a reserved or applied key (no reply stored yet)."""
 

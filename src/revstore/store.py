@@ -8,8 +8,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from revstore.backends import STRATEGIES, open_backend
-from revstore.backends.sql import AppendBatch, SqlBackend
+from revstore.backends import open_backend
+from revstore.backends.sql import SqlBackend
+from revstore.config import DEFAULT_MAX_BATCH_ITEMS as DEFAULT_MAX_BATCH_ITEMS
+from revstore.config import DEFAULT_MAX_PAGE_BYTES as DEFAULT_MAX_PAGE_BYTES
+from revstore.config import DEFAULT_URL, MAX_OVERFLOW, POOL_SIZE, STRATEGIES
+from revstore.config import MAX_AUTHOR as MAX_AUTHOR
+from revstore.config import MAX_SUMMARY as MAX_SUMMARY
 from revstore.content import (
     DEFAULT_MAX_CONTENT_BYTES,
     JSON,
@@ -27,17 +32,10 @@ from revstore.errors import InvalidInput
 from revstore.idempotency import Claim, IdempotencyKeys
 from revstore.record import HistoryPage, Mode, Record, RecordPage, Version, WriteIntent
 from revstore.retry import RetryPolicy, RetryStats
-from revstore.stream import AppendResult, ReadPage, StreamInfo
+from revstore.stream import AppendBatch, AppendResult, ReadPage, StreamInfo
 
 T = TypeVar("T")
 _list = list  # Store.list shadows the builtin inside the class body
-
-DEFAULT_MAX_BATCH_ITEMS = 1000
-DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
-"""A page of ``history``, ``read`` or ``list`` ends before its content passes this many
-bytes (canonical JSON, UTF-8), with at least one item."""
-MAX_AUTHOR = 255
-MAX_SUMMARY = 1000
 
 
 def _claim(value: object) -> Claim | None:
@@ -67,15 +65,15 @@ class Store:
 
     def __init__(
         self,
-        url: str = "sqlite:///revstore.db",
+        url: str = DEFAULT_URL,
         *,
         strategy: str | None = None,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
         retry: RetryPolicy | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
+        pool_size: int = POOL_SIZE,
+        max_overflow: int = MAX_OVERFLOW,
         group_commit: bool = True,
     ) -> None:
         if strategy is not None and strategy not in STRATEGIES:
@@ -111,7 +109,7 @@ class Store:
 
     @property
     def strategy(self) -> str:
-        return self.backend.strategy
+        return self.backend.strategy.name
 
     @property
     def backend_name(self) -> str:

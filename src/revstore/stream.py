@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from revstore.content import JSON
+from revstore.content import JSON, Canonical
 from revstore.errors import DuplicateItem, SequenceConflict
 
 
@@ -112,3 +112,23 @@ def classify_resend(
     ]
     items.sort(key=lambda it: it.sequence)
     return AppendResult(items[0].sequence, items[-1].sequence, items, duplicate=True)
+
+
+class AppendBatch:
+    """A validated batch for ``append``."""
+
+    __slots__ = ("bodies", "expected", "item_ids", "namespace", "stream_id")
+
+    def __init__(
+        self,
+        namespace: str,
+        stream_id: str,
+        bodies: list[Canonical],
+        item_ids: list[str] | None,
+        expected: int | None,
+    ) -> None:
+        self.namespace = namespace
+        self.stream_id = stream_id
+        self.bodies = bodies
+        self.item_ids = item_ids
+        self.expected = expected

@@ -10,8 +10,9 @@ what the re-check of item ids under the stream lock relies on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, ClassVar
 
 import pymysql
@@ -19,23 +20,41 @@ from sqlalchemy import Connection, bindparam, create_engine, event, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
-from revstore.backends.sql import (
-    AppendBatch,
-    SqlBackend,
-    Transform,
-    install_liveness_probe,
-    now,
+from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.ops import Execute, Step
+from revstore.backends.sql import SqlBackend, install_liveness_probe
+from revstore.config import (
+    ASYNC_DRIVERS,
+    CONNECT_TIMEOUT,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    DatabaseURL,
+    with_query,
 )
-from revstore.errors import Duplicate, InvalidInput, Retryable, RevstoreError, Unavailable
-from revstore.idempotency import Claim
-from revstore.record import Mode, Record, WriteIntent
-from revstore.stream import AppendResult
+from revstore.errors import InvalidInput, RevstoreError, Unavailable
+from revstore.failures import Disconnected, Duplicate, Failure, Transient, classify
+from revstore.record import WriteIntent
+from revstore.stream import AppendBatch
 
-RETRYABLE = {1213: "deadlock", 1205: "lock wait timeout", 1040: "too many connections"}
-DISCONNECT = {2003, 2006, 2013, 2055, 1053, 1927, 4031}
+FAILURES: dict[int, Failure] = {
+    1213: Failure(Transient, "deadlock"),
+    1205: Failure(Transient, "lock wait timeout"),
+    1040: Failure(Transient, "too many connections"),
+    1062: Failure(Duplicate, "unique key violated"),
+    # The session is gone: the work of any transaction not yet committed was rolled back.
+    2003: Failure(Disconnected, "can't connect"),
+    2006: Failure(Disconnected, "server has gone away"),
+    2013: Failure(Disconnected, "lost connection during query"),
+    2055: Failure(Disconnected, "lost connection"),
+    1053: Failure(Disconnected, "server shutdown in progress"),
+    1927: Failure(Disconnected, "connection killed"),
+    4031: Failure(Disconnected, "disconnected for inactivity"),
+}
+"""Server / client error number → failure category."""
 # Values the server refuses (strict mode): too long, out of range, bad string, NULL in a
 # NOT NULL column, truncated. The caller's input, not the database's state.
 DATA_ERRORS = {1048, 1264, 1265, 1292, 1366, 1406, 1690, 3140}
@@ -70,51 +89,75 @@ _BUMP_STREAM = text(
 ).bindparams(bindparam("now", type_=schema.Timestamp))
 
 
-def _engine(
-    url: str, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
-) -> Engine:
-    rest = url.split("://", 1)[1]
-    charset = make_url(url).query.get("charset")
-    if charset is None:
-        rest += ("&" if "?" in rest else "?") + "charset=utf8mb4"
-    elif charset != "utf8mb4":
+def _url(url: DatabaseURL, dialect: str, driver: str | None = None) -> str:
+    charset = make_url(url.url).query.get("charset")
+    if charset not in (None, "utf8mb4"):
         # Another connection charset would transcode (or mangle) text on the way.
         raise InvalidInput(f"charset={charset} in the URL: revstore needs utf8mb4 (or no charset)")
-    engine = create_engine(
-        f"{dialect}+pymysql://{rest}",
-        # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself.
-        isolation_level="AUTOCOMMIT",
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_reset_on_return=None,  # see SqlBackend._release
-        pool_recycle=3600,
-        connect_args={"connect_timeout": connect_timeout},
-    )
+    # utf8mb4: every code point, not MySQL's three-byte "utf8".
+    return with_query(url.sqlalchemy(dialect, driver), "charset", "utf8mb4")
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        cur.close()
 
+def _options(pool_size: int, max_overflow: int, connect_timeout: int) -> dict[str, Any]:
+    return {
+        # Driver autocommit: the executor issues BEGIN / COMMIT itself.
+        "isolation_level": "AUTOCOMMIT",
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_reset_on_return": None,  # see SqlBackend._release
+        "pool_recycle": 3600,
+        "connect_args": {"connect_timeout": connect_timeout},
+    }
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cur.close()
+
+
+def _engine(
+    url: DatabaseURL, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
+) -> Engine:
+    engine = create_engine(_url(url, dialect), **_options(pool_size, max_overflow, connect_timeout))
+    event.listen(engine, "connect", _on_connect)
     install_liveness_probe(engine, lambda conn: int(conn._sock.fileno()))
     return engine
 
 
-class MysqlBackend(SqlBackend):
+def _async_engine(
+    url: DatabaseURL, dialect: str, pool_size: int, max_overflow: int, connect_timeout: int
+) -> AsyncEngine:
+    engine = create_async_engine(
+        _url(url, dialect, ASYNC_DRIVERS["mysql"]),
+        **_options(pool_size, max_overflow, connect_timeout),
+    )
+    event.listen(engine.sync_engine, "connect", _on_connect)
+    install_liveness_probe(engine.sync_engine, lambda conn: _asyncmy_fileno(conn.driver_connection))
+    return engine
+
+
+def _asyncmy_fileno(conn: Any) -> int:
+    """The socket of an asyncmy connection, for the liveness probe; -1 (dead) when its
+    transport is closing: the event loop reads an idle asyncio socket itself, so a
+    server's EOF shows there rather than as a readable socket."""
+    transport = conn._transport
+    if transport is None or transport.is_closing():
+        return -1
+    return int(transport.get_extra_info("socket").fileno())
+
+
+class MysqlDialect(Dialect):
     name: ClassVar[str] = "mysql"
     default_strategy: ClassVar[str] = "counter"
+    counter_puts: ClassVar[bool] = True
+    counter_appends: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        url: str,
-        strategy: str | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
-        connect_timeout: int = 10,
-        **_: Any,
-    ) -> None:
-        engine = _engine(url, "mysql", pool_size, max_overflow, connect_timeout)
+    def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
+        self.connect_timeout = connect_timeout
+
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        engine = _engine(url, "mysql", pool_size, max_overflow, self.connect_timeout)
         try:
             with engine.connect():
                 mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
@@ -126,8 +169,23 @@ class MysqlBackend(SqlBackend):
         if mariadb:
             # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
             engine.dispose()
-            engine = _engine(url, "mariadb", pool_size, max_overflow, connect_timeout)
-        super().__init__(engine, strategy)
+            engine = _engine(url, "mariadb", pool_size, max_overflow, self.connect_timeout)
+        return engine
+
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        engine = _async_engine(url, "mysql", pool_size, max_overflow, self.connect_timeout)
+        try:
+            async with engine.connect():
+                mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+        except SQLAlchemyError:
+            mariadb = False  # unreachable now; errors surface on first use
+        if mariadb:
+            # The "mariadb" dialect name selects MariaDB's no-pad binary collation.
+            await engine.dispose()
+            engine = _async_engine(url, "mariadb", pool_size, max_overflow, self.connect_timeout)
+        return engine
 
     # ---------------------------------------------------------------- schema
 
@@ -135,7 +193,9 @@ class MysqlBackend(SqlBackend):
     """Seconds to wait for another process's schema creation or migration."""
 
     @contextmanager
-    def _schema_lock(self, conn: Connection) -> Iterator[None]:
+    def schema_lock(
+        self, conn: Connection, rollback: Callable[[Connection], None]
+    ) -> Iterator[None]:
         # DDL commits by itself here, so no transaction can hold the work together: a
         # named server lock does, taken and released on this one connection (the server
         # drops it too if the connection dies). The name is server-wide, hence the
@@ -161,7 +221,7 @@ class MysqlBackend(SqlBackend):
                 )
                 conn.invalidate()
 
-    def _already_exists(self, exc: DBAPIError) -> bool:
+    def already_exists(self, exc: DBAPIError) -> bool:
         args: tuple[Any, ...] = getattr(exc.orig, "args", ())
         # 1050 table exists, 1061 duplicate index name, 1060 duplicate column.
         return bool(args) and args[0] in (1050, 1060, 1061)
@@ -173,16 +233,11 @@ class MysqlBackend(SqlBackend):
         orig = exc.orig
         args: tuple[Any, ...] = getattr(orig, "args", ())
         errno = args[0] if args and isinstance(args[0], int) else None
-        if errno in RETRYABLE:
-            return Retryable(f"{RETRYABLE[errno]}: {orig}", code=str(errno))
-        if errno == 1062:
-            message = str(args[1]) if len(args) > 1 else str(orig)
-            constraint = (
-                message.rsplit("for key ", 1)[-1].strip("'") if "for key" in message else None
-            )
-            return Duplicate(f"unique key violated: {message}", code="1062", constraint=constraint)
-        if errno in DISCONNECT:
-            return Retryable(f"connection lost: {orig}", code="disconnect")
+        message = str(args[1]) if len(args) > 1 else str(orig)
+        constraint = message.rsplit("for key ", 1)[-1].strip("'") if "for key" in message else None
+        found = classify(FAILURES, (errno,), message, str(errno), constraint)
+        if found is not None:
+            return found
         if errno in DATA_ERRORS or isinstance(orig, pymysql.err.DataError):
             return InvalidInput(f"MySQL refused a value ({errno}): {orig}")
         if errno is None and isinstance(
@@ -194,23 +249,13 @@ class MysqlBackend(SqlBackend):
         if errno is None:
             # No error number from the server: PyMySQL lost the socket or the protocol
             # (a reply out of sequence) after sending, so the statement may have run.
-            return Retryable(f"connection lost: {orig}", code="disconnect")
+            return Disconnected(f"connection lost: {orig}")
         return Unavailable(f"MySQL error {errno}: {orig}")
 
-    # ---------------------------------------------------------------- counter paths
+    # ---------------------------------------------------------------- counter statements
 
-    def write_record(
-        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
-    ) -> Record:
-        if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
-            return super().write_record(intent, transform, claim)
-        return self.transaction(
-            lambda c: self._settle_record(c, claim, intent, self._counter_put(c, intent))
-        )
-
-    def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
-        ts = now()
-        result = conn.execute(
+    def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
+        result = yield Execute(
             _BUMP_HEAD,
             {
                 "bump": 1 if intent.create_version else 0,
@@ -223,37 +268,38 @@ class MysqlBackend(SqlBackend):
             },
         )
         if result.rowcount != 1:
-            # Absent, deleted, unchanged or conflicting: the general path decides.
-            return self._write_from_head(conn, intent, None, lock=True)
+            return None
         revision = int(result.lastrowid)
         # This transaction holds the row lock taken by the UPDATE: the row read here is
         # the one it just wrote.
-        head = conn.execute(_HEAD_AFTER_BUMP, {"ns": intent.namespace, "id": intent.id}).one()
-        return self._finish_counter_put(conn, intent, revision, int(head[0]), head[1], ts)
+        head = (yield Execute(_HEAD_AFTER_BUMP, {"ns": intent.namespace, "id": intent.id})).one()
+        return revision, int(head[0]), head[1]
 
-    def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
-        if self.strategy != "counter" or batch.item_ids is not None:
-            return super().append(batch, claim)
-        return self.transaction(
-            lambda c: self._settle_append(c, claim, batch, self._counter_append(c, batch))
-        )
-
-    def _counter_append(self, conn: Connection, batch: AppendBatch) -> AppendResult:
-        ts = now()
-        n = len(batch.bodies)
-        result = conn.execute(
+    def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
+        result = yield Execute(
             _BUMP_STREAM,
             {
-                "n": n,
+                "n": len(batch.bodies),
                 "now": ts,
                 "ns": batch.namespace,
                 "id": batch.stream_id,
                 "exp": batch.expected,
             },
         )
-        if result.rowcount != 1:
-            return self._append_locked(conn, batch)
-        last = int(result.lastrowid)
-        # The range last-n+1 … last is ours: the row lock is held until COMMIT.
-        self._insert_items(conn, batch, last - n + 1, ts)
-        return self._appended(batch, last - n + 1, ts)
+        return int(result.lastrowid) if result.rowcount == 1 else None
+
+
+def make_dialect(connect_timeout: int = CONNECT_TIMEOUT, **_: Any) -> MysqlDialect:
+    return MysqlDialect(connect_timeout)
+
+
+def open_backend(
+    url: DatabaseURL,
+    strategy: str | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    connect_timeout: int = CONNECT_TIMEOUT,
+    **_: Any,
+) -> SqlBackend:
+    dialect = MysqlDialect(connect_timeout)
+    return SqlBackend(dialect, dialect.create_engine(url, pool_size, max_overflow), strategy)

@@ -20,34 +20,46 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import unquote
 
 import psycopg
 from psycopg import Cursor, pq
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
+from revstore.backends.dialect import Dialect
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
-from revstore.backends.sql import (
-    AppendBatch,
-    SqlBackend,
-    Transform,
-    install_liveness_probe,
-    now,
+from revstore.backends.protocol import appended, written_head
+from revstore.backends.sql import SqlBackend, install_liveness_probe, now
+from revstore.config import (
+    ASYNC_DRIVERS,
+    CONNECT_TIMEOUT,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    PREPARE_AFTER,
+    DatabaseURL,
+    parse_url,
 )
+from revstore.config import AUTO as AUTO
+from revstore.config import prepare_threshold as prepare_threshold
 from revstore.errors import (
     AmbiguousCommit,
-    Duplicate,
     InvalidInput,
-    Retryable,
     RevstoreError,
     Unavailable,
 )
-from revstore.idempotency import Claim
-from revstore.record import Mode, Record, WriteIntent
-from revstore.stream import AppendResult
+from revstore.failures import (
+    Disconnected,
+    Duplicate,
+    Failure,
+    Retryable,
+    Transient,
+    classify,
+)
+from revstore.record import Record, WriteIntent
+from revstore.stream import AppendBatch, AppendResult
 
 T = TypeVar("T")
 _Put = tuple[int, int, datetime, datetime]
@@ -55,16 +67,21 @@ _Put = tuple[int, int, datetime, datetime]
 _Appended = tuple[int, datetime]
 """An applied counter append: its first sequence, and the time stored."""
 
-RETRYABLE = {
-    "40001": "serialization_failure",
-    "40P01": "deadlock_detected",
-    "55P03": "lock_not_available",
-    "53300": "too_many_connections",
-    "57014": "query_canceled",
+FAILURES: dict[str, Failure] = {
+    "40001": Failure(Transient, "serialization_failure"),
+    "40P01": Failure(Transient, "deadlock_detected"),
+    "55P03": Failure(Transient, "lock_not_available"),
+    "53300": Failure(Transient, "too_many_connections"),
+    "57014": Failure(Transient, "query_canceled"),
+    "23505": Failure(Duplicate, "unique_violation"),
+    # The session is gone (terminated, server restarting, network): the work of any
+    # transaction not yet committed was rolled back.
+    "57P01": Failure(Disconnected, "admin_shutdown"),
+    "57P02": Failure(Disconnected, "crash_shutdown"),
+    "57P03": Failure(Disconnected, "cannot_connect_now"),
+    "08": Failure(Disconnected, "connection_exception"),  # the whole class 08
 }
-# The session is gone (terminated, server restarting, network): the work of any
-# transaction not yet committed was rolled back.
-DISCONNECT_STATES = {"57P01", "57P02", "57P03"}
+"""SQLSTATE (or its two-character class) → failure category."""
 
 # The counter statements are sent straight through psycopg (see ``_statement``), in
 # psycopg's ``%(name)s`` parameter style: exactly the text SQLAlchemy compiled from the
@@ -336,59 +353,9 @@ def _text_array(values: Sequence[str | None]) -> str:
     )
 
 
-def _normalise(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    if "+" in scheme:
-        return url
-    return f"postgresql+psycopg://{rest}"
-
-
-PREPARE_THRESHOLD = "prepare_threshold"
-"""revstore's own URL query parameter (taken off before the URL reaches libpq)."""
-AUTO = "auto"
-PREPARE_AFTER = 5
-"""psycopg's default: a statement text run this many times on a connection is prepared."""
-
-
-def prepare_threshold(url: str) -> tuple[str, int | str | None]:
-    """Split ``?prepare_threshold=auto|none|N`` off ``url``: the URL for the engine, and
-    when psycopg may prepare statements server-side (after N executions of one
-    statement text on a connection; ``None``: never; ``"auto"``, the default: after
-    ``PREPARE_AFTER``, except on a connection that goes through a pooler).
-
-    Why it matters: behind a pooler in transaction mode (PgBouncer < 1.21, or ≥ 1.21
-    without ``max_prepared_statements``) consecutive transactions of one client
-    connection run on different server connections, so a statement psycopg prepared
-    on one is missing on the next (26000) or already there under the same name
-    (42P05). Unnamed statements, the only kind used with ``none``, pass any pooler.
-    Prepared statements do pay on a direct connection: the counter statements are
-    CTEs whose parse and plan are a large part of their cost (docs/operations.md).
-    """
-    base, sep, query = url.partition("?")
-    value: int | str | None = AUTO
-    if not sep:
-        return url, value
-    kept = []
-    for part in query.split("&"):
-        name, _, raw = part.partition("=")
-        if name != PREPARE_THRESHOLD:
-            if part:
-                kept.append(part)
-            continue
-        word = unquote(raw).strip().lower()
-        if word == AUTO:
-            value = AUTO
-        elif word in ("none", "off", "never"):
-            value = None
-        elif word.isascii() and word.isdigit() and len(word) <= 6:
-            value = int(word)
-        else:
-            raise InvalidInput(
-                f"{PREPARE_THRESHOLD}={raw!r} in the database URL: give 'auto' (the "
-                "default), 'none' (never prepare: behind a transaction pooler) or a "
-                "number of executions"
-            )
-    return base + ("?" + "&".join(kept) if kept else ""), value
+def _prepare_after(threshold: int | str | None, auto: int | None) -> int | None:
+    """psycopg's ``prepare_threshold`` for the URL's setting (``auto`` stands for ``auto``)."""
+    return auto if isinstance(threshold, str) else threshold
 
 
 def _behind_pooler(dbapi_conn: Any) -> bool:
@@ -399,58 +366,171 @@ def _behind_pooler(dbapi_conn: Any) -> bool:
     random one), while ``pg_backend_pid()`` runs on the real backend. A direct
     connection always agrees with itself. One query per new pooled connection.
     """
-    with dbapi_conn.cursor() as cur:
+    # psycopg's connection, or (asyncio engine) SQLAlchemy's adapter around psycopg's
+    # AsyncConnection: the adapter runs the cursor synchronously in its greenlet.
+    info = getattr(dbapi_conn, "driver_connection", dbapi_conn).info
+    cur = dbapi_conn.cursor()
+    try:
         cur.execute("SELECT pg_backend_pid()")
         row = cur.fetchone()
-    if dbapi_conn.info.transaction_status != pq.TransactionStatus.IDLE:
+    finally:
+        cur.close()
+    if info.transaction_status != pq.TransactionStatus.IDLE:
         # The driver may not be in autocommit yet when this runs.
         # Never leave a transaction open: behind a pooler it would pin a server connection.
         dbapi_conn.rollback()
-    return row is None or int(row[0]) != int(dbapi_conn.info.backend_pid)
+    return row is None or int(row[0]) != int(info.backend_pid)
 
 
-class PostgresBackend(SqlBackend):
+def _no_prepare_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
+    """Connect event of a ``prepare_threshold=auto`` engine. Decided per connection,
+    before it runs any statement of ours: a transaction pooler would lend each
+    transaction a different server connection, where psycopg's prepared statements
+    do not exist."""
+    if _behind_pooler(dbapi_conn):
+        getattr(dbapi_conn, "driver_connection", dbapi_conn).prepare_threshold = None
+
+
+class PostgresDialect(Dialect):
     name: ClassVar[str] = "postgresql"
     default_strategy: ClassVar[str] = "counter"
 
-    def __init__(
-        self,
-        url: str,
-        strategy: str | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
-        connect_timeout: int = 10,
-        group_commit: bool = True,
-        **_: Any,
-    ) -> None:
-        url, threshold = prepare_threshold(url)
-        engine = create_engine(
-            _normalise(url),
-            # Driver autocommit: SqlBackend issues BEGIN / COMMIT itself, and the
-            # one-statement writes below commit as they finish.
-            isolation_level="AUTOCOMMIT",
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_reset_on_return=None,  # see SqlBackend._release
-            connect_args={
-                "connect_timeout": connect_timeout,
+    def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
+        self.connect_timeout = connect_timeout
+
+    def _engine_options(
+        self, pool_size: int, max_overflow: int, threshold: int | None
+    ) -> dict[str, Any]:
+        return {
+            # Driver autocommit: the executor issues BEGIN / COMMIT itself, and the
+            # one-statement writes commit as they finish.
+            "isolation_level": "AUTOCOMMIT",
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_reset_on_return": None,  # see SqlBackend._release
+            "connect_args": {
+                "connect_timeout": self.connect_timeout,
                 "application_name": "revstore",
                 # psycopg's own option (not libpq's): see ``prepare_threshold``.
-                "prepare_threshold": PREPARE_AFTER if threshold == AUTO else threshold,
+                "prepare_threshold": threshold,
             },
+        }
+
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        plain, threshold = prepare_threshold(url.url)
+        options = self._engine_options(
+            pool_size, max_overflow, _prepare_after(threshold, PREPARE_AFTER)
+        )
+        engine = create_async_engine(
+            parse_url(plain).sqlalchemy(driver=ASYNC_DRIVERS["postgresql"]), **options
         )
         if threshold == AUTO:
+            event.listen(engine.sync_engine, "connect", _no_prepare_behind_a_pooler)
+        # psycopg's AsyncConnection waits on its socket only during an operation, so an
+        # idle one is probed as in sync.
+        install_liveness_probe(
+            engine.sync_engine, lambda conn: int(conn.driver_connection.fileno())
+        )
+        return engine
 
-            @event.listens_for(engine, "connect")
-            def _no_prepare_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
-                # Decided per connection, before it runs any statement of ours: a
-                # transaction pooler would lend each transaction a different server
-                # connection, where psycopg's prepared statements do not exist.
-                if _behind_pooler(dbapi_conn):
-                    dbapi_conn.prepare_threshold = None
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        plain, threshold = prepare_threshold(url.url)
+        options = self._engine_options(
+            pool_size, max_overflow, _prepare_after(threshold, PREPARE_AFTER)
+        )
+        engine = create_engine(parse_url(plain).sqlalchemy(), **options)
+        if threshold == AUTO:
+            event.listen(engine, "connect", _no_prepare_behind_a_pooler)
 
         install_liveness_probe(engine, lambda conn: int(conn.fileno()))
-        super().__init__(engine, strategy)
+        return engine
+
+    # ---------------------------------------------------------------- schema
+
+    schema_lock_key: ClassVar[int] = int.from_bytes(b"revstore", "big")
+    """The advisory lock that serialises schema creation and migration (per database)."""
+
+    def take_schema_lock(self, conn: Connection) -> None:
+        # Transaction-scoped, released by the COMMIT / ROLLBACK that ends the DDL
+        # transaction: a session-level lock would outlive the transaction on the
+        # server connection PgBouncer (transaction mode) lends us, and could be taken
+        # and released on two different server connections.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({self.schema_lock_key})")
+
+    def already_exists(self, exc: DBAPIError) -> bool:
+        state = getattr(exc.orig, "sqlstate", None)
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        # 42P07 duplicate_table (tables and indexes), 42710 duplicate_object; two
+        # unlocked CREATE TABLEs racing can also collide in the catalogue (23505).
+        return state in ("42P07", "42710") or (
+            state == "23505"
+            and constraint in ("pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
+        )
+
+    def insert_ignore(self, table: Any) -> Insert:
+        return pg_insert(table).on_conflict_do_nothing()
+
+    def translate(self, exc: DBAPIError) -> RevstoreError:
+        orig = exc.orig
+        state = getattr(orig, "sqlstate", None)
+        diag = getattr(orig, "diag", None)
+        constraint = getattr(diag, "constraint_name", None)
+        if state is None:
+            # No SQLSTATE: no error reply from the server. A DataError or
+            # ProgrammingError is psycopg refusing before it sends anything (a NUL in a
+            # text value; an unknown connection option in the URL, as the statements
+            # themselves are fixed): the caller's input, not a lost connection. Any
+            # other class (OperationalError: the socket failed) may have happened after
+            # the statement reached the server, so it stays a lost connection.
+            if isinstance(orig, psycopg.DataError):
+                return InvalidInput(f"PostgreSQL cannot take this value: {orig}")
+            if isinstance(orig, psycopg.ProgrammingError):
+                return InvalidInput(f"psycopg refused the request: {orig}")
+            if isinstance(orig, psycopg.NotSupportedError):
+                return Unavailable(f"psycopg refused the request: {orig}")
+            return Disconnected(f"connection lost: {orig}")
+        found = classify(FAILURES, (state, state[:2]), orig, state, constraint)
+        if found is not None:
+            return found
+        if state.startswith("22"):
+            # Class 22, data exception: a value the server refuses (too long, out of
+            # range, untranslatable). The caller's input, not the database's state.
+            return InvalidInput(f"PostgreSQL refused a value ({state}): {orig}")
+        return Unavailable(f"PostgreSQL error {state}: {orig}")
+
+
+def make_dialect(connect_timeout: int = CONNECT_TIMEOUT, **_: Any) -> PostgresDialect:
+    return PostgresDialect(connect_timeout)
+
+
+def open_backend(
+    url: DatabaseURL,
+    strategy: str | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    connect_timeout: int = CONNECT_TIMEOUT,
+    group_commit: bool = True,
+    **_: Any,
+) -> PostgresBackend:
+    dialect = PostgresDialect(connect_timeout)
+    engine = dialect.create_engine(url, pool_size, max_overflow)
+    return PostgresBackend(dialect, engine, strategy, group_commit=group_commit)
+
+
+class PostgresBackend(SqlBackend):
+    """The executor, plus PostgreSQL's counter writes: one self-committing statement
+    each, sent straight through psycopg, with group commit."""
+
+    def __init__(
+        self,
+        dialect: PostgresDialect,
+        engine: Engine,
+        strategy: str | None = None,
+        group_commit: bool = True,
+    ) -> None:
+        super().__init__(dialect, engine, strategy)
         # Concurrent counter puts on different records share one statement and commit.
         self._puts: GroupCommit[WriteIntent, _Put | None] | None = (
             GroupCommit(
@@ -472,62 +552,6 @@ class PostgresBackend(SqlBackend):
             if group_commit
             else None
         )
-
-    # ---------------------------------------------------------------- schema
-
-    schema_lock_key: ClassVar[int] = int.from_bytes(b"revstore", "big")
-    """The advisory lock that serialises schema creation and migration (per database)."""
-
-    def _take_schema_lock(self, conn: Connection) -> None:
-        # Transaction-scoped, released by the COMMIT / ROLLBACK that ends the DDL
-        # transaction: a session-level lock would outlive the transaction on the
-        # server connection PgBouncer (transaction mode) lends us, and could be taken
-        # and released on two different server connections.
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({self.schema_lock_key})")
-
-    def _already_exists(self, exc: DBAPIError) -> bool:
-        state = getattr(exc.orig, "sqlstate", None)
-        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
-        # 42P07 duplicate_table (tables and indexes), 42710 duplicate_object; two
-        # unlocked CREATE TABLEs racing can also collide in the catalogue (23505).
-        return state in ("42P07", "42710") or (
-            state == "23505"
-            and constraint in ("pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
-        )
-
-    def insert_ignore(self, table: Any) -> Insert:
-        return pg_insert(table).on_conflict_do_nothing()
-
-    def translate(self, exc: DBAPIError) -> RevstoreError:
-        orig = exc.orig
-        state = getattr(orig, "sqlstate", None)
-        diag = getattr(orig, "diag", None)
-        constraint = getattr(diag, "constraint_name", None)
-        if state in RETRYABLE:
-            return Retryable(f"{RETRYABLE[state]}: {orig}", code=state, constraint=constraint)
-        if state == "23505":
-            return Duplicate(f"unique key {constraint} violated", code=state, constraint=constraint)
-        if state in DISCONNECT_STATES or (state or "").startswith("08"):
-            return Retryable(f"connection lost: {orig}", code="disconnect")
-        if state is None:
-            # No SQLSTATE: no error reply from the server. A DataError or
-            # ProgrammingError is psycopg refusing before it sends anything (a NUL in a
-            # text value; an unknown connection option in the URL, as the statements
-            # themselves are fixed): the caller's input, not a lost connection. Any
-            # other class (OperationalError: the socket failed) may have happened after
-            # the statement reached the server, so it stays a lost connection.
-            if isinstance(orig, psycopg.DataError):
-                return InvalidInput(f"PostgreSQL cannot take this value: {orig}")
-            if isinstance(orig, psycopg.ProgrammingError):
-                return InvalidInput(f"psycopg refused the request: {orig}")
-            if isinstance(orig, psycopg.NotSupportedError):
-                return Unavailable(f"psycopg refused the request: {orig}")
-            return Retryable(f"connection lost: {orig}", code="disconnect")
-        if state.startswith("22"):
-            # Class 22, data exception: a value the server refuses (too long, out of
-            # range, untranslatable). The caller's input, not the database's state.
-            return InvalidInput(f"PostgreSQL refused a value ({state}): {orig}")
-        return Unavailable(f"PostgreSQL error {state}: {orig}")
 
     # ---------------------------------------------------------------- counter paths
 
@@ -569,23 +593,12 @@ class PostgresBackend(SqlBackend):
 
         return self.run_write_statement(run)
 
-    def write_record(
-        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
-    ) -> Record:
-        if (
-            claim is not None
-            or self.strategy != "counter"
-            or transform is not None
-            or intent.mode is not Mode.PUT
-        ):
-            # A claimed write applies its idempotency key in its own transaction, which
-            # the one-statement (and group commit) paths do not have: the lock path.
-            return super().write_record(intent, transform, claim)
+    def one_statement_put(self, intent: WriteIntent) -> Record | None:
         done = self._puts.submit(intent) if self._puts is not None else self._put_one(intent)
         if done is None:
             # Absent, deleted, unchanged or conflicting: rare, decided under a row lock.
-            return super().write_record(intent, None)
-        return self._written_head(intent, *done)
+            return None
+        return written_head(intent, *done)
 
     def _put_one(self, intent: WriteIntent) -> _Put | None:
         """The write alone, waiting for its row: busy keys, skipped writes, no group commit."""
@@ -635,17 +648,13 @@ class PostgresBackend(SqlBackend):
             )
         return out
 
-    def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
-        if claim is not None or self.strategy != "counter" or batch.item_ids is not None:
-            # Client item ids must be checked under the stream lock, and a claimed
-            # append applies its key in its own transaction: the general path.
-            return super().append(batch, claim)
+    def one_statement_append(self, batch: AppendBatch) -> AppendResult | None:
         done = self._appends.submit(batch) if self._appends is not None else self._append_one(batch)
         if done is None:
             # New stream or expectation mismatch: the general path creates or reports.
-            return super().append(batch)
+            return None
         first, ts = done
-        return self._appended(batch, first, ts)
+        return appended(batch, first, ts)
 
     def _append_one(self, batch: AppendBatch) -> _Appended | None:
         """The append alone, waiting for its stream row (as ``_put_one``)."""

@@ -12,19 +12,40 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, LargeBinary, bindparam, cast, create_engine, event, func, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    LargeBinary,
+    bindparam,
+    cast,
+    create_engine,
+    event,
+    func,
+    text,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
-from revstore.backends.sql import SqlBackend, Transform, now
-from revstore.errors import Duplicate, InvalidInput, Retryable, RevstoreError, Unavailable
-from revstore.idempotency import Claim
-from revstore.record import Mode, Record, WriteIntent
+from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.ops import Execute, Step
+from revstore.backends.sql import SqlBackend
+from revstore.config import (
+    ASYNC_DRIVERS,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    SQLITE_BUSY_TIMEOUT_MS,
+    DatabaseURL,
+)
+from revstore.errors import InvalidInput, RevstoreError, Unavailable
+from revstore.failures import Duplicate, Failure, Transient, classify
+from revstore.record import WriteIntent
 
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
@@ -32,6 +53,14 @@ SQLITE_TOOBIG = 18
 SQLITE_CONSTRAINT = 19
 SQLITE_MISMATCH = 20
 SQLITE_RANGE = 25
+
+FAILURES: dict[int | str, Failure] = {
+    SQLITE_BUSY: Failure(Transient, "database is busy"),
+    SQLITE_LOCKED: Failure(Transient, "database table is locked"),
+    "SQLITE_CONSTRAINT_PRIMARYKEY": Failure(Duplicate, "unique key violated"),
+    "SQLITE_CONSTRAINT_UNIQUE": Failure(Duplicate, "unique key violated"),
+}
+"""Extended result code name, or primary result code → failure category."""
 
 _UPDATE_HEAD = text(
     """
@@ -49,49 +78,60 @@ _UPDATE_HEAD = text(
 ).bindparams(bindparam("now", type_=schema.Timestamp))
 
 
-class SqliteBackend(SqlBackend):
+class SqliteDialect(Dialect):
     name: ClassVar[str] = "sqlite"
     default_strategy: ClassVar[str] = "counter"
     begin_write: ClassVar[str] = "BEGIN IMMEDIATE"
     begin_optimistic: ClassVar[str] = "BEGIN DEFERRED"
     # Takes the file's write lock: schema creation is serialised with every writer.
     begin_schema: ClassVar[str] = "BEGIN IMMEDIATE"
+    counter_puts: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        url: str,
-        strategy: str | None = None,
-        pool_size: int = 16,
-        max_overflow: int = 32,
-        busy_timeout_ms: int = 30_000,
-        **_: Any,
-    ) -> None:
-        if url.startswith("sqlite:///:memory:") or url in ("sqlite://", "sqlite:///"):
-            raise_memory()
+    def __init__(self, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+        self.busy_timeout_ms = busy_timeout_ms
+
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
         engine = create_engine(
-            url.replace("sqlite+pysqlite://", "sqlite://", 1),
-            # Driver autocommit: SqlBackend issues BEGIN IMMEDIATE / COMMIT itself.
-            isolation_level="AUTOCOMMIT",
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_reset_on_return=None,  # see SqlBackend._release
-            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+            url.sqlalchemy(), **self._engine_options(url, pool_size, max_overflow)
         )
+        event.listen(engine, "connect", self._on_connect)
+        return engine
 
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            # WAL: readers never block the writer and the writer never blocks readers.
-            enable_wal(dbapi_conn, busy_timeout_ms / 1000)
-            # FULL: an acknowledged write survives a power cut, not only a crash.
-            cur.execute("PRAGMA synchronous=FULL")
-            # list(prefix=…) uses LIKE, which must be case-sensitive as on the servers.
-            cur.execute("PRAGMA case_sensitive_like=ON")
-            cur.close()
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        engine = create_async_engine(
+            url.sqlalchemy(driver=ASYNC_DRIVERS["sqlite"]),
+            **self._engine_options(url, pool_size, max_overflow),
+        )
+        event.listen(engine.sync_engine, "connect", self._on_connect)
+        return engine
 
-        super().__init__(engine, strategy)
-        self._busy_timeout_s = busy_timeout_ms / 1000
+    def _engine_options(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> dict[str, Any]:
+        if url.rest.startswith("/:memory:") or url.rest in ("", "/"):
+            raise_memory()
+        return {
+            # Driver autocommit: the executor issues BEGIN IMMEDIATE / COMMIT itself.
+            "isolation_level": "AUTOCOMMIT",
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_reset_on_return": None,  # see SqlBackend._release
+            "connect_args": {"timeout": self.busy_timeout_ms / 1000, "check_same_thread": False},
+        }
+
+    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        """Every new connection, sqlite3's or aiosqlite's (through SQLAlchemy's adapter)."""
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        # WAL: readers never block the writer and the writer never blocks readers.
+        enable_wal(dbapi_conn, self.busy_timeout_ms / 1000)
+        # FULL: an acknowledged write survives a power cut, not only a crash.
+        cur.execute("PRAGMA synchronous=FULL")
+        # list(prefix=…) uses LIKE, which must be case-sensitive as on the servers.
+        cur.execute("PRAGMA case_sensitive_like=ON")
+        cur.close()
 
     def insert_ignore(self, table: Any) -> Insert:
         return sqlite_insert(table).on_conflict_do_nothing()
@@ -106,13 +146,10 @@ class SqliteBackend(SqlBackend):
         code = getattr(orig, "sqlite_errorcode", None)
         name = getattr(orig, "sqlite_errorname", None) or str(code)
         primary = code & 0xFF if isinstance(code, int) else None
-        if primary in (SQLITE_BUSY, SQLITE_LOCKED):
-            return Retryable(f"database is busy: {orig}", code=name)
-        if primary == SQLITE_CONSTRAINT and name in (
-            "SQLITE_CONSTRAINT_PRIMARYKEY",
-            "SQLITE_CONSTRAINT_UNIQUE",
-        ):
-            return Duplicate(f"unique key violated: {orig}", code=name, constraint=str(orig))
+        constraint = str(orig) if primary == SQLITE_CONSTRAINT else None
+        found = classify(FAILURES, (name, primary), orig, name, constraint)
+        if found is not None:
+            return found
         if primary in (SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE) or isinstance(
             orig, sqlite3.DataError
         ):
@@ -120,20 +157,10 @@ class SqliteBackend(SqlBackend):
             return InvalidInput(f"SQLite refused a value ({name}): {orig}")
         return Unavailable(f"SQLite error {name}: {orig}")
 
-    def write_record(
-        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
-    ) -> Record:
-        if self.strategy != "counter" or transform is not None or intent.mode is not Mode.PUT:
-            return super().write_record(intent, transform, claim)
-        return self.transaction(
-            lambda c: self._settle_record(c, claim, intent, self._counter_put(c, intent))
-        )
-
-    def _counter_put(self, conn: Connection, intent: WriteIntent) -> Record:
+    def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
         # Under BEGIN IMMEDIATE this transaction is the only writer of the file, so the
         # UPDATE … RETURNING takes the next numbers with no possible race.
-        ts = now()
-        row = conn.execute(
+        result = yield Execute(
             _UPDATE_HEAD,
             {
                 "bump": 1 if intent.create_version else 0,
@@ -144,33 +171,47 @@ class SqliteBackend(SqlBackend):
                 "id": intent.id,
                 "exp": intent.expected_revision,
             },
-        ).first()
-        if row is None:
-            # Absent, deleted, unchanged or conflicting: the general path decides, still
-            # under the same write lock.
-            return self._write_from_head(conn, intent, None, lock=True)
-        return self._finish_counter_put(conn, intent, int(row[0]), int(row[1]), row[2], ts)
+        )
+        row = result.first()
+        return None if row is None else (int(row[0]), int(row[1]), row[2])
 
-    def _prepare_ddl(self, conn: Connection) -> None:
+    def prepare_ddl(self, conn: Connection) -> None:
         # journal_mode cannot change inside a transaction: switched before BEGIN
         # IMMEDIATE (every new connection has done it already; this covers a file
         # switched back by someone else meanwhile).
-        driver = conn.connection.driver_connection
+        # The DBAPI connection: sqlite3's, or SQLAlchemy's sync adapter of aiosqlite's.
+        driver = conn.connection.dbapi_connection
         if driver is None:
             return
         try:
-            enable_wal(driver, self._busy_timeout_s)
+            enable_wal(driver, self.busy_timeout_ms / 1000)
         except sqlite3.Error as exc:
             # Straight from the driver: wrapped as SQLAlchemy would, for translate().
             raise DBAPIError.instance("PRAGMA journal_mode=WAL", None, exc, sqlite3.Error) from exc
 
-    def _already_exists(self, exc: DBAPIError) -> bool:
+    def already_exists(self, exc: DBAPIError) -> bool:
         # SQLite has no error code for it (plain SQLITE_ERROR): the message is all
         # there is. Under BEGIN IMMEDIATE only a creator that skips it can cause this.
         return " already exists" in str(exc.orig)
 
 
-def enable_wal(dbapi_conn: sqlite3.Connection, timeout_s: float) -> None:
+def make_dialect(busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **_: Any) -> SqliteDialect:
+    return SqliteDialect(busy_timeout_ms)
+
+
+def open_backend(
+    url: DatabaseURL,
+    strategy: str | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    **_: Any,
+) -> SqlBackend:
+    dialect = SqliteDialect(busy_timeout_ms)
+    return SqlBackend(dialect, dialect.create_engine(url, pool_size, max_overflow), strategy)
+
+
+def enable_wal(dbapi_conn: Any, timeout_s: float) -> None:
     """Switch the file to WAL (kept in the file; a no-op once done).
 
     Processes opening a new file at the same moment all ask for the switch, which
@@ -183,7 +224,10 @@ def enable_wal(dbapi_conn: sqlite3.Connection, timeout_s: float) -> None:
     wait = 0.005
     while True:
         try:
-            mode = dbapi_conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            mode = cur.fetchone()[0]
+            cur.close()
         except sqlite3.OperationalError as exc:
             busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (SQLITE_BUSY, SQLITE_LOCKED)
             if not busy or time.monotonic() >= deadline:

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from revstore.config import backend_of
 from revstore.lab.naive import APPLICATION_NAME as NAIVE_APPLICATION_NAME
 from revstore.lab.naive import sqlalchemy_url
 from revstore.lab.servers import MODES, ThrowawayServer
@@ -66,14 +67,8 @@ class ChaosEvent:
 
 def chaos_backend(db: str | None) -> str | None:
     """'postgresql' or 'mysql' when connections of ``db`` can be killed, else None."""
-    if not db:
-        return None
-    scheme = db.split("://", 1)[0].split("+", 1)[0].lower()
-    if scheme in ("postgresql", "postgres"):
-        return "postgresql"
-    if scheme in ("mysql", "mariadb"):
-        return "mysql"
-    return None
+    backend = backend_of(db)
+    return None if backend == "sqlite" else backend
 
 
 class Chaos(threading.Thread):

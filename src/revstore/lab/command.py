@@ -151,7 +151,7 @@ def lab(
         if len(strategies) < 2:
             raise usage("--compare takes two or more strategies, e.g. naive,counter")
     if db is None and url is None and server is None:
-        from revstore.cli import db_url
+        from revstore.config import db_url
 
         db = db_url(None)  # the same default database as every other command
     base = LabConfig(

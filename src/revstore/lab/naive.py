@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from revstore.config import parse_url, with_query
 from revstore.content import merge_patch
 from revstore.errors import NotFound, VersionConflict
 from revstore.lab.client import Appended, Head, Item, Snapshot, item_of, token_of
@@ -96,16 +97,12 @@ NOKEY = _tables("_nokey", unique=False)
 
 def sqlalchemy_url(url: str) -> str:
     """revstore URLs (postgresql://, mysql://) with the drivers revstore uses."""
-    scheme, rest = url.split("://", 1)
-    if "+" in scheme or scheme == "sqlite":
+    parsed = parse_url(url)
+    if parsed.driver is not None or parsed.backend == "sqlite":
         return url
-    if scheme in ("postgresql", "postgres"):
-        return f"postgresql+psycopg://{rest}"
-    if scheme in ("mysql", "mariadb"):
-        sep = "&" if "?" in rest else "?"
-        charset = "" if "charset=" in rest else f"{sep}charset=utf8mb4"
-        return f"mysql+pymysql://{rest}{charset}"
-    return url
+    if parsed.backend == "mysql":
+        return with_query(parsed.sqlalchemy(), "charset", "utf8mb4")
+    return parsed.sqlalchemy()
 
 
 def naive_engine(url: str, pool_size: int = 16) -> Engine:

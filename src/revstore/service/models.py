@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from revstore.config import DEFAULT_MAX_BATCH_ITEMS, MAX_AUTHOR, MAX_SUMMARY
 from revstore.record import HistoryPage, Record, RecordPage, Version
-from revstore.store import DEFAULT_MAX_BATCH_ITEMS, MAX_AUTHOR, MAX_SUMMARY
 from revstore.stream import AppendResult, ReadPage, StreamInfo, StreamItem
 
 BIGINT = 2**63 - 1

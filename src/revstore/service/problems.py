@@ -19,12 +19,12 @@ from revstore.errors import (
     DuplicateItem,
     InvalidInput,
     NotFound,
-    Retryable,
     RevstoreError,
     SequenceConflict,
     Unavailable,
     VersionConflict,
 )
+from revstore.failures import Retryable
 from revstore.service.models import record_json
 
 MEDIA_TYPE = "application/problem+json"

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from revstore.config import MAX_AUTHOR, MAX_SUMMARY
 from revstore.errors import DuplicateItem, RevstoreError
 from revstore.record import Mode
 from revstore.service import models as m
@@ -19,7 +20,6 @@ from revstore.service.models import BIGINT, MAX_ID
 from revstore.service.problems import ProblemError
 from revstore.service.replies import append_reply, claim_of, json_response, record_reply
 from revstore.service.routing import MERGE_PATCH_TYPE, ServiceRoute
-from revstore.store import MAX_AUTHOR, MAX_SUMMARY
 
 router = APIRouter(route_class=ServiceRoute)
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-DEFAULT_URL = "sqlite:///revstore.db"
+from revstore.config import DEFAULT_MAX_PAGE_BYTES as DEFAULT_MAX_PAGE_BYTES
+from revstore.config import DEFAULT_URL as DEFAULT_URL
+from revstore.config import ENV_URL as ENV_URL
+
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 
-ENV_URL = "REVSTORE_URL"
 ENV_REQUIRE_IF_MATCH = "REVSTORE_REQUIRE_IF_MATCH"
 ENV_MAX_BODY_BYTES = "REVSTORE_MAX_BODY_BYTES"
 ENV_MAX_PAGE_BYTES = "REVSTORE_MAX_PAGE_BYTES"

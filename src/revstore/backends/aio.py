@@ -1,0 +1,186 @@
+"""The asyncio executor: drives the same protocols (``protocol``) and strategies as
+the sync ``SqlBackend``, on SQLAlchemy's asyncio engine over each dialect's native
+async driver (``config.ASYNC_DRIVERS``). It only sends statements and waits.
+
+Cancellation: a caller cancelled while its connection is inside a transaction (or
+while a statement runs) never hands that connection back to the pool as it is: the
+connection is invalidated, so the server ends the session and rolls the transaction
+back. A COMMIT whose outcome is unknown (the connection was lost) is AmbiguousCommit,
+decided by the protocol as in sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from revstore.backends.dialect import Dialect
+from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
+from revstore.backends.ops import Execute, Step
+from revstore.backends.protocol import Protocol, Transform, in_transaction
+from revstore.backends.sql import ensure_schema
+from revstore.backends.strategy import Strategy, strategy_named
+from revstore.config import MAX_OVERFLOW, POOL_SIZE, DatabaseURL
+from revstore.idempotency import Claim
+from revstore.migrations import Migrator
+from revstore.record import Record, WriteIntent
+from revstore.stream import AppendBatch, AppendResult
+
+T = TypeVar("T")
+
+log = logging.getLogger("revstore.backend")
+
+
+class AsyncSqlBackend:
+    """A pool of asyncio connections to one database, running protocols."""
+
+    reconnect_seconds: float = 10.0
+
+    def __init__(
+        self,
+        url: DatabaseURL,
+        dialect: Dialect,
+        strategy: str | None = None,
+        pool_size: int = POOL_SIZE,
+        max_overflow: int = MAX_OVERFLOW,
+    ) -> None:
+        self.url = url
+        self.dialect = dialect
+        self.strategy: Strategy = strategy_named(strategy or dialect.default_strategy)
+        self.protocol = Protocol(dialect)
+        self._pool = (pool_size, max_overflow)
+        self._engine: AsyncEngine | None = None
+        self._engine_lock = asyncio.Lock()
+        self.migrator = Migrator()
+        self.schema_version: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.dialect.name
+
+    async def engine(self) -> AsyncEngine:
+        """Built on first use: some dialects look at the server first (MariaDB)."""
+        if self._engine is None:
+            async with self._engine_lock:
+                if self._engine is None:
+                    self._engine = await self.dialect.create_async_engine(self.url, *self._pool)
+        return self._engine
+
+    async def dispose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def _connect(self, wait: bool = True) -> AsyncConnection:
+        engine = await self.engine()
+        waiting = ConnectWait(self.reconnect_seconds, wait)
+        while True:
+            try:
+                return await engine.connect()
+            except (TypeError, ValueError, SQLAlchemyError) as exc:
+                await asyncio.sleep(waiting.after(self.dialect, exc))
+
+    @staticmethod
+    async def _release(conn: AsyncConnection) -> None:
+        # pool_reset_on_return=None, as in sync: every transaction ends in its own
+        # COMMIT or ROLLBACK here.
+        try:
+            await conn.close()
+        except SQLAlchemyError:
+            log.warning("could not return a connection to the pool", exc_info=True)
+
+    @staticmethod
+    async def _abandon(conn: AsyncConnection, exc: BaseException) -> None:
+        """End whatever ``conn`` is in after ``exc``: roll back, or, when the caller was
+        cancelled (the statement may still run) or the rollback fails, invalidate the
+        connection so that the server ends the session and its transaction."""
+        if conn.invalidated:
+            return
+        if not isinstance(exc, asyncio.CancelledError):
+            try:
+                await conn.exec_driver_sql("ROLLBACK")
+                return
+            except (SQLAlchemyError, OSError):
+                pass
+        try:
+            await conn.invalidate()
+        except BaseException:
+            log.warning("could not drop a connection", exc_info=True)
+
+    async def drive(self, conn: AsyncConnection, step: Step[T]) -> T:
+        """As ``SqlBackend.drive``, awaiting each statement."""
+        stepper = Stepper(self.dialect, step)
+        op = stepper.feed()
+        while op is not None:
+            try:
+                if isinstance(op, Execute):
+                    result: Any = await conn.execute(op.statement, op.params)
+                else:
+                    result = await conn.exec_driver_sql(op.sql)
+            except DB_ERRORS as exc:
+                op = stepper.feed(error=exc)
+            else:
+                op = stepper.feed(result)
+        return stepper.result()
+
+    async def run(self, step: Step[T]) -> T:
+        """A protocol with no transaction around it (reads, re-runnable statements)."""
+        conn = await self._connect()
+        try:
+            return await self.drive(conn, step)
+        except asyncio.CancelledError as exc:
+            # The statement may still be running on this connection: never reuse it.
+            await self._abandon(conn, exc)
+            raise
+        finally:
+            await self._release(conn)
+
+    async def transaction(self, step: Step[T], begin: str | None = None) -> T:
+        conn = await self._connect()
+        try:
+            return await self.drive(conn, in_transaction(step, begin or self.dialect.begin_write))
+        except BaseException as exc:
+            await self._abandon(conn, exc)
+            raise
+        finally:
+            await self._release(conn)
+
+    async def create_schema(self) -> int:
+        """As ``SqlBackend.create_schema``: the same sync schema code, run on an asyncio
+        connection (``AsyncConnection.run_sync``)."""
+        if self.schema_version is not None:
+            return self.schema_version
+        conn = await self._connect()
+        try:
+            version = await conn.run_sync(ensure_schema, self.dialect, self.migrator)
+        except DB_ERRORS as exc:
+            raise translate_any(self.dialect, exc) from exc
+        except asyncio.CancelledError as exc:
+            await self._abandon(conn, exc)
+            raise
+        finally:
+            await self._release(conn)
+        self.schema_version = version
+        return version
+
+    # ---------------------------------------------------------------- writes
+
+    async def write_record(
+        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
+    ) -> Record:
+        tx = self.strategy.record_write(self.protocol, intent, transform, claim)
+        return await self.transaction(tx.step, tx.begin)
+
+    async def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
+        if batch.item_ids is not None and claim is None:
+            # A complete re-send is answered from a plain read (see SqlBackend.append).
+            resent = await self.run(self.protocol.resent(batch))
+            if resent is not None:
+                return resent
+        tx = self.strategy.stream_append(self.protocol, batch, claim)
+        return await self.transaction(tx.step, tx.begin)

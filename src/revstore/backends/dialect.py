@@ -1,0 +1,111 @@
+"""What one database is: its engine set-up, ``BEGIN``, insert-if-absent, error table,
+schema lock and counter statements. Each database module (``sqlite``, ``postgresql``,
+``mysql``) defines one ``Dialect``; the executor (``sql.SqlBackend``) and the
+strategies (``strategy``) use it and never test which database they are on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Engine, func
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from revstore.backends.ops import Step
+from revstore.config import DatabaseURL
+from revstore.errors import RevstoreError
+from revstore.record import WriteIntent
+from revstore.stream import AppendBatch
+
+Bumped = tuple[int, int, datetime | str]
+"""What a counter statement took for a record: revision, version and the record's
+``created_at`` (as the driver returns it)."""
+
+
+class Dialect:
+    """Base of the three dialects: the portable defaults."""
+
+    name: ClassVar[str] = "sql"
+    default_strategy: ClassVar[str] = "lock"
+    begin_write: ClassVar[str] = "BEGIN"
+    """Opens a write transaction (SQLite: BEGIN IMMEDIATE takes the write lock up front)."""
+    begin_optimistic: ClassVar[str] = "BEGIN"
+    begin_schema: ClassVar[str] = "BEGIN"
+    """Opens the transaction that schema creation and migration run in."""
+    counter_puts: ClassVar[bool] = False
+    """Whether ``bump_head`` exists (a put takes its numbers in one statement)."""
+    counter_appends: ClassVar[bool] = False
+    """Whether ``bump_stream`` exists (an append takes its sequences in one statement)."""
+
+    def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
+        """The engine: driver autocommit (the executor issues BEGIN / COMMIT itself)."""
+        raise NotImplementedError
+
+    async def create_async_engine(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int
+    ) -> AsyncEngine:
+        """The same engine on the dialect's native asyncio driver (``ASYNC_DRIVERS``)."""
+        raise NotImplementedError
+
+    def insert_ignore(self, table: Any) -> Insert:
+        """INSERT that does nothing when the primary key exists."""
+        raise NotImplementedError
+
+    def translate(self, exc: DBAPIError) -> RevstoreError:
+        """Map a driver error to revstore's categories, from this dialect's error table."""
+        raise NotImplementedError
+
+    def content_bytes(self, column: Any) -> ColumnElement[int]:
+        """Size in bytes (UTF-8) of a stored JSON text column, computed in the
+        database so that a page can be cut before its rows are fetched."""
+        return func.octet_length(column)
+
+    # ---------------------------------------------------------------- schema
+
+    def prepare_ddl(self, conn: Connection) -> None:
+        """Hook run before the schema lock is taken (SQLite switches the file to WAL)."""
+
+    @contextmanager
+    def schema_lock(
+        self, conn: Connection, rollback: Callable[[Connection], None]
+    ) -> Iterator[None]:
+        """Hold the database-wide schema lock, in one transaction where DDL is
+        transactional (PostgreSQL, SQLite): the checks, the DDL and the version bump
+        commit together, so a waiter that gets the lock sees all of it or none."""
+        conn.exec_driver_sql(self.begin_schema)
+        try:
+            self.take_schema_lock(conn)
+            yield
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            # Nothing half-done stays: the next look under the lock starts clean.
+            rollback(conn)
+            raise
+
+    def take_schema_lock(self, conn: Connection) -> None:
+        """Hook run right after ``begin_schema`` (PostgreSQL: the advisory lock)."""
+
+    def already_exists(self, exc: DBAPIError) -> bool:
+        """The statement failed because the table / index it creates exists."""
+        return False
+
+    # ---------------------------------------------------------------- counter statements
+
+    def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
+        """Take the record's next numbers in one statement, inside the caller's write
+        transaction, and store the intent's content; None when the statement did not
+        apply (absent, deleted, unchanged or a failed expectation: the general path
+        decides, in the same transaction). Only where ``counter_puts``."""
+        raise NotImplementedError
+
+    def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
+        """Take the batch's sequences of a stream in one statement, inside the caller's
+        write transaction; the stream's new last sequence, or None when it did not
+        apply. Only where ``counter_appends``."""
+        raise NotImplementedError

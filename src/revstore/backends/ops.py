@@ -1,0 +1,34 @@
+"""What a protocol (``protocol``) asks its executor to do: the statements it yields."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+from sqlalchemy import Executable
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run a SQLAlchemy Core statement (with ``params``: one dict, or a list for many)."""
+
+    statement: Executable
+    params: dict[str, Any] | list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Run driver SQL as it is (``BEGIN IMMEDIATE``, ``COMMIT``)."""
+
+    sql: str
+
+
+Op: TypeAlias = Execute | Raw
+Step: TypeAlias = Generator[Op, Any, T]
+"""A protocol: yields statements, is sent their results (a buffered SQLAlchemy
+``Result``), returns a ``T``. A failed statement's translated error is thrown in."""
+
+COMMIT = Raw("COMMIT")
