@@ -314,6 +314,29 @@ def finished_while_held(held: HeldRow, fn: Callable[[], T]) -> tuple[T, bool]:
     return out[0]
 
 
+R = TypeVar("R")
+
+
+def sent_while_held(
+    held: HeldRow, send: Callable[[list[R]], list[T]], write: Callable[[str, int], R]
+) -> T:
+    """Send, while ``held`` holds the row of "held", a batch of writes to "held", "free"
+    and "absent" (no row), then each of "held" and "absent" alone: none may wait for the
+    lock, "held" comes back LOCKED and "absent" None. Returns the result for "free"."""
+    (many, lone, lone_absent), in_time = finished_while_held(
+        held,
+        lambda: (
+            send([write("held", 1), write("free", 1), write("absent", 1)]),
+            send([write("held", 2)]),
+            send([write("absent", 2)]),
+        ),
+    )
+    assert in_time
+    assert many[0] is LOCKED and many[2] is None
+    assert lone == [LOCKED] and lone_absent == [None]
+    return many[1]
+
+
 def test_the_leaders_statements_skip_a_row_held_elsewhere(
     stores: list[Store], pg_url: str, ns: str
 ) -> None:
@@ -333,36 +356,18 @@ def test_the_leaders_statements_skip_a_row_held_elsewhere(
     def batch(name: str, n: int) -> AppendBatch:
         return AppendBatch(ns, name, [Canonical({"n": n}, max_bytes=1 << 20)], None, None)
 
-    held = HeldRow(pg_url, "revstore_records", ns, "held")
-    (many, lone, lone_absent), in_time = finished_while_held(
-        held,
-        lambda: (
-            backend._put_many([intent("held", 1), intent("free", 1), intent("absent", 1)]),
-            backend._put_many([intent("held", 2)]),
-            backend._put_many([intent("absent", 2)]),
-        ),
+    free = sent_while_held(
+        HeldRow(pg_url, "revstore_records", ns, "held"), backend._put_many, intent
     )
-    assert in_time
-    assert many[0] is LOCKED and many[2] is None
-    assert isinstance(many[1], tuple) and many[1][:2] == (2, 2)
-    assert lone == [LOCKED] and lone_absent == [None]
+    assert isinstance(free, tuple) and free[:2] == (2, 2)
     assert store.get("held", namespace=ns).revision == 1  # nothing applied to it
     done = backend._put_many([intent("held", 3)])[0]  # released: applied
     assert isinstance(done, tuple) and done[:2] == (2, 2)
 
-    held = HeldRow(pg_url, "revstore_streams", ns, "held")
-    (many_a, lone_a, lone_absent_a), in_time = finished_while_held(
-        held,
-        lambda: (
-            backend._append_many([batch("held", 1), batch("free", 1), batch("absent", 1)]),
-            backend._append_many([batch("held", 2)]),
-            backend._append_many([batch("absent", 2)]),
-        ),
+    free_a = sent_while_held(
+        HeldRow(pg_url, "revstore_streams", ns, "held"), backend._append_many, batch
     )
-    assert in_time
-    assert many_a[0] is LOCKED and many_a[2] is None
-    assert isinstance(many_a[1], tuple) and many_a[1][0] == 2
-    assert lone_a == [LOCKED] and lone_absent_a == [None]
+    assert isinstance(free_a, tuple) and free_a[0] == 2
     assert store.stream_info("held", namespace=ns).last_sequence == 1
     appended = backend._append_many([batch("held", 3)])[0]
     assert isinstance(appended, tuple) and appended[0] == 2
