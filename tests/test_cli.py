@@ -358,6 +358,8 @@ SAMPLES: dict[type[RevstoreError], RevstoreError] = {
     Retryable: Retryable("busy"),
     Duplicate: Duplicate("race"),
 }
+# Restated with literal numbers on purpose, not derived from cli.EXIT_CODES: the codes
+# are a contract with scripts (docs/cli.md), so a change to that table must fail here.
 EXPECTED = {
     RevstoreError: 1,
     InvalidInput: 8,

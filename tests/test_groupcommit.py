@@ -57,6 +57,23 @@ def group(ledger: Ledger, **kw: int) -> GroupCommit[tuple[str, int], int | None]
     return GroupCommit(ledger.one, ledger.many, key=lambda r: r[0], **kw)
 
 
+def outcomes(
+    gc: GroupCommit[tuple[str, int], int | None], n: int, error: type[Exception], label: str
+) -> list[str]:
+    """Submit ("k0", 0) .. (f"k{n - 1}", n - 1) from 24 threads: per write, in order,
+    "ok", or ``label`` where the write raised ``error``."""
+
+    def submit(req: tuple[str, int]) -> str:
+        try:
+            gc.submit(req)
+        except error:
+            return label
+        return "ok"
+
+    with ThreadPoolExecutor(24) as pool:
+        return list(pool.map(submit, [(f"k{i}", i) for i in range(n)]))
+
+
 def test_concurrent_writes_on_distinct_keys_share_statements() -> None:
     ledger = Ledger()
     gc = group(ledger)
@@ -111,18 +128,10 @@ def test_a_failed_statement_fails_every_write_of_its_batch_and_no_other() -> Non
 
     gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(one, many, key=lambda r: r[0])
 
-    def submit(req: tuple[str, int]) -> str:
-        try:
-            gc.submit(req)
-        except Retryable:
-            return "failed"
-        return "ok"
-
-    with ThreadPoolExecutor(24) as pool:
-        outcomes = list(pool.map(submit, [(f"k{i}", i) for i in range(96)]))
+    results = outcomes(gc, 96, Retryable, "failed")
     failed_values = {v for batch in failed for _, v in batch}
     assert len(failed) == 1 and 13 in failed_values
-    for i, outcome in enumerate(outcomes):
+    for i, outcome in enumerate(results):
         assert outcome == ("failed" if i in failed_values else "ok")
     applied = {v for vs in ledger.values.values() for v in vs}
     assert applied.isdisjoint(failed_values) and len(applied) == 96 - len(failed_values)
@@ -183,17 +192,9 @@ def test_a_statement_failed_by_one_write_is_split_so_the_others_land() -> None:
         ledger.one, many, key=lambda r: r[0], shared=lambda exc: not isinstance(exc, Poisoned)
     )
 
-    def submit(req: tuple[str, int]) -> str:
-        try:
-            gc.submit(req)
-        except Poisoned:
-            return "poisoned"
-        return "ok"
-
-    with ThreadPoolExecutor(24) as pool:
-        outcomes = list(pool.map(submit, [(f"k{i}", i) for i in range(192)]))
+    results = outcomes(gc, 192, Poisoned, "poisoned")
     # Only the guilty writes failed; every other write landed exactly once.
-    for i, outcome in enumerate(outcomes):
+    for i, outcome in enumerate(results):
         assert outcome == ("poisoned" if i % 17 == 5 else "ok"), i
     assert sorted(v for vs in ledger.values.values() for v in vs) == [
         i for i in range(192) if i % 17 != 5
@@ -220,18 +221,10 @@ def test_a_shared_failure_is_never_sent_again() -> None:
         ledger.one, many, key=lambda r: r[0], shared=lambda exc: isinstance(exc, Unavailable)
     )
 
-    def submit(req: tuple[str, int]) -> str:
-        try:
-            gc.submit(req)
-        except AmbiguousCommit:
-            return "ambiguous"
-        return "ok"
-
-    with ThreadPoolExecutor(24) as pool:
-        outcomes = list(pool.map(submit, [(f"k{i}", i) for i in range(96)]))
+    results = outcomes(gc, 96, AmbiguousCommit, "ambiguous")
     failed = [b for b in sent if any(v == 13 for _, v in b)]
     assert len(failed) == 1 and gc.stats.splits == 0
-    for i, outcome in enumerate(outcomes):
+    for i, outcome in enumerate(results):
         assert outcome == ("ambiguous" if (f"k{i}", i) in failed[0] else "ok")
     assert sum(len(b) for b in sent) == 96  # no write sent twice
 

@@ -314,6 +314,29 @@ def finished_while_held(held: HeldRow, fn: Callable[[], T]) -> tuple[T, bool]:
     return out[0]
 
 
+R = TypeVar("R")
+
+
+def sent_while_held(
+    held: HeldRow, send: Callable[[list[R]], list[T]], write: Callable[[str, int], R]
+) -> T:
+    """Send, while ``held`` holds the row of "held", a batch of writes to "held", "free"
+    and "absent" (no row), then each of "held" and "absent" alone: none may wait for the
+    lock, "held" comes back LOCKED and "absent" None. Returns the result for "free"."""
+    (many, lone, lone_absent), in_time = finished_while_held(
+        held,
+        lambda: (
+            send([write("held", 1), write("free", 1), write("absent", 1)]),
+            send([write("held", 2)]),
+            send([write("absent", 2)]),
+        ),
+    )
+    assert in_time
+    assert many[0] is LOCKED and many[2] is None
+    assert lone == [LOCKED] and lone_absent == [None]
+    return many[1]
+
+
 def test_the_leaders_statements_skip_a_row_held_elsewhere(
     stores: list[Store], pg_url: str, ns: str
 ) -> None:
@@ -333,81 +356,66 @@ def test_the_leaders_statements_skip_a_row_held_elsewhere(
     def batch(name: str, n: int) -> AppendBatch:
         return AppendBatch(ns, name, [Canonical({"n": n}, max_bytes=1 << 20)], None, None)
 
-    held = HeldRow(pg_url, "revstore_records", ns, "held")
-    (many, lone, lone_absent), in_time = finished_while_held(
-        held,
-        lambda: (
-            backend._put_many([intent("held", 1), intent("free", 1), intent("absent", 1)]),
-            backend._put_many([intent("held", 2)]),
-            backend._put_many([intent("absent", 2)]),
-        ),
+    free = sent_while_held(
+        HeldRow(pg_url, "revstore_records", ns, "held"), backend._put_many, intent
     )
-    assert in_time
-    assert many[0] is LOCKED and many[2] is None
-    assert isinstance(many[1], tuple) and many[1][:2] == (2, 2)
-    assert lone == [LOCKED] and lone_absent == [None]
+    assert isinstance(free, tuple) and free[:2] == (2, 2)
     assert store.get("held", namespace=ns).revision == 1  # nothing applied to it
     done = backend._put_many([intent("held", 3)])[0]  # released: applied
     assert isinstance(done, tuple) and done[:2] == (2, 2)
 
-    held = HeldRow(pg_url, "revstore_streams", ns, "held")
-    (many_a, lone_a, lone_absent_a), in_time = finished_while_held(
-        held,
-        lambda: (
-            backend._append_many([batch("held", 1), batch("free", 1), batch("absent", 1)]),
-            backend._append_many([batch("held", 2)]),
-            backend._append_many([batch("absent", 2)]),
-        ),
+    free_a = sent_while_held(
+        HeldRow(pg_url, "revstore_streams", ns, "held"), backend._append_many, batch
     )
-    assert in_time
-    assert many_a[0] is LOCKED and many_a[2] is None
-    assert isinstance(many_a[1], tuple) and many_a[1][0] == 2
-    assert lone_a == [LOCKED] and lone_absent_a == [None]
+    assert isinstance(free_a, tuple) and free_a[0] == 2
     assert store.stream_info("held", namespace=ns).last_sequence == 1
     appended = backend._append_many([batch("held", 3)])[0]
     assert isinstance(appended, tuple) and appended[0] == 2
 
 
-def test_a_record_locked_elsewhere_does_not_stall_writes_to_other_records(
-    stores: list[Store], pg_url: str, ns: str
-) -> None:
-    store = stores[0]
-    keys = [f"free{i}" for i in range(48)]
-    for k in [*keys, "X"]:
-        store.put(k, {"n": 0}, namespace=ns)
+def writes_around_a_held_x(
+    held: HeldRow,
+    write: Callable[[str, int], T],
+    pick: Callable[[random.Random, int], tuple[str, int]],
+    x_args: tuple[int, int],
+    what: str,
+) -> list[T]:
+    """Write to X with ``x_args[0]`` (stuck on the lock ``held`` keeps), then at once to
+    X again with ``x_args[1]`` and 16 writers of 6 writes each to what ``pick`` chooses;
+    check that no write to another key waited for the lock on X and that both writes to
+    X completed after its release. Returns the results of the writes to X."""
     lock = threading.Lock()
     done: list[tuple[str, float, bool]] = []  # key, latency, completed after the release
     errors: list[BaseException] = []
-    x_revisions: list[int] = []
-    held = HeldRow(pg_url, "revstore_records", ns, "X")
+    x_results: list[T] = []
 
-    def put(key: str, n: int) -> None:
+    def one(key: str, arg: int) -> None:
         start = time.perf_counter()
         try:
-            rec = store.put(key, {"n": n}, namespace=ns)
+            res = write(key, arg)
         except BaseException as exc:
             errors.append(exc)
             return
         with lock:
             done.append((key, time.perf_counter() - start, held.released.is_set()))
             if key == "X":
-                x_revisions.append(rec.revision)
+                x_results.append(res)
 
     def writer(t: int) -> None:
         rng = random.Random(t)
         for n in range(6):
-            put(rng.choice(keys), n)
+            one(*pick(rng, n))
 
     try:
-        first_x = threading.Thread(target=put, args=("X", 99))
+        first_x = threading.Thread(target=one, args=("X", x_args[0]))
         first_x.start()
         held.wait_for_a_waiter()  # the first write to X is stuck on the lock
-        # A second write to the held record, among the writes to others.
-        writers = [threading.Thread(target=put, args=("X", 100))]
+        # A second write to the held key, among the writes to others.
+        writers = [threading.Thread(target=one, args=("X", x_args[1]))]
         writers += [threading.Thread(target=writer, args=(t,)) for t in range(16)]
         for th in writers:
             th.start()
-        # Wait for the writes to the other records, but not for ever: on a stall, the
+        # Wait for the writes to the other keys, but not for ever: on a stall, the
         # lock is released after this (generous) bound and the assertions below fail.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and sum(1 for d in done if d[0] != "X") < 16 * 6:
@@ -422,14 +430,32 @@ def test_a_record_locked_elsewhere_does_not_stall_writes_to_other_records(
     assert not errors, errors[:3]
     others = sorted(lat for key, lat, _ in done if key != "X")
     print(
-        f"\n{len(others)} writes to other records while X was locked elsewhere: "
+        f"\n{len(others)} {what} while X was locked elsewhere: "
         f"median {1000 * others[len(others) // 2]:.1f} ms, max {1000 * others[-1]:.1f} ms"
     )
     late = [key for key, _, after in done if key != "X" and after]
-    assert not late, f"{len(late)} writes to other records waited for the lock on X"
-    # Both writes to X completed after the release, each at its own revision.
+    assert not late, f"{len(late)} {what} waited for the lock on X"
+    # Both writes to X completed after the release.
     assert [after for key, _, after in done if key == "X"] == [True, True]
-    assert sorted(x_revisions) == [2, 3]
+    return x_results
+
+
+def test_a_record_locked_elsewhere_does_not_stall_writes_to_other_records(
+    stores: list[Store], pg_url: str, ns: str
+) -> None:
+    store = stores[0]
+    keys = [f"free{i}" for i in range(48)]
+    for k in [*keys, "X"]:
+        store.put(k, {"n": 0}, namespace=ns)
+    x_records = writes_around_a_held_x(
+        HeldRow(pg_url, "revstore_records", ns, "X"),
+        lambda key, n: store.put(key, {"n": n}, namespace=ns),
+        lambda rng, n: (rng.choice(keys), n),
+        (99, 100),
+        "writes to other records",
+    )
+    # Each write to X at its own revision.
+    assert sorted(rec.revision for rec in x_records) == [2, 3]
     assert store.get("X", namespace=ns).revision == 3
     assert puts(store).locked_writes >= 1
     for k in keys:
@@ -444,58 +470,16 @@ def test_a_stream_locked_elsewhere_does_not_stall_appends_to_other_streams(
     names = [f"free{i}" for i in range(48)]
     for name in [*names, "X"]:
         store.append(name, [{"seed": True}], namespace=ns)
-    lock = threading.Lock()
-    done: list[tuple[str, float, bool]] = []
-    errors: list[BaseException] = []
-    x_ranges: list[tuple[int, int]] = []
-    held = HeldRow(pg_url, "revstore_streams", ns, "X")
-
-    def append(name: str, size: int) -> None:
-        start = time.perf_counter()
-        try:
-            res = store.append(name, [{"k": k} for k in range(size)], namespace=ns)
-        except BaseException as exc:
-            errors.append(exc)
-            return
-        with lock:
-            done.append((name, time.perf_counter() - start, held.released.is_set()))
-            if name == "X":
-                x_ranges.append((res.first_sequence, res.last_sequence))
-
-    def writer(t: int) -> None:
-        rng = random.Random(t)
-        for _ in range(6):
-            append(rng.choice(names), rng.randint(1, 4))
-
-    try:
-        first_x = threading.Thread(target=append, args=("X", 2))
-        first_x.start()
-        held.wait_for_a_waiter()
-        writers = [threading.Thread(target=append, args=("X", 3))]
-        writers += [threading.Thread(target=writer, args=(t,)) for t in range(16)]
-        for th in writers:
-            th.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sum(1 for d in done if d[0] != "X") < 16 * 6:
-            if errors:
-                break
-            time.sleep(0.01)
-    finally:
-        held.release()
-    first_x.join()
-    for th in writers:
-        th.join()
-    assert not errors, errors[:3]
-    others = sorted(lat for name, lat, _ in done if name != "X")
-    print(
-        f"\n{len(others)} appends to other streams while X was locked elsewhere: "
-        f"median {1000 * others[len(others) // 2]:.1f} ms, max {1000 * others[-1]:.1f} ms"
+    x_appends = writes_around_a_held_x(
+        HeldRow(pg_url, "revstore_streams", ns, "X"),
+        lambda name, size: store.append(name, [{"k": k} for k in range(size)], namespace=ns),
+        lambda rng, _: (rng.choice(names), rng.randint(1, 4)),
+        (2, 3),
+        "appends to other streams",
     )
-    late = [name for name, _, after in done if name != "X" and after]
-    assert not late, f"{len(late)} appends to other streams waited for the lock on X"
-    assert [after for name, _, after in done if name == "X"] == [True, True]
     # The two appends to X: contiguous, after the seed, in some order.
-    assert sorted(x_ranges) in ([(2, 3), (4, 6)], [(2, 4), (5, 6)])
+    x_ranges = sorted((res.first_sequence, res.last_sequence) for res in x_appends)
+    assert x_ranges in ([(2, 3), (4, 6)], [(2, 4), (5, 6)])
     assert appends(store).locked_writes >= 1
     for name in [*names, "X"]:
         stored = store.read(name, limit=1000, namespace=ns).items

@@ -404,6 +404,30 @@ def emit_pages(
     return items, next_after
 
 
+def paged(
+    as_json: bool,
+    db: str | None,
+    fetch: Callable[[Store, C, int], Page],
+    after: C,
+    limit: int | None,
+    every: bool,
+    default_limit: int,
+    label: str,
+    unit: str,
+) -> tuple[list[Any], Any] | None:
+    """The body of a paged command (history, list, read): open the store, fetch one
+    page or with ``every`` all of them, and emit JSON; for people, returns the items
+    and the last ``next_after`` (see :func:`emit_pages`).
+
+    ``fetch(store, after, size)`` reads one page; ``unit`` names the items both in the
+    progress line and as the JSON key."""
+    out = Output(as_json)
+    size = limit if limit is not None else (ALL_PAGE_SIZE if every else default_limit)
+    with opened(out, db) as store:
+        pages = follow(lambda a: fetch(store, a, size), after, every, label, unit)
+        return emit_pages(out, pages, every, unit)
+
+
 def print_table(table: Table, next_after: Any) -> None:
     console.print(table)
     if next_after is not None:
@@ -568,17 +592,17 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """List a record's versions, oldest first, a page at a time (or --all)."""
-    out = Output(as_json)
-    size = limit if limit is not None else (ALL_PAGE_SIZE if every else 50)
-    with opened(out, db) as store:
-        pages = follow(
-            lambda a: store.history(id, after=a, limit=size, namespace=namespace),
-            after,
-            every,
-            f"history {id}",
-            "versions",
-        )
-        shown = emit_pages(out, pages, every, "versions")
+    shown = paged(
+        as_json,
+        db,
+        lambda store, a, size: store.history(id, after=a, limit=size, namespace=namespace),
+        after,
+        limit,
+        every,
+        50,
+        f"history {id}",
+        "versions",
+    )
     if shown is None:
         return
     table = Table("version", "revision", "created_at", "author", "summary", "content")
@@ -634,17 +658,17 @@ def list_records(
     as_json: JsonOption = False,
 ) -> None:
     """List live records in id order, a page at a time (or --all)."""
-    out = Output(as_json)
-    size = limit if limit is not None else (ALL_PAGE_SIZE if every else 50)
-    with opened(out, db) as store:
-        pages = follow(
-            lambda a: store.list(prefix, a, size, namespace=namespace),
-            after,
-            every,
-            f"list {namespace}",
-            "records",
-        )
-        shown = emit_pages(out, pages, every, "records")
+    shown = paged(
+        as_json,
+        db,
+        lambda store, a, size: store.list(prefix, a, size, namespace=namespace),
+        after,
+        limit,
+        every,
+        50,
+        f"list {namespace}",
+        "records",
+    )
     if shown is None:
         return
     table = Table("id", "revision", "version", "updated_at", "content")
@@ -720,17 +744,17 @@ def read(
     as_json: JsonOption = False,
 ) -> None:
     """Print a stream's items in sequence order, a page at a time (or --all)."""
-    out = Output(as_json)
-    size = limit if limit is not None else (ALL_PAGE_SIZE if every else 100)
-    with opened(out, db) as store:
-        pages = follow(
-            lambda a: store.read(stream, after=a, limit=size, namespace=namespace),
-            after,
-            every,
-            f"read {stream}",
-            "items",
-        )
-        shown = emit_pages(out, pages, every, "items")
+    shown = paged(
+        as_json,
+        db,
+        lambda store, a, size: store.read(stream, after=a, limit=size, namespace=namespace),
+        after,
+        limit,
+        every,
+        100,
+        f"read {stream}",
+        "items",
+    )
     if shown is None:
         return
     table = Table("sequence", "item_id", "created_at", "body")

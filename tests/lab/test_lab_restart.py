@@ -6,6 +6,7 @@ writer process is killed mid-write and new ones carry on."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -15,9 +16,14 @@ from revstore.lab.runner import LabConfig, LabResult, run
 WRITES = (*RECORD_WRITES, *STREAM_WRITES)
 
 
-# The runs last 15 s with a restart every ~2.5 s: the first restart begins within
-# 3.75 s, which leaves a slow machine ample time to bring the server (or new SQLite
-# workers) back before the writers stop. Nothing below measures a duration.
+def restarted_run(config: LabConfig) -> LabResult:
+    """Run ``config`` with the database restarted along the way, and check the run."""
+    # The runs last 15 s with a restart every ~2.5 s: the first restart begins within
+    # 3.75 s, which leaves a slow machine ample time to bring the server (or new SQLite
+    # workers) back before the writers stop. Nothing here measures a duration.
+    result = run(replace(config, duration=15.0, chaos="restart-db", chaos_interval=2.5))
+    check_restarted_run(result)
+    return result
 
 
 def check_restarted_run(result: LabResult) -> None:
@@ -50,17 +56,7 @@ def check_restarted_run(result: LabResult) -> None:
 def test_a_restarted_server_loses_no_acknowledged_write(
     throwaway_kind: Callable[[str], str], kind: str
 ) -> None:
-    result = run(
-        LabConfig(
-            server=throwaway_kind(kind),
-            writers=6,
-            duration=15.0,
-            seed=31,
-            chaos="restart-db",
-            chaos_interval=2.5,
-        )
-    )
-    check_restarted_run(result)
+    restarted_run(LabConfig(server=throwaway_kind(kind), writers=6, seed=31))
 
 
 @pytest.mark.slow
@@ -68,17 +64,6 @@ def test_a_restarted_server_loses_no_acknowledged_write(
 def test_killing_every_sqlite_writer_mid_write_loses_no_acknowledged_write(
     sqlite_url: str,
 ) -> None:
-    result = run(
-        LabConfig(
-            db=sqlite_url,
-            processes=2,
-            writers=4,
-            duration=15.0,
-            seed=32,
-            chaos="restart-db",
-            chaos_interval=2.5,
-        )
-    )
-    check_restarted_run(result)
+    result = restarted_run(LabConfig(db=sqlite_url, processes=2, writers=4, seed=32))
     killed = sum(e.count for e in result.chaos if e.action == "restart-db")
     assert killed >= 2, "a restart kills every writer process"

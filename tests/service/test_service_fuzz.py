@@ -13,38 +13,16 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fuzz_schema import CHECKS, app_schema
 from hypothesis import HealthCheck, settings
-from schemathesis import checks
 
 from revstore import Store
-from revstore.service import Settings, create_app
-
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_headers_conformance,
-    checks.response_schema_conformance,
-    checks.negative_data_rejection,
-]
 
 # The schema is loaded at collection (schemathesis' lazy fixture loader does not work
 # with pytest 9), so the app and its SQLite file are made here and removed at the end.
 _dir = Path(tempfile.mkdtemp(prefix="revstore-fuzz-"))
 _store = Store(f"sqlite:///{_dir / 'fuzz.db'}")
-# A small body limit keeps generated bodies cheap without hiding the 413 path.
-_app = create_app(_store, Settings(max_body_bytes=64 * 1024, idempotency_wait=0.5))
-# A request the schema forbids must be refused with a 4xx; 413 (body too large) is one.
-_config = schemathesis.config.SchemathesisConfig.from_dict(
-    {
-        "checks": {
-            "negative_data_rejection": {
-                "expected-statuses": [400, 404, 405, 409, 412, 413, 415, 422, 428]
-            }
-        }
-    }
-)
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app, config=_config)
+schema = app_schema(_store, idempotency_wait=0.5)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,25 +19,15 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fuzz_schema import CHECKS, app_schema
 from hypothesis import HealthCheck, settings
-from schemathesis import checks
 
 from revstore import Store
-from revstore.service import Settings, create_app
 
 MIN_CASES = 10_000
 EXAMPLES_PER_OPERATION = 800
 """Fuzzing examples per operation; the coverage phase adds its own cases. Operations
 without parameters (``/healthz``) run out of distinct inputs far earlier."""
-
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_headers_conformance,
-    checks.response_schema_conformance,
-    checks.negative_data_rejection,
-]
 
 # Collected at import (schemathesis' lazy loader does not work with pytest 9): the app
 # and its SQLite file are made here and removed when the module's tests end.
@@ -46,18 +36,7 @@ CHECKS = [
 _shm = Path("/dev/shm")
 _dir = Path(tempfile.mkdtemp(prefix="revstore-schemathesis-", dir=_shm if _shm.is_dir() else None))
 _store = Store(f"sqlite:///{_dir / 'fuzz.db'}")
-_app = create_app(_store, Settings(max_body_bytes=64 * 1024, idempotency_wait=0.2))
-_config = schemathesis.config.SchemathesisConfig.from_dict(
-    {
-        "checks": {
-            # A request the schema forbids must be refused with a 4xx (413: too large).
-            "negative_data_rejection": {
-                "expected-statuses": [400, 404, 405, 409, 412, 413, 415, 422, 428]
-            }
-        }
-    }
-)
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app, config=_config)
+schema = app_schema(_store, idempotency_wait=0.2)
 
 _cases: Counter[str] = Counter()
 _statuses: Counter[int] = Counter()
