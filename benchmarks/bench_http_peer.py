@@ -267,7 +267,7 @@ def session(
 def py_spy(server: Server, out: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    cmd = [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--idle"]
+    cmd = [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--gil"]
     cmd += ["--duration", str(int(args.seconds)), "--rate", "200", "--format", "raw"]
     cmd += ["--output", str(out), "--nonblocking"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
