@@ -19,7 +19,7 @@ would start them: ``revstore serve --workers 2`` (one JSON log line per request)
 Before each app's runs the benchmark waits (up to ``--quiet-wait`` s) for the 1-minute
 load average to fall below ``--quiet-below``; the load average is kept with every row.
 
-    python benchmarks/bench_http_peer.py                     # everything, ~12 min
+    python benchmarks/bench_http_peer.py                     # everything, ~20 min
     python benchmarks/bench_http_peer.py --backends sqlite --seconds 3 --repeat 1
     python benchmarks/bench_http_peer.py --baseline HEAD~1   # + revstore as of a commit
     python benchmarks/bench_http_peer.py --py-spy /tmp/prof  # profile revstore only
