@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo serve test test-fast lint format bench pgbouncer clean
+.PHONY: venv demo serve test test-fast lint format bench bench-http pgbouncer clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ pgbouncer:
 
 bench: venv
 	$(BIN)/python benchmarks/bench_store.py
+
+## revstore serve beside the hand-written peer (benchmarks/peer_app.py), driven by wrk
+## (installs Debian's wrk if missing); PostgreSQL on 127.0.0.1:5432 and SQLite, ~20 min.
+bench-http: venv
+	command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	$(BIN)/python benchmarks/bench_http_peer.py --json /tmp/bench-http-peer.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

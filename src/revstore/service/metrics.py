@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from contextvars import ContextVar
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -95,6 +96,23 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+
+        # The children of the two per-request series, by label values: ``labels()``
+        # validates and locks on every call, and it ran twice per request. The label
+        # sets are bounded (method_label, route templates, statuses), so is this cache.
+        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one served request and its latency (the same series as
+        ``requests.labels(method, route, status).inc()`` and
+        ``latency.labels(method, route).observe(seconds)``)."""
+        key = (method, route, str(status))
+        series = self._request_series.get(key)
+        if series is None:
+            series = (self.requests.labels(*key), self.latency.labels(method, route))
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:

@@ -4,9 +4,9 @@ and the body limit (413 before anything parses the body)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -42,7 +42,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        # 32 random hex digits, as uuid4().hex gave, without building a UUID object.
+        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
         scope["revstore.request_id"] = rid
         method = scope["method"]
         ctx: dict[str, Any] = {"request_id": rid, "method": method}
@@ -78,22 +79,24 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             template = getattr(route, "path_format", None) or UNMATCHED
-            label = method_label(method)
-            self.metrics.requests.labels(label, template, str(status)).inc()
-            self.metrics.latency.labels(label, template).observe(elapsed)
-            log.info(
-                "%s %s %s",
-                method,
-                template,
-                status,
-                extra={
+            self.metrics.observe_request(method_label(method), template, status, elapsed)
+            if log.isEnabledFor(logging.INFO):
+                # Built and handled directly: the JSON line carries no file or line, so
+                # the caller lookup ``log.info`` makes (a stack walk) is skipped.
+                extra = {
                     "event": "request",
                     "route": template,
                     "path": scope.get("path"),
                     "status": status,
                     "latency_ms": round(elapsed * 1000, 3),
-                },
-            )
+                }
+                args = (method, template, status)
+                msg = "%s %s %s"
+                log.handle(
+                    log.makeRecord(
+                        log.name, logging.INFO, __file__, 0, msg, args, None, "__call__", extra
+                    )
+                )
             current_metrics.reset(mtoken)
             request_context.reset(token)
 
