@@ -26,7 +26,7 @@ serve: venv
 ## The contract suites also run through PgBouncer when `make pgbouncer` has started it
 ## (skipped loudly otherwise, unless REVSTORE_TEST_REQUIRE=all or pgbouncer).
 test: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 ## The quick subset while developing.
 test-fast: venv

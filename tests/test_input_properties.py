@@ -163,7 +163,7 @@ FAST = settings(
     database=None,
 )
 THOROUGH = settings(
-    max_examples=1500,
+    max_examples=600,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     database=None,
