@@ -27,10 +27,8 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 
-from revstore.idempotency import MAX_KEY, Applied, Claim, KeyRow, KeyState, lease_for
-from revstore.idempotency import Outcome as KeyOutcome
+from revstore.idempotency import MAX_KEY, Applied, Claim, KeyRow, KeyState, Outcome, lease_for
 from revstore.store import Store
 
 log = logging.getLogger("revstore.idempotency")
@@ -73,35 +71,19 @@ class StoredResponse:
     body: bytes
 
 
-class Outcome(Enum):
-    RESERVED = "reserved"
-    REPLAY = "replay"
-    APPLIED = "applied"
-    MISMATCH = "mismatch"
-    IN_PROGRESS = "in_progress"
-
-
 @dataclass(frozen=True, slots=True)
 class Reservation:
     outcome: Outcome
     stored: StoredResponse | None = None
-    """The reply to send again (REPLAY)."""
+    """The reply to send again (ANSWERED)."""
     applied: Applied | None = None
     """The result to rebuild the reply from (APPLIED)."""
 
 
-_OUTCOMES = {
-    KeyOutcome.RESERVED: Outcome.RESERVED,
-    KeyOutcome.ANSWERED: Outcome.REPLAY,
-    KeyOutcome.APPLIED: Outcome.APPLIED,
-    KeyOutcome.MISMATCH: Outcome.MISMATCH,
-    KeyOutcome.IN_PROGRESS: Outcome.IN_PROGRESS,
-}
-
-
 def _reservation(state: KeyState) -> Reservation:
-    outcome = _OUTCOMES[state.outcome]
-    if outcome is Outcome.REPLAY:
+    # The service uses the key states of ``revstore.idempotency`` as they are.
+    outcome = state.outcome
+    if outcome is Outcome.ANSWERED:
         assert state.row is not None
         return Reservation(outcome, stored=_stored(state.row))
     if outcome is Outcome.APPLIED:

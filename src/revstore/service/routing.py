@@ -252,7 +252,7 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
                 state = await run_in_threadpool(store.reserve, key, req_hash, owner)
             if state.outcome is idem.Outcome.RESERVED:
                 break
-            if state.outcome is idem.Outcome.REPLAY:
+            if state.outcome is idem.Outcome.ANSWERED:
                 assert state.stored is not None
                 svc.metrics.idempotency.labels("replayed").inc()
                 return replay(request, state.stored)
@@ -338,7 +338,7 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
 
 async def _answered(store: idem.IdempotencyStore, key: str, req_hash: str) -> bool:
     state = await run_in_threadpool(store.lookup, key, req_hash)
-    return state is not None and state.outcome is idem.Outcome.REPLAY
+    return state is not None and state.outcome is idem.Outcome.ANSWERED
 
 
 async def rebuilt(
