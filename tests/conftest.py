@@ -11,12 +11,15 @@ with ``make pgbouncer``; required by REVSTORE_TEST_REQUIRE=all or ``pgbouncer``)
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from apis import APIS, open_store
 from revstore import Store
 from testdbs import (
     BACKENDS,
@@ -55,6 +58,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A parametrize mark on a test replaces its fixture's own params; added here,
     # before pytest reads the marks, as if each test of those suites carried it.
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in API_SUITES and "api" in metafunc.fixturenames:
+        metafunc.definition.add_marker(pytest.mark.parametrize("api", APIS, indirect=True))
     if module in PGBOUNCER_SUITES and "backend_url" in metafunc.fixturenames:
         metafunc.definition.add_marker(
             pytest.mark.parametrize("backend_url", POOLED_BACKENDS, indirect=True)
@@ -89,9 +94,35 @@ def throwaway_kind() -> Callable[[str], str]:
     return check
 
 
+API_SUITES = {
+    "test_bounded_contract",
+    "test_concurrency_contract",
+    "test_idempotency_contract",
+    "test_input_contract",
+    "test_input_properties",
+    "test_records_contract",
+    "test_streams_contract",
+}
+"""The contract suites: each of their tests runs on ``Store`` and on ``AsyncStore``."""
+
+
 @pytest.fixture
-def store(backend_url: str) -> Iterator[Store]:
-    s = Store(backend_url)
+def api(request: pytest.FixtureRequest) -> str:
+    """The store API of the test: "sync" (``Store``) or "async" (``AsyncStore``, through
+    ``apis.BlockingAsyncStore``); both in turn in the contract suites (API_SUITES)."""
+    return str(getattr(request, "param", "sync"))
+
+
+@pytest.fixture
+def make_store(api: str) -> Callable[..., Any]:
+    """``make_store(url, **options)``: a store of the test's API (close it yourself)."""
+    return functools.partial(open_store, api)
+
+
+@pytest.fixture
+def store(backend_url: str, make_store: Callable[..., Any]) -> Iterator[Store]:
+    """A store of each API on each backend, with its schema made."""
+    s = make_store(backend_url)
     s.create_schema()
     yield s
     s.close()

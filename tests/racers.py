@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
+from apis import open_store
 from revstore import SequenceConflict, Store, VersionConflict
 
 
@@ -74,9 +75,11 @@ def _record_writer(
 
 
 def run_record_threads(
-    url: str, ns: str, keys: list[str], threads: int, seconds: float, tag: str
+    url: str, ns: str, keys: list[str], threads: int, seconds: float, tag: str, api: str = "sync"
 ) -> Outcome:
-    store = Store(url)
+    """``threads`` writers sharing one store of ``api`` (async: each is a task on the
+    store's loop)."""
+    store = open_store(api, url)
     out = Outcome()
     try:
         workers = [
@@ -223,9 +226,11 @@ def _stream_writer(
 
 
 def run_stream_threads(
-    url: str, ns: str, keys: list[str], threads: int, seconds: float, tag: str
+    url: str, ns: str, keys: list[str], threads: int, seconds: float, tag: str, api: str = "sync"
 ) -> Outcome:
-    store = Store(url)
+    """``threads`` writers sharing one store of ``api`` (async: each is a task on the
+    store's loop)."""
+    store = open_store(api, url)
     out = Outcome()
     try:
         workers = [
@@ -297,14 +302,22 @@ def check_streams(url: str, ns: str, keys: list[str], out: Outcome) -> None:
 
 
 def run_processes(
-    kind: str, url: str, ns: str, keys: list[str], processes: int, threads: int, seconds: float
+    kind: str,
+    url: str,
+    ns: str,
+    keys: list[str],
+    processes: int,
+    threads: int,
+    seconds: float,
+    api: str = "sync",
 ) -> Outcome:
     """Several OS processes, each with its own Store and threads (the multi-pod case)."""
     fn = run_record_threads if kind == "records" else run_stream_threads
     out = Outcome()
     with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(fn, url, ns, keys, threads, seconds, f"p{p}t") for p in range(processes)
+            pool.submit(fn, url, ns, keys, threads, seconds, f"p{p}t", api)
+            for p in range(processes)
         ]
         for f in futures:
             out.merge(f.result(timeout=seconds + 120))

@@ -23,8 +23,8 @@ BUDGET = 1000
 
 
 @pytest.fixture
-def small_pages(backend_url: str) -> Iterator[Store]:
-    s = Store(backend_url, max_page_bytes=BUDGET)
+def small_pages(backend_url: str, make_store: Callable[..., Store]) -> Iterator[Store]:
+    s = make_store(backend_url, max_page_bytes=BUDGET)
     s.create_schema()
     yield s
     s.close()

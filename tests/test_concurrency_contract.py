@@ -23,58 +23,66 @@ from racers import (
 SECONDS = 3.0
 
 
-def test_hot_record_32_threads(backend_url: str, ns: str) -> None:
+def test_hot_record_32_threads(backend_url: str, ns: str, api: str) -> None:
     keys = ["hot"]
     seed_records(backend_url, ns, keys)
-    out = run_record_threads(backend_url, ns, keys, threads=32, seconds=SECONDS, tag="t")
+    out = run_record_threads(backend_url, ns, keys, threads=32, seconds=SECONDS, tag="t", api=api)
     check_records(backend_url, ns, keys, out)
     assert out.conflicts > 0, "careful writers never met a conflict: the test raced nothing"
 
 
 @pytest.mark.slow
-def test_hot_record_4_processes_x_8_threads(backend_url: str, ns: str) -> None:
+def test_hot_record_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
     keys = ["hot"]
     seed_records(backend_url, ns, keys)
-    out = run_processes("records", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS)
+    out = run_processes(
+        "records", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS, api=api
+    )
     check_records(backend_url, ns, keys, out)
     assert out.conflicts > 0
 
 
 @pytest.mark.slow
-def test_1000_records_4_processes_x_8_threads(backend_url: str, ns: str) -> None:
+def test_1000_records_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
     keys = [f"r{k}" for k in range(1000)]
     seed_records(backend_url, ns, keys)
-    out = run_processes("records", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS)
+    out = run_processes(
+        "records", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS, api=api
+    )
     check_records(backend_url, ns, keys, out)
 
 
 @pytest.mark.slow
-def test_1000_records_32_threads(backend_url: str, ns: str) -> None:
+def test_1000_records_32_threads(backend_url: str, ns: str, api: str) -> None:
     keys = [f"r{k}" for k in range(1000)]
     seed_records(backend_url, ns, keys)
-    out = run_record_threads(backend_url, ns, keys, threads=32, seconds=SECONDS, tag="t")
+    out = run_record_threads(backend_url, ns, keys, threads=32, seconds=SECONDS, tag="t", api=api)
     check_records(backend_url, ns, keys, out)
 
 
-def test_hot_stream_32_threads(backend_url: str, ns: str) -> None:
+def test_hot_stream_32_threads(backend_url: str, ns: str, api: str) -> None:
     keys = ["chat"]
     seed_streams(backend_url, ns, keys)
-    out = run_stream_threads(backend_url, ns, keys, threads=32, seconds=SECONDS, tag="t")
+    out = run_stream_threads(backend_url, ns, keys, threads=32, seconds=SECONDS, tag="t", api=api)
     check_streams(backend_url, ns, keys, out)
     assert out.resent > 0, "no re-sent batch was answered as a duplicate"
 
 
 @pytest.mark.slow
-def test_hot_stream_4_processes_x_8_threads(backend_url: str, ns: str) -> None:
+def test_hot_stream_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
     keys = ["chat"]
     seed_streams(backend_url, ns, keys)
-    out = run_processes("streams", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS)
+    out = run_processes(
+        "streams", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS, api=api
+    )
     check_streams(backend_url, ns, keys, out)
 
 
 @pytest.mark.slow
-def test_500_streams_4_processes_x_8_threads(backend_url: str, ns: str) -> None:
+def test_500_streams_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
     keys = [f"s{k}" for k in range(500)]
     seed_streams(backend_url, ns, keys)
-    out = run_processes("streams", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS)
+    out = run_processes(
+        "streams", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS, api=api
+    )
     check_streams(backend_url, ns, keys, out)

@@ -4,6 +4,7 @@ claim that lost its key rolls its write back; racing claimants write exactly onc
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -158,7 +159,8 @@ def claim_and_append(url: str, ns: str, key: str, owner: str, lease: float) -> l
 def claim_or_take(store: Store, ns: str, key: str, owner: str, lease: float) -> list[int]:
     """Reserve the key and append a batch without item ids under it, or take the
     applied result; on a lost claim or a busy key, try again. Returns the sequences."""
-    for _ in range(2000):
+    rng = random.Random(owner)
+    for attempt in range(2000):
         state = store.keys.reserve(key, "hash", owner, lease=lease)
         if state.outcome is Outcome.RESERVED:
             claim = store.keys.claim(key, owner, "hash", keep_for=TTL)
@@ -171,7 +173,9 @@ def claim_or_take(store: Store, ns: str, key: str, owner: str, lease: float) -> 
             applied = state.applied.append
             assert applied is not None
             return [applied.first_sequence, applied.last_sequence]
-        time.sleep(0.002)
+        # Busy: back off with jitter, as a client would, so that claimants do not take
+        # the key from each other in lockstep for ever.
+        time.sleep(rng.uniform(0, min(0.05, 0.002 * 1.5 ** min(attempt, 20))))
     raise AssertionError("the key was never applied")
 
 

@@ -35,6 +35,7 @@ from revstore.errors import (
     RevstoreError,
     Unavailable,
 )
+from revstore.operations import write_intent
 from revstore.record import Mode, WriteIntent
 
 T = TypeVar("T")
@@ -351,7 +352,7 @@ def test_the_leaders_statements_skip_a_row_held_elsewhere(
 
     def intent(key: str, n: int) -> WriteIntent:
         body = Canonical({"n": n}, max_bytes=1 << 20)
-        return store._intent(Mode.PUT, ns, key, None, True, None, None, body)
+        return write_intent(Mode.PUT, ns, key, None, True, None, None, body)
 
     def batch(name: str, n: int) -> AppendBatch:
         return AppendBatch(ns, name, [Canonical({"n": n}, max_bytes=1 << 20)], None, None)

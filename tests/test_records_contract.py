@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -260,8 +261,8 @@ def test_id_of_255_characters_is_fine(store: Store, ns: str) -> None:
     assert store.get(rid, namespace=ns).id == rid
 
 
-def test_content_size_limit(backend_url: str, ns: str) -> None:
-    store = Store(backend_url, max_content_bytes=1000)
+def test_content_size_limit(backend_url: str, ns: str, make_store: Callable[..., Store]) -> None:
+    store = make_store(backend_url, max_content_bytes=1000)
     try:
         store.put("ok", {"s": "x" * 900}, namespace=ns)
         with pytest.raises(InvalidInput, match="over the limit"):
@@ -315,8 +316,10 @@ def test_bad_expected_revision_and_fields(store: Store, ns: str) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["counter", "lock", "optimistic"])
-def test_every_strategy_keeps_the_rules(backend_url: str, ns: str, strategy: str) -> None:
-    store = Store(backend_url, strategy=strategy)
+def test_every_strategy_keeps_the_rules(
+    backend_url: str, ns: str, strategy: str, make_store: Callable[..., Store]
+) -> None:
+    store = make_store(backend_url, strategy=strategy)
     try:
         assert store.strategy == strategy
         assert store.put("doc", {"v": 1}, namespace=ns).revision == 1

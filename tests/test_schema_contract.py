@@ -253,7 +253,7 @@ def test_create_schema_is_idempotent(fresh_db: FreshDb, ns: str) -> None:
         store.put("doc", {"n": 1}, namespace=ns)
         store.create_schema()
         # The backend forgets it is ready: the next call looks again and changes nothing.
-        store.backend._schema_ready = False
+        store.backend.schema_version = None
         store.create_schema()
         assert _stored_version(store) == SCHEMA_VERSION
     with Store(url) as again:
@@ -314,7 +314,7 @@ def test_injected_migration_upgrades_in_place_keeping_rows(fresh_db: FreshDb, ns
         assert _stored_version(store) == SCHEMA_VERSION + 1
         assert _sql(store, "SELECT label, weight FROM revstore_records") == [(None, 7)]
         # Running it again (a second process, a restart) changes nothing.
-        store.backend._schema_ready = False
+        store.backend.schema_version = None
         store.create_schema()
         assert _stored_version(store) == SCHEMA_VERSION + 1
         assert store.put("doc", {"n": 3}, namespace=ns).version == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from revstore import DuplicateItem, InvalidInput, NotFound, SequenceConflict, Store
@@ -122,8 +124,8 @@ def test_bad_batches_write_nothing(store: Store, ns: str, items: object, item_id
         store.stream_info("s", namespace=ns)
 
 
-def test_batch_and_item_limits(backend_url: str, ns: str) -> None:
-    store = Store(backend_url, max_batch_items=5, max_content_bytes=100)
+def test_batch_and_item_limits(backend_url: str, ns: str, make_store: Callable[..., Store]) -> None:
+    store = make_store(backend_url, max_batch_items=5, max_content_bytes=100)
     try:
         with pytest.raises(InvalidInput, match="at most 5"):
             store.append("s", [{"n": k} for k in range(6)], namespace=ns)

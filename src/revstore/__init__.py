@@ -1,6 +1,7 @@
 """revstore: versioned records and sequenced streams in SQL databases, safe under any
 number of concurrent writers."""
 
+from revstore.async_store import AsyncStore
 from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmbiguousCommit",
     "AppendResult",
+    "AsyncStore",
     "ClaimLost",
     "Conflict",
     "DuplicateItem",

@@ -24,23 +24,16 @@ only "in progress" and "answered", waits instead of replaying a result as a repl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import Enum
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from revstore.config import MAX_IDEMPOTENCY_KEY
 from revstore.errors import InvalidInput
 from revstore.record import Mode, Record
 from revstore.retry import RetryPolicy
 from revstore.stream import AppendResult, StreamItem
-
-if TYPE_CHECKING:
-    from revstore.backends.sql import SqlBackend
-
-T = TypeVar("T")
 
 MAX_KEY = MAX_IDEMPOTENCY_KEY
 IN_PROGRESS = 0
@@ -201,11 +194,7 @@ class KeyState:
         return Applied.from_text(self.row.body)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _state(row: KeyRow, request_hash: str, marker: str | None = None) -> KeyState:
+def state_of(row: KeyRow, request_hash: str, marker: str | None = None) -> KeyState:
     """Classify a live (unexpired) row for a caller with ``request_hash``."""
     if row.request_hash != request_hash:
         return KeyState(Outcome.MISMATCH, row)
@@ -217,97 +206,6 @@ def _state(row: KeyRow, request_hash: str, marker: str | None = None) -> KeyStat
         # Our own insert landed although its reply was lost (then retried).
         return KeyState(Outcome.RESERVED, row)
     return KeyState(Outcome.IN_PROGRESS, row)
-
-
-class IdempotencyKeys:
-    """The key table, through a Store's backend, schema check and retry policy
-    (``Store.keys``)."""
-
-    def __init__(
-        self, backend: SqlBackend, call: Callable[[str, str, Callable[[], Any]], Any]
-    ) -> None:
-        self._backend = backend
-        self._call = call
-
-    def _run(self, op: str, key: str, fn: Callable[[], T]) -> T:
-        result: T = self._call(f"idempotency.{op}", key, fn)
-        return result
-
-    def reserve(self, key: str, request_hash: str, owner: str, *, lease: float) -> KeyState:
-        """Try to become the one caller that writes for ``key``."""
-        validate_key(key)
-        marker = owner_marker(owner)
-        b = self._backend
-        for _ in range(5):
-            ts = _now()
-            insert = partial(
-                b.key_insert, key, request_hash, marker, ts, ts + timedelta(seconds=lease)
-            )
-            if self._run("reserve", key, insert):
-                return KeyState(Outcome.RESERVED)
-            row = self._run("lookup", key, partial(b.key_get, key))
-            if row is None:
-                continue  # released or purged in between: try again
-            if row.expires_at <= ts:
-                # An expired answer, or the lease of a reservation never applied (its
-                # holder died): free the key. An applied row is kept for keep_for.
-                self._run("expire", key, partial(b.key_expire, key, ts))
-                continue
-            return _state(row, request_hash, marker)
-        return KeyState(Outcome.IN_PROGRESS)
-
-    def lookup(self, key: str, request_hash: str) -> KeyState | None:
-        """The state of a key another caller holds (None: gone, the caller may reserve)."""
-        row = self._run("lookup", key, lambda: self._backend.key_get(key))
-        if row is None or row.expires_at <= _now():
-            return None
-        return _state(row, request_hash)
-
-    def claim(self, key: str, owner: str, request_hash: str, *, keep_for: float) -> Claim:
-        return Claim(key, owner, request_hash, keep_for)
-
-    def answer(
-        self,
-        key: str,
-        owner: str,
-        status: int,
-        headers: str,
-        body: str,
-        *,
-        keep_for: float,
-    ) -> bool:
-        """Store the reply of the holder of ``key`` (False: it lost the key)."""
-        until = _now() + timedelta(seconds=keep_for)
-        return self._run(
-            "complete",
-            key,
-            lambda: self._backend.key_answer(
-                key, status, headers, body, until, marker=owner_marker(owner)
-            ),
-        )
-
-    def answer_applied(
-        self, key: str, request_hash: str, status: int, headers: str, body: str
-    ) -> bool:
-        """Store a reply rebuilt from an applied result (by any caller with the same
-        request: the reply is a function of the result). Its expiry stays the one the
-        write set."""
-        return self._run(
-            "complete",
-            key,
-            lambda: self._backend.key_answer(
-                key, status, headers, body, None, request_hash=request_hash
-            ),
-        )
-
-    def release(self, key: str, owner: str) -> bool:
-        """Forget a reservation whose write did not happen, so a retry can run. An
-        applied key is never released: its write committed."""
-        marker = owner_marker(owner)
-        return self._run("release", key, partial(self._backend.key_release, key, marker)) > 0
-
-    def purge_expired(self) -> int:
-        return self._run("purge", "*", lambda: self._backend.key_purge(_now()))
 
 
 def validate_key(key: object) -> str:

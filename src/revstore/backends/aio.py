@@ -128,9 +128,9 @@ class AsyncSqlBackend:
                 op = stepper.feed(result)
         return stepper.result()
 
-    async def run(self, step: Step[T]) -> T:
+    async def run(self, step: Step[T], wait: bool = True) -> T:
         """A protocol with no transaction around it (reads, re-runnable statements)."""
-        conn = await self._connect()
+        conn = await self._connect(wait)
         try:
             return await self.drive(conn, step)
         except asyncio.CancelledError as exc:
@@ -149,6 +149,10 @@ class AsyncSqlBackend:
             raise
         finally:
             await self._release(conn)
+
+    async def ping(self) -> None:
+        # A readiness probe answers at once: it never waits for a server that is down.
+        await self.run(self.protocol.ping(), wait=False)
 
     async def create_schema(self) -> int:
         """As ``SqlBackend.create_schema``: the same sync schema code, run on an asyncio

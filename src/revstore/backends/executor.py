@@ -100,8 +100,15 @@ class ConnectWait:
             # string (PyMySQL: an unknown keyword) or its path (sqlite3: a NUL byte).
             raise InvalidInput(f"the database URL has an option the driver refuses: {exc}") from exc
         err = translate_any(dialect, exc)
-        if not (self.wait and isinstance(err, Disconnected)):
+        if not isinstance(err, Disconnected):
             raise err from exc
+        if not self.wait:
+            # A probe (ping) answers at once: the server is down now.
+            err.__cause__ = exc
+            raise Unavailable(
+                f"the database cannot be reached: "
+                f"{exc.orig if isinstance(exc, DBAPIError) else exc}"
+            ) from err
         now = time.monotonic()
         if self.deadline is None:
             self.deadline = now + self.seconds

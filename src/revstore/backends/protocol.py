@@ -210,6 +210,9 @@ class Protocol:
 
     # ---------------------------------------------------------------- records: reads
 
+    def ping(self) -> Step[None]:
+        yield Raw("SELECT 1")
+
     def get_record(self, namespace: str, record_id: str) -> Step[Record]:
         row = (yield Execute(select(R).where(_pk(namespace, record_id)))).first()
         if row is None or row._mapping["deleted"]:

@@ -17,7 +17,6 @@ import logging
 import select as io_select
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, event
@@ -34,11 +33,11 @@ from revstore.backends.protocol import utc as utc
 from revstore.backends.strategy import Strategy, strategy_named
 from revstore.errors import AmbiguousCommit, RevstoreError
 from revstore.failures import Disconnected
-from revstore.idempotency import Claim, KeyRow
+from revstore.idempotency import Claim
 from revstore.migrations import Migrator
-from revstore.record import HistoryPage, Record, RecordPage, Version, WriteIntent
+from revstore.record import Record, WriteIntent
 from revstore.stream import AppendBatch as AppendBatch
-from revstore.stream import AppendResult, ReadPage, StreamInfo
+from revstore.stream import AppendResult
 
 T = TypeVar("T")
 
@@ -104,7 +103,6 @@ class SqlBackend:
         self.engine = engine
         self.strategy: Strategy = strategy_named(strategy or dialect.default_strategy)
         self.protocol = Protocol(dialect)
-        self._schema_ready = False
         self.migrator = Migrator()
         """Creates and upgrades the tables under the schema lock (tests inject steps)."""
         self.schema_version: int | None = None
@@ -165,13 +163,13 @@ class SqlBackend:
                 op = stepper.feed(result)
         return stepper.result()
 
-    def run(self, step: Step[T]) -> T:
+    def run(self, step: Step[T], wait: bool = True) -> T:
         """Run a protocol on a pooled connection with no transaction around it: reads,
-        and statements that are safe to re-run."""
-        return self.run_on_connection(lambda conn: self.drive(conn, step))
+        and statements that are safe to re-run. (``wait``: as in ``_connect``.)"""
+        return self.run_on_connection(lambda conn: self.drive(conn, step), wait)
 
-    def run_on_connection(self, fn: Callable[[Connection], T]) -> T:
-        conn = self._connect()
+    def run_on_connection(self, fn: Callable[[Connection], T], wait: bool = True) -> T:
+        conn = self._connect(wait)
         try:
             return fn(conn)
         except DB_ERRORS as exc:
@@ -229,7 +227,7 @@ class SqlBackend:
         (``_schema_lock``) and only then looks at what exists, so one of them creates
         or migrates and the others find the work done.
         """
-        if self._schema_ready and self.schema_version is not None:
+        if self.schema_version is not None:
             return self.schema_version
         conn = self._connect()
         try:
@@ -239,48 +237,18 @@ class SqlBackend:
         finally:
             self._release(conn)
         self.schema_version = version
-        self._schema_ready = True
         return version
 
     def ping(self) -> None:
         # A readiness probe answers at once: it never waits for a server that is down.
-        conn = self._connect(wait=False)
-        try:
-            conn.exec_driver_sql("SELECT 1").scalar()
-        except SQLAlchemyError as exc:
-            raise self._translate_any(exc) from exc
-        finally:
-            self._release(conn)
+        self.run(self.protocol.ping(), wait=False)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
-    # ---------------------------------------------------------------- operations
-    # Each one drives its protocol (``protocol.Protocol``) on a pooled connection.
-
-    def get_record(self, namespace: str, record_id: str) -> Record:
-        return self.run(self.protocol.get_record(namespace, record_id))
-
-    def history(
-        self, namespace: str, record_id: str, after: int, limit: int, max_bytes: int
-    ) -> HistoryPage:
-        return self.run(self.protocol.history(namespace, record_id, after, limit, max_bytes))
-
-    def get_version(self, namespace: str, record_id: str, number: int) -> Version:
-        return self.run(self.protocol.get_version(namespace, record_id, number))
-
-    def list_records(
-        self, namespace: str, prefix: str | None, after: str | None, limit: int, max_bytes: int
-    ) -> RecordPage:
-        return self.run(self.protocol.list_records(namespace, prefix, after, limit, max_bytes))
-
-    def read_stream(
-        self, namespace: str, stream_id: str, after: int, limit: int, max_bytes: int
-    ) -> ReadPage:
-        return self.run(self.protocol.read_stream(namespace, stream_id, after, limit, max_bytes))
-
-    def stream_info(self, namespace: str, stream_id: str) -> StreamInfo:
-        return self.run(self.protocol.stream_info(namespace, stream_id))
+    # ---------------------------------------------------------------- writes
+    # Reads and the idempotency-key statements are protocols run by ``run`` (see
+    # ``revstore.operations``); a write picks its path by the strategy here.
 
     def write_record(
         self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
@@ -319,43 +287,3 @@ class SqlBackend:
     def one_statement_append(self, batch: AppendBatch) -> AppendResult | None:
         """The same for an append without item ids."""
         return None
-
-    # Idempotency keys: each is one self-committing statement; re-run safely after a
-    # lost connection (by their owner marker), so no AmbiguousCommit here.
-
-    def key_insert(
-        self, key: str, request_hash: str, marker: str, ts: datetime, until: datetime
-    ) -> bool:
-        """Reserve ``key`` if absent (True when this call inserted it)."""
-        return self.run(self.protocol.key_insert(key, request_hash, marker, ts, until))
-
-    def key_get(self, key: str) -> KeyRow | None:
-        return self.run(self.protocol.key_get(key))
-
-    def key_expire(self, key: str, ts: datetime) -> int:
-        """Delete ``key`` if it has expired by ``ts``."""
-        return self.run(self.protocol.key_expire(key, ts))
-
-    def key_answer(
-        self,
-        key: str,
-        status: int,
-        headers: str,
-        body: str,
-        until: datetime | None,
-        *,
-        marker: str | None = None,
-        request_hash: str | None = None,
-    ) -> bool:
-        """Store the reply for ``key``: as its holder (``marker``; reserved or applied),
-        or as a re-send that rebuilt it from the applied result (``request_hash``)."""
-        return self.run(
-            self.protocol.key_answer(key, status, headers, body, until, marker, request_hash)
-        )
-
-    def key_release(self, key: str, marker: str) -> int:
-        """Delete a reservation of ``marker`` that was never applied."""
-        return self.run(self.protocol.key_release(key, marker))
-
-    def key_purge(self, ts: datetime) -> int:
-        return self.run(self.protocol.key_purge(ts))

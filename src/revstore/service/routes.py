@@ -143,7 +143,7 @@ async def readyz(request: Request) -> dict[str, str]:
     """The database answers (one ``SELECT 1``, no retries)."""
     svc = services(request)
     try:
-        await run_in_threadpool(svc.store.backend.ping)
+        await run_in_threadpool(svc.store.ping)
     except RevstoreError as exc:
         raise ProblemError(
             503,

@@ -207,13 +207,18 @@ def problem_response(request: Request, svc: Services, exc: BaseException) -> Res
 
 
 def _db_fields(exc: BaseException) -> dict[str, Any]:
-    """The database error code and constraint behind an error (its own, or the cause's:
-    retries exhausted wrap the last Retryable)."""
-    for err in (exc, exc.__cause__):
+    """The database error code and constraint behind an error: its own, or the first
+    along its causes (retries exhausted wrap the last Retryable; a problem wraps the
+    store's error)."""
+    err: BaseException | None = exc
+    for _ in range(4):
+        if err is None:
+            break
         code = getattr(err, "code", None)
         constraint = getattr(err, "constraint", None)
         if code or constraint:
             return {"db_code": code, "constraint": constraint}
+        err = err.__cause__
     return {}
 
 
