@@ -126,7 +126,15 @@ def set_change(
     change.author = optional_text(author, "author", MAX_AUTHOR)
     change.summary = optional_text(summary, "summary", MAX_SUMMARY)
     change.create_version = _flag(create_version)
-    change.expected_revision = _expected(expected_revision)
+    _expect(obj, expected_revision)
+
+
+def _expect(obj: Versioned, value: object) -> None:
+    _change(obj).expected_revision = _expected(value)
+    if value is not None and attributes.instance_state(obj).has_identity:
+        # Checked at the next flush even when nothing else changes: a flush skips a
+        # session with no dirty object, and marking it dirty writes no column.
+        attributes.flag_dirty(obj)
 
 
 def _flag(value: object) -> bool:
@@ -229,7 +237,7 @@ class Versioned:
 
     @expected_revision.setter
     def expected_revision(self, value: int | None) -> None:
-        _change(self).expected_revision = _expected(value)
+        _expect(self, value)
 
     @property
     def author(self) -> str | None:
@@ -392,6 +400,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         pending.append(
             _Pending(obj, attributes.instance_state(obj), True, change.create_version, change)
         )
+    unchanged: list[Versioned] = []
     for obj in session.dirty:
         if not isinstance(obj, Versioned) or obj in session.deleted:
             continue
@@ -399,8 +408,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         info = versioned_info(type(obj))
         change = _change(obj)
         if not _has_changes(state, info):
-            if change.expected_revision is not None:
-                _check_unchanged(session, obj, state, info, change.expected_revision)
+            unchanged.append(obj)
             continue
         # The number is computed by the UPDATE itself, under its row lock: never
         # from the revision this session loaded, which another writer may have passed.
@@ -408,16 +416,18 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         if change.create_version:
             obj.version = info.table.c.version + 1  # type: ignore[assignment]
         pending.append(_Pending(obj, state, False, change.create_version, change))
+    for obj in unchanged:
+        exp = _change(obj).expected_revision
+        if exp is not None:
+            _check_unchanged(session, obj, versioned_info(type(obj)), exp)
     if pending:
         session.info[_PENDING] = pending
 
 
-def _check_unchanged(
-    session: Session, obj: Versioned, state: InstanceState[Any], info: VersionedInfo, exp: int
-) -> None:
+def _check_unchanged(session: Session, obj: Versioned, info: VersionedInfo, exp: int) -> None:
     """An unchanged object writes nothing, but its expectation still holds or fails
     (as a record's no-op write does)."""
-    key = state.identity
+    key = attributes.instance_state(obj).identity
     if key is None:
         return
     conn = session.connection(bind_arguments={"mapper": info.mapper})
