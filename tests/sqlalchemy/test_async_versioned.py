@@ -137,8 +137,9 @@ async def _concurrent(sessions: async_sessionmaker[Any], models: Models) -> None
         return got
 
     tasks, count = 12, 5
-    results = [r for part in await asyncio.gather(*(writer(n, count) for n in range(tasks)))
-               for r in part]
+    results = [
+        r for part in await asyncio.gather(*(writer(n, count) for n in range(tasks))) for r in part
+    ]
     total = tasks * count
     assert sorted(rev for _, rev in results) == list(range(2, total + 2))
     async with sessions() as s:

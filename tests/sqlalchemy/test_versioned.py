@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
+import types
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -365,8 +367,9 @@ def test_many_threads_and_processes_on_one_row(
 
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(process_writer, backend_url, models.suffix, pid, f"p{n}", proc_threads,
-                        per_thread)
+            pool.submit(
+                process_writer, backend_url, models.suffix, pid, f"p{n}", proc_threads, per_thread
+            )
             for n in range(processes)
         ]
         local = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
@@ -414,6 +417,9 @@ def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     blocks = readme_section_blocks()
     assert len(blocks) == 2, "the section has a sync and an async example"
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        scope: dict[str, object] = {}
-        exec(compile(block, "README.md", "exec"), scope)
+    for n, block in enumerate(blocks):
+        # A real module: SQLAlchemy resolves the models' annotations through it.
+        module = types.ModuleType(f"readme_sqlalchemy_{n}")
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        exec(compile(block, "README.md", "exec"), module.__dict__)
+    assert (tmp_path / "prompts.db").exists() and (tmp_path / "notes.db").exists()

@@ -121,10 +121,7 @@ def history(session: Session, obj: Versioned, *, after: int = 0, limit: int = 50
     hist = info.history
     version = hist.c[info.meta["version"]]
     stmt = (
-        select(hist)
-        .where(_where_object(info, key), version > after)
-        .order_by(version)
-        .limit(limit)
+        select(hist).where(_where_object(info, key), version > after).order_by(version).limit(limit)
     )
     conn = session.connection(bind_arguments={"mapper": info.mapper})
     return [_snapshot(info, row) for row in conn.execute(stmt).mappings()]

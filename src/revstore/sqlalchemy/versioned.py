@@ -271,8 +271,7 @@ def _add_history_table(mapper: Mapper[Any], cls: type[Any]) -> None:
     local = mapper.local_table
     if not isinstance(local, Table) or mapper.inherits is not None:
         raise InvalidInput(
-            f"Versioned model {cls.__name__} must map its own table (inheritance is not "
-            "supported)"
+            f"Versioned model {cls.__name__} must map its own table (inheritance is not supported)"
         )
     prefix = cls.__versioned_meta_prefix__
     meta = {name: prefix + name for name in (*META_COLUMNS, COLLECTIONS)}
@@ -412,9 +411,9 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
             continue
         # The number is computed by the UPDATE itself, under its row lock: never
         # from the revision this session loaded, which another writer may have passed.
-        obj.revision = info.table.c.revision + 1  # type: ignore[assignment]
+        obj.revision = info.table.c.revision + 1
         if change.create_version:
-            obj.version = info.table.c.version + 1  # type: ignore[assignment]
+            obj.version = info.table.c.version + 1
         pending.append(_Pending(obj, state, False, change.create_version, change))
     for obj in unchanged:
         exp = _change(obj).expected_revision
@@ -494,7 +493,7 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
             continue
         colls = collections.get(key, {rel.key: [] for rel in info.m2m})
         doc = content_of(info, row, colls)
-        values = {name: row[name] for name in info.history.c.keys() if name in row}
+        values = {name: value for name, value in row.items() if name in info.history.c}
         values.update(
             {
                 meta["version"]: version,
