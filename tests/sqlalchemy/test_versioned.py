@@ -100,6 +100,18 @@ def test_unchanged_columns_write_nothing(engine: Engine, models: Models) -> None
     assert count_versions(engine, models) == 1
 
 
+def test_numbers_are_not_set_by_hand(engine: Engine, models: Models) -> None:
+    pid = new_prompt(engine, models)
+    with Session(engine) as s:
+        p = s.get(models.Prompt, pid)
+        p.revision = 7
+        p.title = "changed"
+        with pytest.raises(InvalidInput, match="taken by the flush"):
+            s.flush()
+        s.rollback()
+        assert (p.revision, p.title) == (1, "first")
+
+
 def test_create_version_false_moves_the_head_only(engine: Engine, models: Models) -> None:
     with Session(engine) as s:
         draft = models.Prompt(title="draft")
@@ -346,6 +358,11 @@ def test_a_column_named_like_the_history_meta_needs_a_prefix(backend_url: str) -
 
     hist = Fine.__versioned__.history
     assert {"created_at", "v_created_at", "v_version", "v_revision"} <= set(hist.c.keys())
+
+    with pytest.raises(InvalidInput, match="inheritance"):
+
+        class Sub(Fine):
+            pass
 
 
 # ----------------------------------------------------------------- concurrency

@@ -406,6 +406,12 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         state = attributes.instance_state(obj)
         info = versioned_info(type(obj))
         change = _change(obj)
+        if any(state.attrs[k].history.has_changes() for k in ("revision", "version")):
+            # The session would write the value it was given: a number from Python.
+            raise InvalidInput(
+                f"{type(obj).__name__}.revision and .version are taken by the flush; "
+                "do not set them (use expected_revision for an optimistic check)"
+            )
         if not _has_changes(state, info):
             unchanged.append(obj)
             continue
