@@ -57,10 +57,12 @@ def test_history_table_is_on_the_models_metadata(engine: Engine, models: Models)
     assert hist.name == models.Prompt.__tablename__ + "_versions"
     assert hist.metadata is models.metadata
     assert {c.name for c in hist.primary_key.columns} == {"id", "version"}
-    assert {"title", "body", "revision", "author", "summary", "created_at"} <= set(hist.c.keys())
+    assert {"title", "body_text", "revision", "author", "summary", "created_at"} <= set(
+        hist.c.keys()
+    )
     assert "content_hash" in hist.c
     table = models.Prompt.__table__
-    assert set(table.c.keys()) == {"id", "title", "body", "revision", "version"}
+    assert {c.name for c in table.c} == {"id", "title", "body_text", "revision", "version"}
     assert inspect(engine).has_table(hist.name)
 
 

@@ -65,7 +65,8 @@ def make_models(suffix: str | None = None) -> Models:
         __tablename__ = f"rsa_prompt_{suffix}"
         id: Mapped[int] = mapped_column(primary_key=True)
         title: Mapped[str] = mapped_column(String(200))
-        body: Mapped[str | None] = mapped_column(String(2000), default=None)
+        # A column whose name differs from its attribute: the history keeps the name.
+        body: Mapped[str | None] = mapped_column("body_text", String(2000), default=None)
         tags: Mapped[list[Tag]] = relationship(secondary=prompt_tags, order_by=Tag.id)
 
     return Models(Base.metadata, Prompt, Tag, suffix)

@@ -538,8 +538,9 @@ def _reread(
             # InnoDB's plain SELECT reads the transaction's snapshot; a locking read
             # sees the latest rows (we already hold their locks: no new waits).
             stmt = stmt.with_for_update()
-        for row in conn.execute(stmt).mappings():
-            values = dict(row)
+        for row in conn.execute(stmt):
+            # By column name (a mapped column's key may differ from it).
+            values = {c.name: v for c, v in zip(info.table.columns, row, strict=True)}
             found[tuple(values[n] for n in pk_names)] = values
     missing = [k for k in keys if k not in found]
     if missing:
