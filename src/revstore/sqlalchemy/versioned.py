@@ -1,0 +1,682 @@
+"""``Versioned``: revisions, versions and a history table for the user's own models.
+
+How a revision is taken (docs/sqlalchemy.md): ``before_flush`` sets the head's
+``revision`` (and ``version``) of each changed object to the SQL expression
+``revision + 1``, so the UPDATE the unit of work sends anyway computes the number in the
+database, under the row lock that UPDATE takes (SQLite: the writer lock). ``after_flush``
+then re-reads the rows, still under that lock, and writes the snapshots in the same
+transaction. No number is ever computed from a value read earlier in Python, so any
+number of sessions writing one row get consecutive revisions without a conflict.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    and_,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import (
+    InstanceState,
+    Mapped,
+    Mapper,
+    ORMExecuteState,
+    RelationshipProperty,
+    Session,
+    UOWTransaction,
+    attributes,
+    mapped_column,
+)
+from sqlalchemy.orm import object_mapper as _object_mapper
+
+from revstore.config import MAX_AUTHOR, MAX_SUMMARY
+from revstore.content import canonical_json, content_hash, optional_text
+from revstore.errors import InvalidInput, RevstoreError, VersionConflict
+
+HISTORY_SUFFIX = "_versions"
+META_COLUMNS = ("version", "revision", "author", "summary", "created_at", "content_hash")
+COLLECTIONS = "collections"
+"""The history column that records the keys of the model's many-to-many collections."""
+_CHUNK = 500
+"""Primary keys per ``IN (…)`` when rows are re-read after a flush."""
+_CHANGE = "_revstore_change"
+_PENDING = "revstore.versioned.pending"
+
+
+class BulkWriteRefused(RevstoreError, TypeError):
+    """A bulk ``update()``/``delete()``/``insert()`` statement named a ``Versioned``
+    model: it would change rows behind the history's back, so it is refused."""
+
+
+class ObjectVersionConflict(VersionConflict):
+    """``expected_revision`` did not hold for a ``Versioned`` object at flush.
+
+    ``current_revision`` / ``current_version`` are the row's head as the database had it
+    when the flush took the row lock (0 when the row did not exist); the flush and its
+    transaction are rolled back."""
+
+    def __init__(self, message: str, current_revision: int, current_version: int) -> None:
+        super().__init__(message, None)
+        self._revision = current_revision
+        self._version = current_version
+
+    @property
+    def current_revision(self) -> int:
+        return self._revision
+
+    @property
+    def current_version(self) -> int:
+        return self._version
+
+
+@dataclass(slots=True)
+class Change:
+    """What the caller says about the next change of one object; reset by the flush
+    that writes it (transient, never stored on the model's table)."""
+
+    create_version: bool = True
+    expected_revision: int | None = None
+    author: str | None = None
+    summary: str | None = None
+
+
+def _change(obj: object) -> Change:
+    found = obj.__dict__.get(_CHANGE)
+    if found is None:
+        found = obj.__dict__[_CHANGE] = Change()
+    assert isinstance(found, Change)
+    return found
+
+
+def set_change(
+    obj: Versioned,
+    *,
+    author: str | None = None,
+    summary: str | None = None,
+    create_version: bool = True,
+    expected_revision: int | None = None,
+) -> None:
+    """Describe the next change of ``obj`` in one call; the same as setting
+    ``obj.author``, ``obj.summary``, ``obj.create_version`` and ``obj.expected_revision``
+    (and the way to do it when the model maps a column named like one of them)."""
+    if not isinstance(obj, Versioned):
+        raise InvalidInput(f"{type(obj).__name__} is not a Versioned model")
+    change = _change(obj)
+    change.author = optional_text(author, "author", MAX_AUTHOR)
+    change.summary = optional_text(summary, "summary", MAX_SUMMARY)
+    change.create_version = _flag(create_version)
+    _expect(obj, expected_revision)
+
+
+def _expect(obj: Versioned, value: object) -> None:
+    _change(obj).expected_revision = _expected(value)
+    if value is not None and attributes.instance_state(obj).has_identity:
+        # Checked at the next flush even when nothing else changes: a flush skips a
+        # session with no dirty object, and marking it dirty writes no column.
+        attributes.flag_dirty(obj)
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"create_version must be True or False, got {value!r}")
+    return value
+
+
+def _expected(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"expected_revision must be None or an integer >= 0, got {value!r}")
+    return value
+
+
+@dataclass(slots=True)
+class VersionedInfo:
+    """What the history needs to know about one ``Versioned`` model."""
+
+    table: Table
+    history: Table
+    meta: dict[str, str]
+    """Meta column (``version``, ``revision``, …, ``collections``) → its name in ``history``."""
+    _columns: list[tuple[str, Column[Any]]] | None = None
+    _m2m: list[RelationshipProperty[Any]] | None = None
+    _mapper: Mapper[Any] | None = field(default=None)
+
+    def bind(self, mapper: Mapper[Any]) -> None:
+        self._mapper = mapper
+
+    @property
+    def mapper(self) -> Mapper[Any]:
+        assert self._mapper is not None
+        return self._mapper
+
+    @property
+    def pk(self) -> list[Column[Any]]:
+        return [c for c in self.table.primary_key.columns]
+
+    @property
+    def columns(self) -> list[tuple[str, Column[Any]]]:
+        """(attribute key, table column) of every mapped column but revision/version."""
+        if self._columns is None:
+            found: list[tuple[str, Column[Any]]] = []
+            for prop in self.mapper.column_attrs:
+                if prop.key in ("revision", "version"):
+                    continue
+                for col in prop.columns:
+                    if isinstance(col, Column) and col.table is self.table:
+                        found.append((prop.key, col))
+                        break
+            self._columns = found
+        return self._columns
+
+    @property
+    def m2m(self) -> list[RelationshipProperty[Any]]:
+        """The many-to-many collections, which count as the object's state."""
+        if self._m2m is None:
+            self._m2m = [
+                rel
+                for rel in self.mapper.relationships
+                if rel.secondary is not None and rel.uselist and not rel.viewonly
+            ]
+        return self._m2m
+
+
+class Versioned:
+    """Mixin for a declarative model: ``class Prompt(Versioned, Base)``.
+
+    Adds ``revision`` and ``version`` (BIGINT NOT NULL) and the history table
+    ``<table>_versions`` on the model's own MetaData. Per change (reset by the flush):
+    ``obj.create_version = False`` (head only, no snapshot), ``obj.expected_revision =
+    n`` (optimistic check: the flush raises :class:`ObjectVersionConflict`, a
+    ``revstore.VersionConflict``), ``obj.author`` / ``obj.summary`` (into the snapshot).
+
+    ``__versioned_meta_prefix__`` (default ``""``) prefixes the history's own column
+    names, for models that map a column called ``created_at``, ``author``, ….
+    """
+
+    __versioned_meta_prefix__: ClassVar[str] = ""
+    __versioned__: ClassVar[VersionedInfo]
+
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    """Increases by exactly 1 at every flush that changes the object (the ETag)."""
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    """The number of the latest snapshot in the history table."""
+
+    @property
+    def create_version(self) -> bool:
+        return _change(self).create_version
+
+    @create_version.setter
+    def create_version(self, value: bool) -> None:
+        _change(self).create_version = _flag(value)
+
+    @property
+    def expected_revision(self) -> int | None:
+        return _change(self).expected_revision
+
+    @expected_revision.setter
+    def expected_revision(self, value: int | None) -> None:
+        _expect(self, value)
+
+    @property
+    def author(self) -> str | None:
+        return _change(self).author
+
+    @author.setter
+    def author(self, value: str | None) -> None:
+        _change(self).author = optional_text(value, "author", MAX_AUTHOR)
+
+    @property
+    def summary(self) -> str | None:
+        return _change(self).summary
+
+    @summary.setter
+    def summary(self, value: str | None) -> None:
+        _change(self).summary = optional_text(value, "summary", MAX_SUMMARY)
+
+
+def versioned_info(cls: type[Any]) -> VersionedInfo:
+    """The history set-up of a ``Versioned`` model class (clear error otherwise)."""
+    info = cls.__dict__.get("__versioned__") if isinstance(cls, type) else None
+    if not isinstance(info, VersionedInfo):
+        raise InvalidInput(f"{getattr(cls, '__name__', cls)!r} is not a mapped Versioned model")
+    return info
+
+
+@event.listens_for(Versioned, "after_mapper_constructed", propagate=True)
+def _add_history_table(mapper: Mapper[Any], cls: type[Any]) -> None:
+    # Runs while the class statement completes, so the history table is on the
+    # model's MetaData before anyone calls create_all (or Alembic autogenerate).
+    local = mapper.local_table
+    if not isinstance(local, Table) or mapper.inherits is not None:
+        raise InvalidInput(
+            f"Versioned model {cls.__name__} must map its own table (inheritance is not supported)"
+        )
+    prefix = cls.__versioned_meta_prefix__
+    meta = {name: prefix + name for name in (*META_COLUMNS, COLLECTIONS)}
+    own = {c.name for c in local.columns if c.name not in ("revision", "version")}
+    clash = sorted(own & set(meta.values()))
+    if clash:
+        raise InvalidInput(
+            f"Versioned model {cls.__name__} maps column(s) {', '.join(clash)}, which its "
+            f"history table {local.name}{HISTORY_SUFFIX} uses for itself: set "
+            '__versioned_meta_prefix__ = "v_" (or another prefix) on the model'
+        )
+    metadata: MetaData = local.metadata
+    columns: list[Column[Any]] = [
+        # Only the values: no defaults, foreign keys or unique constraints, and no
+        # autoincrement (a history row takes the model row's key as it is).
+        Column(c.name, c.type, primary_key=c.primary_key, autoincrement=False, nullable=True)
+        for c in local.columns
+        if c.name in own
+    ]
+    history = Table(
+        local.name + HISTORY_SUFFIX,
+        metadata,
+        *columns,
+        Column(meta["version"], BigInteger, primary_key=True, autoincrement=False),
+        Column(meta["revision"], BigInteger, nullable=False),
+        Column(meta["author"], String(MAX_AUTHOR), nullable=True),
+        Column(meta["summary"], String(MAX_SUMMARY), nullable=True),
+        Column(meta["created_at"], DateTime(timezone=True), nullable=False),
+        Column(meta["content_hash"], String(64), nullable=False),
+        Column(meta[COLLECTIONS], JSON, nullable=True),
+        schema=local.schema,
+        comment=f"revstore history of {local.name}",
+    )
+    info = VersionedInfo(table=local, history=history, meta=meta)
+    info.bind(mapper)
+    cls.__versioned__ = info
+
+
+# ----------------------------------------------------------------- values as JSON
+
+
+def jsonable(value: Any) -> Any:
+    """A column value as plain JSON, for the content hash, the diff and collections."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, Enum):
+        return jsonable(value.value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [jsonable(v) for v in value]
+        return sorted(items, key=canonical_json) if isinstance(value, (set, frozenset)) else items
+    return str(value)
+
+
+def content_of(
+    info: VersionedInfo, values: Mapping[str, Any], collections: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The JSON document of one state: attribute key → value, plus each collection."""
+    doc: dict[str, Any] = {key: jsonable(values[col.name]) for key, col in info.columns}
+    doc.update(collections)
+    return doc
+
+
+# ----------------------------------------------------------------- flush hooks
+
+
+@dataclass(slots=True)
+class _Pending:
+    obj: Versioned
+    state: InstanceState[Any]
+    insert: bool
+    snapshot: bool
+    change: Change
+
+
+def _is_mysql(conn: Connection) -> bool:
+    return conn.dialect.name in ("mysql", "mariadb")
+
+
+def _has_changes(state: InstanceState[Any], info: VersionedInfo) -> bool:
+    """True when a mapped column or a many-to-many collection has a net change
+    (SQLAlchemy's own history: setting a loaded value to itself is no change)."""
+    attrs = state.attrs
+    for key, _ in info.columns:
+        if attrs[key].history.has_changes():
+            return True
+    return any(attrs[rel.key].history.has_changes() for rel in info.m2m)
+
+
+def _pk_clause(cols: Sequence[ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]) -> Any:
+    if len(cols) == 1:
+        return cols[0].in_([k[0] for k in keys])
+    return or_(*(and_(*(c == v for c, v in zip(cols, k, strict=True))) for k in keys))
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
+    pending: list[_Pending] = []
+    session.info.pop(_PENDING, None)
+    for obj in session.new:
+        if not isinstance(obj, Versioned):
+            continue
+        change = _change(obj)
+        # A new row: its primary key is unique, so numbering it 1 races with nobody
+        # (a concurrent insert of the same key fails on the key). A key that had
+        # history before (deleted, then added again) continues it in after_flush.
+        obj.revision = 1
+        obj.version = 1 if change.create_version else 0
+        pending.append(
+            _Pending(obj, attributes.instance_state(obj), True, change.create_version, change)
+        )
+    unchanged: list[Versioned] = []
+    for obj in session.dirty:
+        if not isinstance(obj, Versioned) or obj in session.deleted:
+            continue
+        state = attributes.instance_state(obj)
+        info = versioned_info(type(obj))
+        change = _change(obj)
+        if any(state.attrs[k].history.has_changes() for k in ("revision", "version")):
+            # The session would write the value it was given: a number from Python.
+            raise InvalidInput(
+                f"{type(obj).__name__}.revision and .version are taken by the flush; "
+                "do not set them (use expected_revision for an optimistic check)"
+            )
+        if not _has_changes(state, info):
+            unchanged.append(obj)
+            continue
+        # The number is computed by the UPDATE itself, under its row lock: never
+        # from the revision this session loaded, which another writer may have passed.
+        obj.revision = info.table.c.revision + 1
+        if change.create_version:
+            obj.version = info.table.c.version + 1
+        pending.append(_Pending(obj, state, False, change.create_version, change))
+    for obj in unchanged:
+        exp = _change(obj).expected_revision
+        if exp is not None:
+            _check_unchanged(session, obj, versioned_info(type(obj)), exp)
+    if pending:
+        session.info[_PENDING] = pending
+
+
+def _check_unchanged(session: Session, obj: Versioned, info: VersionedInfo, exp: int) -> None:
+    """An unchanged object writes nothing, but its expectation still holds or fails
+    (as a record's no-op write does)."""
+    key = attributes.instance_state(obj).identity
+    if key is None:
+        return
+    conn = session.connection(bind_arguments={"mapper": info.mapper})
+    row = conn.execute(
+        select(info.table.c.revision, info.table.c.version).where(_pk_clause(info.pk, [key]))
+    ).one_or_none()
+    revision, version = (0, 0) if row is None else (row[0], row[1])
+    if revision != exp:
+        raise ObjectVersionConflict(
+            f"{type(obj).__name__} {key!r}: expected revision {exp}, current revision is "
+            f"{revision}",
+            revision,
+            version,
+        )
+    _change(obj).expected_revision = None
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
+    pending: list[_Pending] | None = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    by_class: dict[type[Any], list[_Pending]] = {}
+    for p in pending:
+        if p.state.deleted or p.state.detached:
+            continue
+        by_class.setdefault(type(p.obj), []).append(p)
+    for cls, items in by_class.items():
+        _write_snapshots(session, versioned_info(cls), items)
+    # Only when every object of the flush passed: the change descriptions are spent.
+    for p in pending:
+        p.obj.__dict__.pop(_CHANGE, None)
+
+
+def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending]) -> None:
+    conn = session.connection(bind_arguments={"mapper": info.mapper})
+    now = datetime.now(UTC)
+    keys = [_identity(p) for p in items]
+    if any(p.insert for p in items):
+        _continue_history(conn, info, [p for p in items if p.insert])
+    rows = _reread(conn, info, keys)
+    collections = _read_collections(conn, info, keys)
+    meta = info.meta
+    snapshots: list[dict[str, Any]] = []
+    for p, key in zip(items, keys, strict=True):
+        row = rows[key]
+        revision, version = row["revision"], row["version"]
+        exp = p.change.expected_revision
+        if exp is not None:
+            # The UPDATE above took revision + 1 under the row lock, so the head
+            # this write replaced had revision - 1; a new row replaced nothing.
+            current = 0 if p.insert else revision - 1
+            if exp != current:
+                current_version = 0 if p.insert else version - (1 if p.snapshot else 0)
+                raise ObjectVersionConflict(
+                    f"{type(p.obj).__name__} {key!r}: expected revision {exp}, current "
+                    f"revision is {current}",
+                    current,
+                    current_version,
+                )
+        attributes.set_committed_value(p.obj, "revision", revision)
+        attributes.set_committed_value(p.obj, "version", version)
+        if not p.snapshot:
+            continue
+        colls = collections.get(key, {rel.key: [] for rel in info.m2m})
+        doc = content_of(info, row, colls)
+        values = {name: value for name, value in row.items() if name in info.history.c}
+        values.update(
+            {
+                meta["version"]: version,
+                meta["revision"]: revision,
+                meta["author"]: p.change.author,
+                meta["summary"]: p.change.summary,
+                meta["created_at"]: now,
+                meta["content_hash"]: content_hash(canonical_json(doc)),
+                meta[COLLECTIONS]: colls or None,
+            }
+        )
+        snapshots.append(values)
+    if snapshots:
+        conn.execute(info.history.insert(), snapshots)
+
+
+def _identity(p: _Pending) -> tuple[Any, ...]:
+    # The identity key is only assigned after after_flush: read the flushed key values.
+    key = p.state.mapper.primary_key_from_instance(p.obj)
+    if any(v is None for v in key):
+        raise InvalidInput(f"{type(p.obj).__name__} has no primary key after the flush")
+    return tuple(key)
+
+
+def _reread(
+    conn: Connection, info: VersionedInfo, keys: list[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The rows as this transaction left them. Read after the flush's own UPDATE/INSERT,
+    so under its row lock: the values (and numbers) are the committed ones plus this
+    write, never the stale ones this session loaded before."""
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    pk_names = [c.name for c in info.pk]
+    for chunk in _chunks(keys):
+        stmt = select(*info.table.columns).where(_pk_clause(info.pk, chunk))
+        if _is_mysql(conn):
+            # InnoDB's plain SELECT reads the transaction's snapshot; a locking read
+            # sees the latest rows (we already hold their locks: no new waits).
+            stmt = stmt.with_for_update()
+        for row in conn.execute(stmt):
+            # By column name (a mapped column's key may differ from it).
+            values = {c.name: v for c, v in zip(info.table.columns, row, strict=True)}
+            found[tuple(values[n] for n in pk_names)] = values
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise InvalidInput(f"{info.table.name}: rows {missing!r} vanished during the flush")
+    return found
+
+
+def _continue_history(conn: Connection, info: VersionedInfo, inserted: list[_Pending]) -> None:
+    """A key added again after its row was deleted keeps its history: its numbers
+    continue after the last snapshot instead of colliding with version 1."""
+    hist = info.history
+    pk = [hist.c[c.name] for c in info.pk]
+    keys = [_identity(p) for p in inserted]
+    prior: dict[tuple[Any, ...], tuple[int, int]] = {}
+    for chunk in _chunks(keys):
+        stmt = (
+            select(
+                *pk,
+                func.max(hist.c[info.meta["version"]]),
+                func.max(hist.c[info.meta["revision"]]),
+            )
+            .where(_pk_clause(pk, chunk))
+            .group_by(*pk)
+        )
+        for row in conn.execute(stmt):
+            prior[tuple(row[: len(pk)])] = (int(row[-2]), int(row[-1]))
+    for p, key in zip(inserted, keys, strict=True):
+        if key not in prior:
+            continue
+        last_version, last_revision = prior[key]
+        conn.execute(
+            update(info.table)
+            .where(_pk_clause(info.pk, [key]))
+            .values(
+                revision=last_revision + 1,
+                version=last_version + (1 if p.change.create_version else 0),
+            )
+        )
+
+
+def _read_collections(
+    conn: Connection, info: VersionedInfo, keys: list[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], dict[str, list[Any]]]:
+    """Each object's many-to-many keys as the database has them after this flush
+    (sorted), read under the same lock as the row."""
+    out: dict[tuple[Any, ...], dict[str, list[Any]]] = {
+        k: {rel.key: [] for rel in info.m2m} for k in keys
+    }
+    for rel in info.m2m:
+        secondary = rel.secondary
+        assert secondary is not None
+        local = rel.synchronize_pairs  # (model column, secondary column)
+        remote = rel.secondary_synchronize_pairs or []  # (related column, secondary column)
+        by_name = {model_col.name: sec_col for model_col, sec_col in local}
+        local_sec = [by_name[c.name] for c in info.pk if c.name in by_name]
+        if len(local_sec) != len(info.pk):
+            raise InvalidInput(
+                f"{info.table.name}.{rel.key}: a many-to-many collection must join on the "
+                "model's primary key to be versioned"
+            )
+        remote_sec = [sec_col for _, sec_col in remote]
+        for chunk in _chunks(keys):
+            stmt = select(*local_sec, *remote_sec).where(_pk_clause(local_sec, chunk))
+            if _is_mysql(conn):
+                stmt = stmt.with_for_update(read=True)
+            for row in conn.execute(stmt):
+                owner = tuple(row[: len(local_sec)])
+                related = [jsonable(v) for v in row[len(local_sec) :]]
+                if owner in out:
+                    out[owner][rel.key].append(related[0] if len(related) == 1 else related)
+    for colls in out.values():
+        for k in colls:
+            colls[k].sort(key=canonical_json)
+    return out
+
+
+# ----------------------------------------------------------------- bulk statements
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_bulk(state: ORMExecuteState) -> None:
+    if not (state.is_update or state.is_delete or state.is_insert):
+        return
+    names = [m.class_.__name__ for m in state.all_mappers if issubclass(m.class_, Versioned)]
+    table = getattr(state.statement, "table", None)
+    if not names and table is not None:
+        names = [
+            m.class_.__name__
+            for m in _versioned_mappers()
+            if versioned_info(m.class_).table is getattr(table, "_deannotate", lambda: table)()
+        ]
+    if names:
+        kind = "update" if state.is_update else "delete" if state.is_delete else "insert"
+        raise BulkWriteRefused(
+            f"a bulk {kind}() statement on the Versioned model {names[0]} would change rows "
+            "without recording their history, so revstore refuses it: load the objects "
+            "and change them through the session (session.add_all() for many new rows), "
+            "then flush"
+        )
+
+
+def _versioned_mappers() -> list[Mapper[Any]]:
+    from sqlalchemy.orm import class_mapper
+
+    found: list[Mapper[Any]] = []
+    stack = list(Versioned.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if isinstance(cls.__dict__.get("__versioned__"), VersionedInfo):
+            found.append(class_mapper(cls))
+    return found
+
+
+def object_info(obj: object) -> tuple[VersionedInfo, tuple[Any, ...]]:
+    """The history set-up and primary key of a persistent ``Versioned`` object."""
+    if not isinstance(obj, Versioned):
+        raise InvalidInput(f"{type(obj).__name__} is not a Versioned model")
+    _object_mapper(obj)
+    state = attributes.instance_state(obj)
+    if state.identity is None:
+        raise InvalidInput(
+            f"{type(obj).__name__} has no history yet: add it to a session and flush first"
+        )
+    return versioned_info(type(obj)), tuple(state.identity)
+
+
+__all__ = [
+    "BulkWriteRefused",
+    "Change",
+    "ObjectVersionConflict",
+    "Versioned",
+    "VersionedInfo",
+    "content_of",
+    "jsonable",
+    "object_info",
+    "set_change",
+    "versioned_info",
+]
