@@ -113,7 +113,7 @@ class SequencePlan:
 
     def _bump_statement(self, dialect: str) -> Any:
         scope_key = self.counter.c[self.scope_column.name]
-        values = {scope_key.key: bindparam("scope"), LAST: bindparam("n")}
+        values: dict[str, Any] = {scope_key.key: bindparam("scope"), LAST: bindparam("n")}
         if dialect in ("postgresql", "sqlite"):
             # One upsert: INSERT … ON CONFLICT DO UPDATE is atomic on PostgreSQL (the
             # conflicting row is locked, then updated) and SQLite has one writer.
@@ -128,7 +128,9 @@ class SequencePlan:
             # INSERT IGNORE first would take a shared lock, and two writers both
             # holding it and asking for the exclusive one deadlock.
             my = mysql_insert(self.counter)
-            my = my.values({scope_key.key: bindparam("scope"), LAST: func.last_insert_id(bindparam("n"))})
+            my = my.values(
+                {scope_key.key: bindparam("scope"), LAST: func.last_insert_id(bindparam("n"))}
+            )
             return my.on_duplicate_key_update(
                 {LAST: func.last_insert_id(self.counter.c[LAST] + my.inserted[LAST])}
             )
@@ -178,9 +180,7 @@ def _plan(mapper: Mapper[Any], cls: type[Sequenced]) -> SequencePlan:
     if item_attr is None and "item_id" in mapper.attrs:
         item_attr = "item_id"
     item_column = (
-        None
-        if item_attr is None
-        else _column(mapper, name, item_attr, "__sequence_item_id__")
+        None if item_attr is None else _column(mapper, name, item_attr, "__sequence_item_id__")
     )
     table = scope_column.table
     if not isinstance(table, Table):
@@ -340,7 +340,7 @@ def _drop_resent(
 def _refuse_renumbering(obj: object, plan: SequencePlan) -> None:
     state = instance_state(obj)
     for attr in (SEQUENCE, plan.scope_attr):
-        if state.attrs[attr].history.deleted:
+        if state.attrs[attr].history.added:
             raise InvalidInput(
                 f"{type(obj).__name__}.{attr} of a stored row cannot change: sequences "
                 "are assigned once, at insert, per scope"
