@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,9 +106,13 @@ class Acked:
     """Re-sent item ids (sent by every worker) → the sequence each was given."""
 
 
-def append_worker(url: str, suffix: str, name: str, batches: int, shared: list[str]) -> Acked:
-    """Append ``batches`` transactions of 1-4 rows (own item ids) to chat 1, and send
-    each of the ``shared`` item ids once, mixed in; all through ``transaction``."""
+def append_worker(
+    url: str, suffix: str, name: str, batches: int, shared: list[str], start_at: float
+) -> Acked:
+    """At ``start_at`` (all workers at once), send each of the ``shared`` item ids
+    (the same for every worker, in its own order), then append ``batches`` transactions
+    of 1-4 rows with its own item ids, some shared ones again mixed in; all to chat 1,
+    through ``transaction``."""
     models = make_models(suffix)
     engine = sync_engine(url, pool_size=2)
     sessions = sessionmaker(engine, expire_on_commit=False)
@@ -120,20 +125,27 @@ def append_worker(url: str, suffix: str, name: str, batches: int, shared: list[s
 
     @transaction(sessions, policy=policy)
     def send(session: Any, rows: list[tuple[str, str]]) -> list[tuple[str, int]]:
+        # A read first, as an app does (load the chat): on MariaDB it fixes the
+        # transaction's REPEATABLE READ snapshot before the scope is locked.
+        assert session.get(models.chat, 1) is not None
         stored = append(
             session, [Message(chat_id=1, item_id=i, text=t, writer=name) for i, t in rows]
         )
         return [(m.item_id, m.sequence) for m in stored]
 
     try:
+        time.sleep(max(0.0, start_at - time.time()))
+        for item in pending_shared[: len(pending_shared) // 2]:
+            ((got, seq),) = send([(item, f"{name} first send")])
+            out.shared[item] = seq
         for b in range(batches):
             rows = [(f"{name}-{b}-{k}", f"{name} {b}/{k}") for k in range(rng.randint(1, 4))]
             out.batches.append(send(rows))
-            if pending_shared and rng.random() < 0.5:
-                item = pending_shared.pop()
+            if rng.random() < 0.5:
+                item = rng.choice(shared)
                 ((got, seq),) = send([(item, f"{name} re-send")])
-                out.shared[item] = seq
-        for item in pending_shared:
+                assert out.shared.setdefault(item, seq) == seq, f"{item}: two sequences"
+        for item in pending_shared[len(pending_shared) // 2 :]:
             ((got, seq),) = send([(item, f"{name} re-send")])
             out.shared[item] = seq
     finally:
@@ -141,7 +153,15 @@ def append_worker(url: str, suffix: str, name: str, batches: int, shared: list[s
     return out
 
 
-def append_threads(url: str, suffix: str, name: str, threads: int, batches: int, shared: list[str]) -> Acked:
+def append_threads(
+    url: str,
+    suffix: str,
+    name: str,
+    threads: int,
+    batches: int,
+    shared: list[str],
+    start_at: float = 0.0,
+) -> Acked:
     """``append_worker`` in several threads of this process."""
     results: list[Acked] = []
     errors: list[BaseException] = []
@@ -149,7 +169,7 @@ def append_threads(url: str, suffix: str, name: str, threads: int, batches: int,
 
     def one(t: int) -> None:
         try:
-            got = append_worker(url, suffix, f"{name}t{t}", batches, shared)
+            got = append_worker(url, suffix, f"{name}t{t}", batches, shared, start_at)
         except BaseException as exc:
             with lock:
                 errors.append(exc)

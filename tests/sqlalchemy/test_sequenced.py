@@ -5,6 +5,7 @@ many threads and processes on one scope; item ids make re-sends no-ops."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -350,9 +351,14 @@ def test_threads_and_processes_append_to_one_scope(models: tuple[Models, Engine]
     m, engine = models
     shared = [f"shared-{k}" for k in range(6)]
     processes, threads, batches = 3, 3, 8
+    # Every worker starts at once (after the spawned processes are up) with the
+    # re-sends, so the same item ids race each other.
+    start_at = time.time() + 4
     with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(append_threads, backend_url, m.suffix, f"p{p}", threads, batches, shared)
+            pool.submit(
+                append_threads, backend_url, m.suffix, f"p{p}", threads, batches, shared, start_at
+            )
             for p in range(processes)
         ]
         acked = [f.result(timeout=240) for f in futures]
@@ -373,3 +379,22 @@ def test_a_duplicate_item_id_under_the_unique_key_is_refused(models: tuple[Model
         conn.execute(
             m.message.__table__.insert().values(chat_id=1, item_id="a", text="raw", sequence=5)
         )
+
+
+def test_a_resend_after_an_earlier_read_gets_the_row_stored_since(
+    models: tuple[Models, Engine],
+) -> None:
+    """The transaction read before another one stored the item id (on MariaDB its
+    REPEATABLE READ snapshot predates that row): the re-send still finds it."""
+    m, engine = models
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions() as late:
+        assert late.get(m.chat, 1) is not None
+        with sessions() as early:
+            add_sequenced(early, m.message(chat_id=1, item_id="z", text="first"))
+            early.commit()
+        got = add_sequenced(late, m.message(chat_id=1, item_id="z", text="re-send"))
+        assert (got.sequence, got.text) == (1, "first")
+        late.commit()
+    with sessions() as s:
+        assert [r.text for r in rows(s, m.message, 1)] == ["first"]

@@ -426,9 +426,14 @@ def append(session: Session, rows: Iterable[M]) -> list[M]:
         scope_attr, item_attr = plan.scope_attr, plan.item_attr
         keys = {(getattr(o, scope_attr), getattr(o, item_attr)) for _, o in pairs}
         key_of: ColumnElement[Any] = tuple_(getattr(cls, scope_attr), getattr(cls, item_attr))
+        query = select(cls).where(key_of.in_(list(keys)))
+        conn = session.connection(bind_arguments={"mapper": _object_mapper(pairs[0][1])})
+        if conn.dialect.name in ("mysql", "mariadb"):
+            # As in stored_items: the stored row may have committed after this
+            # transaction's REPEATABLE READ snapshot; a locking read sees it.
+            query = query.with_for_update()
         found = {
-            (getattr(s, scope_attr), getattr(s, item_attr)): s
-            for s in session.scalars(select(cls).where(key_of.in_(list(keys))))
+            (getattr(s, scope_attr), getattr(s, item_attr)): s for s in session.scalars(query)
         }
         for k, obj in pairs:
             out[k] = found[(getattr(obj, scope_attr), getattr(obj, item_attr))]
