@@ -47,7 +47,9 @@ def make_models(suffix: str | None = None) -> Models:
     class Message(Sequenced, Base):
         __tablename__ = f"msg_{suffix}"
         __sequence_scope__ = "chat_id"
-        id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+        id: Mapped[int] = mapped_column(
+            BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+        )
         chat_id: Mapped[int] = mapped_column(ForeignKey(Chat.id), nullable=False)
         item_id: Mapped[str | None] = mapped_column(String(64))
         text: Mapped[str] = mapped_column(String(200))

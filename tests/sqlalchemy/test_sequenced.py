@@ -52,9 +52,7 @@ def models(backend_url: str) -> Iterator[tuple[Models, Engine]]:
 
 def rows(session: Session, model: Any, scope: Any) -> list[Any]:
     return list(
-        session.scalars(
-            select(model).where(model.chat_id == scope).order_by(model.sequence)
-        )
+        session.scalars(select(model).where(model.chat_id == scope).order_by(model.sequence))
     )
 
 
@@ -75,9 +73,7 @@ def test_schema_has_the_counter_table_and_the_unique_keys(models: tuple[Models, 
     db = inspect(engine)
     assert db.has_table(counter.name)
     found = {tuple(u["column_names"]) for u in db.get_unique_constraints(table.name)}
-    found |= {
-        tuple(i["column_names"]) for i in db.get_indexes(table.name) if i.get("unique")
-    }
+    found |= {tuple(i["column_names"]) for i in db.get_indexes(table.name) if i.get("unique")}
     assert ("chat_id", "sequence") in found and ("chat_id", "item_id") in found
 
 
@@ -229,7 +225,9 @@ def test_two_writers_rows_stay_contiguous(models: tuple[Models, Engine]) -> None
             first_flushed.wait(30)
             s.add(m.message(chat_id=1, text="second"))
             s.commit()
-            second["seq"] = s.scalars(select(m.message.sequence).where(m.message.text == "second")).one()
+            second["seq"] = s.scalars(
+                select(m.message.sequence).where(m.message.text == "second")
+            ).one()
 
     t = threading.Thread(target=other)
     t.start()
@@ -347,7 +345,9 @@ def check_appends(engine: Engine, m: Models, acked: list[Acked], shared: list[st
 
 
 @pytest.mark.slow
-def test_threads_and_processes_append_to_one_scope(models: tuple[Models, Engine], backend_url: str) -> None:
+def test_threads_and_processes_append_to_one_scope(
+    models: tuple[Models, Engine], backend_url: str
+) -> None:
     m, engine = models
     shared = [f"shared-{k}" for k in range(6)]
     processes, threads, batches = 3, 3, 8

@@ -432,9 +432,7 @@ def append(session: Session, rows: Iterable[M]) -> list[M]:
             # As in stored_items: the stored row may have committed after this
             # transaction's REPEATABLE READ snapshot; a locking read sees it.
             query = query.with_for_update()
-        found = {
-            (getattr(s, scope_attr), getattr(s, item_attr)): s for s in session.scalars(query)
-        }
+        found = {(getattr(s, scope_attr), getattr(s, item_attr)): s for s in session.scalars(query)}
         for k, obj in pairs:
             out[k] = found[(getattr(obj, scope_attr), getattr(obj, item_attr))]
     return out
