@@ -135,21 +135,22 @@ def append_worker(
         )
         return [(m.item_id, m.sequence) for m in stored]
 
+    def resend(item: str) -> None:
+        ((got, seq),) = send([(item, f"{name} sends {item}")])
+        assert got == item
+        assert out.shared.setdefault(item, seq) == seq, f"{item}: two sequences"
+
     try:
         time.sleep(max(0.0, start_at - time.time()))
         for item in pending_shared[: len(pending_shared) // 2]:
-            ((got, seq),) = send([(item, f"{name} first send")])
-            out.shared[item] = seq
+            resend(item)
         for b in range(batches):
             rows = [(f"{name}-{b}-{k}", f"{name} {b}/{k}") for k in range(rng.randint(1, 4))]
             out.batches.append(send(rows))
             if rng.random() < 0.5:
-                item = rng.choice(shared)
-                ((got, seq),) = send([(item, f"{name} re-send")])
-                assert out.shared.setdefault(item, seq) == seq, f"{item}: two sequences"
+                resend(rng.choice(shared))
         for item in pending_shared[len(pending_shared) // 2 :]:
-            ((got, seq),) = send([(item, f"{name} re-send")])
-            out.shared[item] = seq
+            resend(item)
     finally:
         engine.dispose()
     return out

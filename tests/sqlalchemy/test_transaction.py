@@ -191,7 +191,7 @@ def test_conflicts_and_unique_keys_are_never_retried(db: tuple[Models, Engine]) 
 
 
 def test_retries_are_bounded(db: tuple[Models, Engine], caplog: pytest.LogCaptureFixture) -> None:
-    m, engine = db
+    _m, engine = db
     calls: list[int] = []
     policy = RetryPolicy(max_attempts=3, max_seconds=5, initial_wait=0.001, max_wait=0.01)
 
