@@ -22,10 +22,11 @@ from seq_workers import (
 )
 from sqlalchemy import Engine, MetaData, UniqueConstraint, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from revstore.errors import InvalidInput
+from revstore.retry import RetryPolicy
 from revstore.sqlalchemy.sequenced import (
     Sequenced,
     add_sequenced,
@@ -33,6 +34,7 @@ from revstore.sqlalchemy.sequenced import (
     async_add_sequenced,
     async_append,
 )
+from revstore.sqlalchemy.transaction import async_transaction
 
 
 @pytest.fixture
@@ -398,3 +400,43 @@ def test_a_resend_after_an_earlier_read_gets_the_row_stored_since(
         late.commit()
     with sessions() as s:
         assert [r.text for r in rows(s, m.message, 1)] == ["first"]
+
+
+def test_async_tasks_append_to_one_scope(models: tuple[Models, Engine], backend_url: str) -> None:
+    """Many asyncio tasks (async_transaction + async_append) on one scope, with re-sends
+    of the same item ids: the same invariants as with threads and processes."""
+    m, engine = models
+    shared = [f"shared-{k}" for k in range(4)]
+
+    async def main() -> list[Acked]:
+        aengine = async_engine(backend_url, pool_size=4, max_overflow=4)
+        sessions = async_sessionmaker(aengine, expire_on_commit=False)
+
+        async def worker(name: str) -> Acked:
+            out = Acked()
+
+            @async_transaction(sessions, policy=RetryPolicy(max_attempts=50, max_seconds=60))
+            async def send(session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
+                stored = await async_append(
+                    session, [m.message(chat_id=1, item_id=i, text=name) for i in batch]
+                )
+                return [(r.item_id, r.sequence) for r in stored]
+
+            for b in range(5):
+                out.batches.append(await send([f"{name}-{b}-{k}" for k in range(1 + b % 3)]))
+                ((item, seq),) = await send([shared[(b + len(name)) % len(shared)]])
+                assert out.shared.setdefault(item, seq) == seq
+            for item in shared:
+                ((got, seq),) = await send([item])
+                assert got == item and out.shared.setdefault(item, seq) == seq
+            return out
+
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(worker(f"task{k}") for k in range(8))), 120
+            )
+        finally:
+            await aengine.dispose()
+
+    acked = asyncio.run(main())
+    check_appends(engine, m, list(acked), shared)
