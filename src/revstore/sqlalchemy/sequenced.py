@@ -108,7 +108,14 @@ class SequencePlan:
         if name in ("mysql", "mariadb"):
             # No RETURNING on UPDATE: LAST_INSERT_ID(expr) in the statement hands the
             # new value back in the OK packet (the insert path sets it to n too).
-            return int(result.lastrowid)
+            last = result.lastrowid
+            if last is None:
+                raise InvalidInput(
+                    f"the MySQL driver of {conn.dialect.driver} did not return the "
+                    "statement's LAST_INSERT_ID; Sequenced needs a driver that does "
+                    "(PyMySQL, asyncmy, mysqlclient)"
+                )
+            return int(last)
         return int(result.scalar_one())
 
     def _bump_statement(self, dialect: str) -> Any:
