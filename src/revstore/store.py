@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from revstore.apikeys import ApiKeys
 from revstore.backends import open_backend
 from revstore.backends.sql import SqlBackend
 from revstore.config import DEFAULT_MAX_BATCH_ITEMS as DEFAULT_MAX_BATCH_ITEMS
@@ -106,6 +107,9 @@ class Store:
         self.keys = IdempotencyKeys(self.backend, self._call)
         """Idempotency keys: reserve one, then pass ``keys.claim(...)`` to a write so the
         key is applied in the write's own transaction (see ``revstore.idempotency``)."""
+        self.api_keys = ApiKeys(self.backend, self._call)
+        """API keys: create (the token is returned once), list, revoke, verify (see
+        ``revstore.apikeys``)."""
 
     @property
     def strategy(self) -> str:
