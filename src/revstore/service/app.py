@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 import revstore
 from revstore.errors import RevstoreError
@@ -75,6 +77,9 @@ AUTH_RESPONSES: dict[str, Any] = {
     },
     "403": {"description": "The API key is for another namespace, or may not write."},
 }
+
+UI_PATH = "/ui"
+UI_DIR = Path(__file__).with_name("ui")
 
 DOCS_ASSETS = "/docs/assets"
 """Where Swagger UI's and ReDoc's scripts and styles are served from (the
@@ -142,6 +147,9 @@ def create_app(store: Store | str | None = None, settings: Settings | None = Non
     )
     app.state.services = svc
     app.include_router(router)
+    # The history browser: static files of this package, calling the /v1 API from the
+    # browser (with the API key the user enters), so it needs no route of its own.
+    app.mount(UI_PATH, StaticFiles(directory=UI_DIR, html=True), name="ui")
 
     # Errors raised outside the routes (unknown path, wrong method) use the same bodies.
     async def on_error(request: Request, exc: Exception) -> Response:
