@@ -123,6 +123,29 @@ def test_refused_request_never_touches_its_idempotency_key(
     assert_401(again, invalid=False)
 
 
+def test_an_idempotency_key_belongs_to_its_api_key(
+    auth_client: TestClient, store: Store, ns: str, key: str
+) -> None:
+    """The same Idempotency-Key and body from another API key is another request (its
+    author differs): refused as a reuse, never answered with the first key's reply."""
+    ann = token_for(store, ns, "write", name="ann")
+    bob = token_for(store, ns, "write", name="bob")
+    url, q, body = "/v1/records/doc", {"namespace": ns}, {"content": {"n": 1}}
+    first = auth_client.put(
+        url, params=q, json=body, headers={**bearer(ann), "Idempotency-Key": key}
+    )
+    assert first.status_code == 201
+    again = auth_client.put(
+        url, params=q, json=body, headers={**bearer(ann), "Idempotency-Key": key}
+    )
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    other = auth_client.put(
+        url, params=q, json=body, headers={**bearer(bob), "Idempotency-Key": key}
+    )
+    assert_problem(other, 422, "idempotency-key-reused")
+    assert [v.author for v in store.history("doc", namespace=ns).versions] == ["ann"]
+
+
 # ---------------------------------------------------------------- 403
 
 
