@@ -340,9 +340,19 @@ async function moreItems() {
 // ---------------------------------------------------------------- wiring
 
 function on(id, event, fn) {
-  $(id).addEventListener(event, (e) => {
+  const el = $(id);
+  let busy = false;
+  el.addEventListener(event, (e) => {
     if (event === "submit") e.preventDefault();
-    Promise.resolve(fn(e)).catch(failed);
+    // One load at a time per control: a double click must not append a page twice.
+    if (busy) return;
+    busy = true;
+    Promise.resolve()
+      .then(() => fn(e))
+      .catch(failed)
+      .finally(() => {
+        busy = false;
+      });
   });
 }
 
