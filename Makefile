@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo serve test test-fast lint format bench bench-http pgbouncer clean
+.PHONY: venv browser demo serve test test-fast lint format bench bench-http pgbouncer clean
 
 venv: $(STAMP)
 
@@ -22,10 +22,17 @@ demo: venv
 serve: venv
 	$(BIN)/revstore serve
 
+## Debian's chromium, for the /ui browser test (Playwright drives it; installed once).
+## Without it (no apt, not root) that test is skipped, loudly.
+browser:
+	@command -v chromium >/dev/null || apt-get install -y chromium \
+	  || (apt-get update && apt-get install -y chromium) \
+	  || echo "make browser: could not install chromium; the /ui browser test will be SKIPPED" >&2
+
 ## The whole suite on SQLite, PostgreSQL and MariaDB (slow concurrency tests included).
 ## The contract suites also run through PgBouncer when `make pgbouncer` has started it
 ## (skipped loudly otherwise, unless REVSTORE_TEST_REQUIRE=all or pgbouncer).
-test: venv
+test: venv browser
 	$(BIN)/pytest -q --durations=15
 
 ## The quick subset while developing.

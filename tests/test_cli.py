@@ -40,6 +40,7 @@ from revstore.errors import (
     Unavailable,
     VersionConflict,
 )
+from revstore.schema import SCHEMA_VERSION
 from revstore.store import Store
 
 runner = CliRunner()
@@ -339,7 +340,10 @@ def test_schema_mismatch_exits_7(tmp_path: Path) -> None:
         conn.execute("UPDATE revstore_schema SET version = 99")
     conn.close()
     err = fails(7, "get", "doc", "--db", f"sqlite:///{path}")
-    assert err["error"] == "SchemaMismatch" and (err["found"], err["supported"]) == (99, 2)
+    assert err["error"] == "SchemaMismatch" and (err["found"], err["supported"]) == (
+        99,
+        SCHEMA_VERSION,
+    )
     assert invoke("migrate", "--db", f"sqlite:///{path}").exit_code == 7
 
 
@@ -471,7 +475,7 @@ def test_every_command_takes_json_db_and_namespace() -> None:
         assert "--db" in opts, name
         if name not in {"serve", "lab"}:
             assert "--json" in opts, name
-        if name not in {"serve", "lab", "demo", "migrate"}:
+        if name not in {"serve", "lab", "demo", "migrate", "keys revoke"}:
             assert {"--namespace", "-n"} <= opts, name
     documented = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
     text = documented.read_text(encoding="utf-8")
@@ -498,8 +502,8 @@ def test_namespaces_keep_records_apart(db: str) -> None:
 
 
 def test_migrate(db: str) -> None:
-    assert ok("migrate", "--db", db) == {"schema_version": 2}
-    assert "schema version 2" in human("migrate", "--db", db)
+    assert ok("migrate", "--db", db) == {"schema_version": SCHEMA_VERSION}
+    assert f"schema version {SCHEMA_VERSION}" in human("migrate", "--db", db)
 
 
 def test_demo_json(db: str) -> None:

@@ -53,6 +53,7 @@ V1_TABLES = {
     "revstore_stream_items",
     "revstore_idempotency",
 }
+ALL_TABLES = V1_TABLES | {"revstore_schema", "revstore_api_keys"}
 
 
 def _admin_engine(name: str, server: str) -> Engine:
@@ -161,6 +162,7 @@ def _make_v1(url: str, ns: str) -> None:
         store.put("doc", {"n": 2}, author="ann", summary="second", namespace=ns)
         store.append("chat", [{"m": "hi"}, {"m": "ho"}], item_ids=["a", "b"], namespace=ns)
         _sql(store, "DROP TABLE revstore_schema")
+        _sql(store, "DROP TABLE revstore_api_keys")
         assert _tables(store) == V1_TABLES
 
 
@@ -195,7 +197,7 @@ def _check_round(url: str, ns: str, kind: str, outcomes: list[Outcome]) -> None:
             assert revision == 1
             assert store.get(record_id, namespace=ns).content["writer"] == index
         assert _stored_version(store) == SCHEMA_VERSION
-        assert _tables(store) == V1_TABLES | {"revstore_schema"}
+        assert _tables(store) == ALL_TABLES
         if kind == "v1":
             _assert_v1_rows_kept(store, ns)
 
@@ -243,7 +245,7 @@ def test_fresh_database_records_its_schema_version(fresh_db: FreshDb, ns: str) -
     with Store(fresh_db()) as store:
         store.put("doc", {"n": 1}, namespace=ns)
         assert _stored_version(store) == SCHEMA_VERSION
-        assert _tables(store) == V1_TABLES | {"revstore_schema"}
+        assert _tables(store) == ALL_TABLES
 
 
 def test_create_schema_is_idempotent(fresh_db: FreshDb, ns: str) -> None:
@@ -260,7 +262,7 @@ def test_create_schema_is_idempotent(fresh_db: FreshDb, ns: str) -> None:
         again.create_schema()
         assert again.get("doc", namespace=ns).revision == 1
         assert _stored_version(again) == SCHEMA_VERSION
-        assert _tables(again) == V1_TABLES | {"revstore_schema"}
+        assert _tables(again) == ALL_TABLES
 
 
 def test_newer_schema_is_refused_with_a_clear_error(fresh_db: FreshDb, ns: str) -> None:
@@ -291,10 +293,33 @@ def test_release_1_database_is_upgraded_in_place(fresh_db: FreshDb, ns: str) -> 
     with Store(url) as store:
         _assert_v1_rows_kept(store, ns)
         assert _stored_version(store) == SCHEMA_VERSION
-        assert _tables(store) == V1_TABLES | {"revstore_schema"}
+        assert _tables(store) == ALL_TABLES
         # Writes go on from the kept heads.
         assert store.put("doc", {"n": 3}, namespace=ns).version == 3
         assert store.append("chat", [{"m": "hu"}], namespace=ns).first_sequence == 3
+
+
+def test_version_2_database_gets_the_api_key_table(fresh_db: FreshDb, ns: str) -> None:
+    """Migration 3 adds revstore_api_keys to a version-2 database, keeping every row;
+    a second run (another process) changes nothing."""
+    url = fresh_db()
+    _make_v1(url, ns)
+    with Store(url) as store:
+        # What the release of version 2 left: its tables, the version row at 2.
+        store.create_schema()
+        _sql(store, "DROP TABLE revstore_api_keys")
+        _sql(store, "UPDATE revstore_schema SET version = 2")
+        assert _tables(store) == ALL_TABLES - {"revstore_api_keys"}
+    with Store(url) as store:
+        _assert_v1_rows_kept(store, ns)
+        assert _stored_version(store) == SCHEMA_VERSION == 3
+        assert _tables(store) == ALL_TABLES
+        new = store.api_keys.create(ns, "write", name="ann")
+        assert store.api_keys.verify(new.token) == new.key
+    with Store(url) as again:
+        again.create_schema()
+        assert _stored_version(again) == SCHEMA_VERSION
+        assert [k.id for k in again.api_keys.list(ns)] == [new.key.id]
 
 
 def test_injected_migration_upgrades_in_place_keeping_rows(fresh_db: FreshDb, ns: str) -> None:
@@ -343,7 +368,7 @@ def test_first_creation_cut_short_is_finished(fresh_db: FreshDb, ns: str) -> Non
             schema.records.create(conn)
         store.put("doc", {"n": 1}, namespace=ns)
         assert _stored_version(store) == SCHEMA_VERSION
-        assert _tables(store) == V1_TABLES | {"revstore_schema"}
+        assert _tables(store) == ALL_TABLES
 
 
 def test_release_1_creation_cut_short_is_completed(fresh_db: FreshDb, ns: str) -> None:
@@ -357,7 +382,7 @@ def test_release_1_creation_cut_short_is_completed(fresh_db: FreshDb, ns: str) -
         store.append("chat", [{"m": "hi"}], namespace=ns)
         store.put("doc", {"n": 1}, namespace=ns)
         assert _stored_version(store) == SCHEMA_VERSION
-        assert _tables(store) == V1_TABLES | {"revstore_schema"}
+        assert _tables(store) == ALL_TABLES
 
 
 def test_table_made_meanwhile_by_an_unlocked_creator(
@@ -385,7 +410,7 @@ def test_table_made_meanwhile_by_an_unlocked_creator(
             assert made == ["revstore_streams"]
             assert store.append("chat", [{"m": "hi"}], namespace=ns).first_sequence == 1
             assert _stored_version(store) == SCHEMA_VERSION
-            assert _tables(store) == V1_TABLES | {"revstore_schema"}
+            assert _tables(store) == ALL_TABLES
     finally:
         event.remove(schema.streams, "before_create", meanwhile)
 

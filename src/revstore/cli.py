@@ -24,6 +24,7 @@ from rich.json import JSON as RichJSON
 from rich.table import Table
 from rich.text import Text
 
+from revstore.apikeys import ApiKey
 from revstore.config import DEFAULT_URL as DEFAULT_URL
 from revstore.config import db_url as db_url
 from revstore.content import MAX_INT_DIGITS
@@ -856,17 +857,29 @@ def serve(
         ),
     ] = 8 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            help="required: /v1 requests need an API key (revstore keys create); off: no "
+            "checks. Default: required unless --host is a loopback address.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP service (FastAPI on uvicorn); JSON log lines on stderr."""
+    from revstore.service.auth import AUTH_MODES, auth_required
     from revstore.service.command import prepare
     from revstore.service.command import serve as run_server
     from revstore.service.settings import Settings
 
+    if auth is not None and auth not in AUTH_MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(AUTH_MODES)}", param_hint="--auth")
     settings = Settings(
         url=db_url(db),
         require_if_match=require_if_match,
         max_body_bytes=max_body_bytes,
         max_page_bytes=max_page_bytes,
+        auth=auth_required(auth, host),
     )
     try:
         prepare(settings)
@@ -887,6 +900,97 @@ def migrate(db: DbOption = None, as_json: JsonOption = False) -> None:
         out.document({"schema_version": version})
     else:
         console.print(Text(f"schema version {version}"), highlight=False)
+
+
+# ----------------------------------------------------------------- API keys
+
+keys_app = typer.Typer(
+    name="keys",
+    help="API keys of the HTTP service: create (the token is shown once), list, revoke.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+)
+app.add_typer(keys_app)
+
+
+def show_keys(keys: Sequence[ApiKey]) -> None:
+    table = Table()
+    # The id is what revoke takes: never cut it short in a narrow terminal.
+    table.add_column("id", no_wrap=True, min_width=16)
+    for column in ("name", "namespace", "role", "created_at", "revoked_at"):
+        table.add_column(column, overflow="fold")
+    for k in keys:
+        table.add_row(
+            cell(k.id),
+            cell(k.name, 40),
+            cell(k.namespace, 40),
+            cell(k.role),
+            when(k.created_at),
+            when(k.revoked_at) if k.revoked_at else cell(None),
+        )
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace", "-n", help="The namespace the key is for; * for every namespace."
+        ),
+    ],
+    role: Annotated[
+        str, typer.Option(help="read (reads only), write (reads and writes), or admin.")
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(help="Who uses it; the author of writes that name none (default key-ID)."),
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key and print its token, once: only its hash is stored."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        new = store.api_keys.create(namespace, role, name=name)
+    if out.json:
+        out.document({**jsonable(new.key), "token": new.token})
+        return
+    show_keys([new.key])
+    console.print(Text(new.token), highlight=False, soft_wrap=True)
+    err_console.print(
+        "This token is shown once: store it now. Send it as: Authorization: Bearer <token>",
+        highlight=False,
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Only the keys of this namespace (or *)."),
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List API keys, revoked ones included (never their tokens)."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        keys = store.api_keys.list(namespace)
+    out.emit({"keys": keys}, lambda: show_keys(keys))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see keys list).")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke an API key (idempotent); a running service refuses it within 2 s."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        key = store.api_keys.revoke(key_id)
+    out.emit(key, lambda: show_keys([key]))
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, insert, inspect, select, update
+from sqlalchemy import Column, Connection, Table, insert, inspect, select, update
 from sqlalchemy.schema import CreateColumn
 
 from revstore import schema
@@ -94,12 +94,23 @@ def add_column(table: str, column: Column[Any]) -> Callable[[Connection], None]:
     return apply
 
 
+def create_table(table: Table) -> Callable[[Connection], None]:
+    """A step that creates ``table`` (from today's definition) unless it exists: a
+    database made from today's definitions, or a step cut short on MySQL, has it."""
+
+    def apply(conn: Connection) -> None:
+        table.create(conn, checkfirst=True)
+
+    return apply
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
         "complete the release-1 tables; record the schema version in revstore_schema",
         _record_schema_version,
     ),
+    Migration(3, "add revstore_api_keys (hashed API keys)", create_table(schema.api_keys)),
     # Append the next step here (and bump schema.SCHEMA_VERSION).
 )
 

@@ -39,9 +39,10 @@ Json = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 Hash = String(64)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version these tables are. 1 is the release before versions were recorded (the
-same five tables, no ``revstore_schema``); 2 adds ``revstore_schema``."""
+same five tables, no ``revstore_schema``); 2 adds ``revstore_schema``; 3 adds
+``revstore_api_keys``."""
 
 metadata = MetaData()
 
@@ -132,5 +133,22 @@ schema_version = Table(
     Column("version", Integer, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     PrimaryKeyConstraint("id", name="revstore_schema_pk"),
+    mysql_charset="utf8mb4",
+)
+
+api_keys = Table(
+    "revstore_api_keys",
+    metadata,
+    # The public part of a token (``rsk_<id>_<secret>``): a key is found by it, then its
+    # hash is compared in constant time. The token itself is never stored.
+    Column("id", String(32), nullable=False),
+    Column("token_hash", Hash, nullable=False),
+    Column("name", String(255), nullable=False),
+    # One namespace, or "*" for every namespace (see revstore.apikeys).
+    Column("namespace", Id, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("revoked_at", Timestamp, nullable=True),
+    PrimaryKeyConstraint("id", name="revstore_api_keys_pk"),
     mysql_charset="utf8mb4",
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any, TypeVar
 
+from revstore.apikeys import ApiKeys
 from revstore.backends import open_backend
 from revstore.backends.sql import SqlBackend
 from revstore.config import DEFAULT_MAX_BATCH_ITEMS as DEFAULT_MAX_BATCH_ITEMS
@@ -66,6 +67,9 @@ class Store(Shell):
         self.keys = Keys(self._drive)
         """Idempotency keys: reserve one, then pass ``keys.claim(...)`` to a write so the
         key is applied in the write's own transaction (see ``revstore.idempotency``)."""
+        self.api_keys = ApiKeys(self.backend, self._call)
+        """API keys: create (the token is returned once), list, revoke, verify (see
+        ``revstore.apikeys``)."""
 
     @property
     def strategy(self) -> str:

@@ -22,6 +22,8 @@ import httpx
 import pytest
 from test_service_server import serve
 
+from revstore import Store
+
 pytest.importorskip("openapi_python_client")
 
 
@@ -32,14 +34,25 @@ def snake(operation_id: str) -> str:
 class Api:
     """Calls the generated functions by operation id and notes which were called."""
 
-    def __init__(self, package: ModuleType, spec: dict[str, Any], base: str) -> None:
+    def __init__(
+        self, package: ModuleType, spec: dict[str, Any], base: str, token: str | None = None
+    ) -> None:
         self.package = package
         self.models = importlib.import_module(f"{package.__name__}.models")
         self.types = importlib.import_module(f"{package.__name__}.types")
-        client_mod = importlib.import_module(f"{package.__name__}.client")
+        self.client_mod = importlib.import_module(f"{package.__name__}.client")
+        self.base = base
+        self.token = token
         # Undocumented statuses raise: every status seen here must be in the document.
-        self.client = client_mod.Client(
-            base_url=base, raise_on_unexpected_status=True, timeout=httpx.Timeout(30.0)
+        options: dict[str, Any] = {
+            "base_url": base,
+            "raise_on_unexpected_status": True,
+            "timeout": httpx.Timeout(30.0),
+        }
+        self.client = (
+            self.client_mod.AuthenticatedClient(token=token, **options)
+            if token
+            else self.client_mod.Client(**options)
         )
         self.tags = {
             op["operationId"]: op["tags"][0]
@@ -48,18 +61,25 @@ class Api:
         }
         self.called: set[str] = set()
 
-    def __call__(self, operation_id: str, **kwargs: Any) -> Any:
+    def __call__(self, operation_id: str, *, client: Any = None, **kwargs: Any) -> Any:
         module = importlib.import_module(
             f"{self.package.__name__}.api.{self.tags[operation_id]}.{snake(operation_id)}"
         )
         self.called.add(operation_id)
         fn: Callable[..., Any] = module.sync_detailed
-        return fn(client=self.client, **kwargs)
+        return fn(client=client or self.client, **kwargs)
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    with serve(f"sqlite:///{tmp_path / 'client.db'}", tmp_path) as (base, _log):
+@pytest.fixture(params=["off", "required"])
+def api(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """Against ``revstore serve`` with auth off, and with auth required (the client
+    then authenticates with a ``*`` admin key, as generated from ``bearerAuth``)."""
+    db = f"sqlite:///{tmp_path / 'client.db'}"
+    token = None
+    if request.param == "required":
+        with Store(db) as store:
+            token = store.api_keys.create("*", "admin", name="generated").token
+    with serve(db, tmp_path, "--auth", request.param) as (base, _log):
         spec = httpx.get(f"{base}/openapi.json").json()
         spec_file = tmp_path / "openapi.json"
         spec_file.write_text(json.dumps(spec))
@@ -78,7 +98,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
         assert gen.returncode == 0, gen.stdout + gen.stderr
         sys.path.insert(0, str(tmp_path))
         try:
-            api = Api(importlib.import_module(name), spec, base)
+            api = Api(importlib.import_module(name), spec, base, token)
             with api.client:
                 yield api
         finally:
@@ -183,6 +203,18 @@ def test_generated_client_drives_every_operation(api: Api) -> None:
     assert [i.item_id for i in items.parsed.items] == ["i2", "i3"]
     info = api("getStream", id="log", namespace=ns)
     assert (info.parsed.last_sequence, info.parsed.item_count) == (3, 3)
+
+    if api.token:
+        # The key's name is the author of a write that names none.
+        api("putRecord", id="mine", namespace=ns, body=md.PutRecord(content=1))
+        mine = api("getHistory", id="mine", namespace=ns)
+        assert mine.parsed.versions[0].author == "generated"
+        # Without the key: a documented 401 problem.
+        with api.client_mod.Client(base_url=api.base, raise_on_unexpected_status=True) as bare:
+            refused = api("getRecord", id="mine", namespace=ns, client=bare)
+        assert refused.status_code == 401 and isinstance(refused.parsed, problem)
+        assert refused.parsed.type_ == "urn:revstore:problem:unauthorized"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
 
     # Every operation the document declares went through the generated client.
     assert api.called == set(api.tags)

@@ -9,8 +9,10 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-from service_helpers import PROBLEM, TestClient
+from service_helpers import PROBLEM, AppFactory, TestClient
 
+from revstore import Store
+from revstore.service import Settings
 from revstore.service import models as m
 
 # Clients are generated from these names: changing one breaks every caller's code.
@@ -147,15 +149,32 @@ def test_every_error_response_is_a_problem(spec: dict[str, Any]) -> None:
     assert "ETag" in get_record["200"]["headers"]
 
 
-def test_bearer_scheme_is_declared_but_no_operation_requires_it(
-    spec: dict[str, Any], sqlite_client: TestClient
+def test_bearer_scheme_is_declared_and_required_only_when_auth_is_on(
+    spec: dict[str, Any], sqlite_store: Store, make_client: AppFactory
 ) -> None:
     scheme = spec["components"]["securitySchemes"]["bearerAuth"]
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
-    # Not enforced by this version: claiming it in the document would be a lie.
+    # Auth off (the default of create_app, and of serve on loopback): no operation
+    # claims a requirement the service does not check.
     assert "security" not in spec
     assert all("security" not in op for op in operations(spec).values())
-    assert sqlite_client.get("/healthz").status_code == 200
+    assert all("401" not in op["responses"] for op in operations(spec).values())
+
+    on = make_client(sqlite_store, Settings(auth=True)).get("/openapi.json").json()
+    assert on["components"]["securitySchemes"]["bearerAuth"] == scheme
+    ops = operations(on)
+    assert {k for k, op in ops.items() if op.get("security")} == {
+        k for k in ops if k[1].startswith("/v1/")
+    }
+    for (method, path), op in ops.items():
+        if not path.startswith("/v1/"):
+            assert "security" not in op and "401" not in op["responses"], path
+            continue
+        assert op["security"] == [{"bearerAuth": []}], (method, path)
+        for status in ("401", "403"):
+            content = op["responses"][status]["content"]
+            assert content == {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
 
 
 class _Urls(HTMLParser):

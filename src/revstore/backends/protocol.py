@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Row, Select, and_, delete, insert, select, update
 
 from revstore import config, schema
+from revstore.apikeys import ApiKey
 from revstore.backends.dialect import Dialect
 from revstore.backends.ops import COMMIT, Execute, Raw, Step
 from revstore.content import Canonical
@@ -59,6 +60,7 @@ V = schema.versions
 S = schema.streams
 I = schema.stream_items  # noqa: E741
 K = schema.idempotency
+A = schema.api_keys
 
 Transform = Callable[[Any], Canonical]
 """Computes the new content from the current one, under the record's lock (merge-patch)."""
@@ -792,3 +794,60 @@ class Protocol:
             delete(K).where(K.c.expires_at <= ts).execution_options(preserve_rowcount=True)
         )
         return int(result.rowcount)
+
+    # ---------------------------------------------------------------- API keys
+
+    def apikey_insert(self, key: ApiKey, token_hash: str) -> Step[None]:
+        """Store a new key. Self-committing: a lost connection may have stored it, so
+        it is an AmbiguousCommit, never re-run (the caller shows no token then)."""
+        yield from self_committing(self._apikey_insert(key, token_hash))
+
+    @staticmethod
+    def _apikey_insert(key: ApiKey, token_hash: str) -> Step[None]:
+        yield Execute(
+            insert(A).values(
+                id=key.id,
+                token_hash=token_hash,
+                name=key.name,
+                namespace=key.namespace,
+                role=key.role,
+                created_at=key.created_at,
+                revoked_at=None,
+            )
+        )
+
+    def apikey_get(self, key_id: str) -> Step[tuple[ApiKey, str] | None]:
+        """A key and its token hash, revoked or not."""
+        row = (yield Execute(select(A).where(A.c.id == key_id))).first()
+        if row is None:
+            return None
+        return apikey_of(row), str(row._mapping["token_hash"])
+
+    def apikey_list(self, namespace: str | None) -> Step[list[ApiKey]]:
+        stmt = select(A).order_by(A.c.created_at, A.c.id)
+        if namespace is not None:
+            stmt = stmt.where(A.c.namespace == namespace)
+        return [apikey_of(row) for row in (yield Execute(stmt)).all()]
+
+    def apikey_revoke(self, key_id: str, ts: datetime) -> Step[int]:
+        """Mark a live key revoked (0: absent or revoked already). Safe to re-run."""
+        result = yield Execute(
+            update(A)
+            .where(A.c.id == key_id, A.c.revoked_at.is_(None))
+            .values(revoked_at=ts)
+            .execution_options(preserve_rowcount=True)
+        )
+        return int(result.rowcount)
+
+
+def apikey_of(row: Row[Any]) -> ApiKey:
+    m = row._mapping
+    revoked = m["revoked_at"]
+    return ApiKey(
+        id=m["id"],
+        name=m["name"],
+        namespace=m["namespace"],
+        role=m["role"],
+        created_at=utc(m["created_at"]),
+        revoked_at=None if revoked is None else utc(revoked),
+    )

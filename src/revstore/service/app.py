@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,9 +22,11 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 import revstore
 from revstore.errors import RevstoreError
+from revstore.service.auth import CACHE_SECONDS, PROTECTED_PREFIX, AuthMiddleware, KeyCache
 from revstore.service.context import Services, services
 from revstore.service.idempotency import IdempotencyStore
 from revstore.service.metrics import MULTIPROC_ENV, Metrics, install_retry_counter
@@ -52,18 +55,31 @@ TAGS: list[dict[str, Any]] = [
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 
+SECURITY_SCHEME = "bearerAuth"
 SECURITY_SCHEMES: dict[str, Any] = {
-    # Declared, not enforced: no operation lists a security requirement, so no request
-    # needs a token today. The API-key work applies it (per route, or as the document's
-    # top-level `security`); a FastAPI dependency `HTTPBearer(scheme_name="bearerAuth")`
-    # declares the same name, which `_declare_security` leaves as it finds it.
-    "bearerAuth": {
+    # Always declared, so generated clients can send a token; each /v1 operation lists
+    # it as required when the service checks keys (Settings.auth), none when it does
+    # not (the document says what this process does).
+    SECURITY_SCHEME: {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key sent as `Authorization: Bearer <token>`. Reserved: "
-        "this version of the service does not check it.",
+        "description": "An API key (`revstore keys create`) sent as "
+        "`Authorization: Bearer <token>`. Required on /v1 routes when the service runs "
+        "with auth on: read keys read, write and admin keys also write, each in its "
+        "namespace (or every namespace for a `*` key).",
     }
 }
+AUTH_RESPONSES: dict[str, Any] = {
+    "401": {
+        "description": "No API key, or one that is not valid (unknown or revoked); "
+        "with `WWW-Authenticate: Bearer`.",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "403": {"description": "The API key is for another namespace, or may not write."},
+}
+
+UI_PATH = "/ui"
+UI_DIR = Path(__file__).with_name("ui")
 
 DOCS_ASSETS = "/docs/assets"
 """Where Swagger UI's and ReDoc's scripts and styles are served from (the
@@ -105,6 +121,11 @@ def create_app(store: Store | str | None = None, settings: Settings | None = Non
         except RevstoreError as exc:
             # Serve anyway: /readyz says 503 until the database answers.
             log.warning("database not ready at startup: %s", exc, extra={"event": "startup"})
+        log.info(
+            "auth %s",
+            "required: /v1 requests need an API key" if settings.auth else "off",
+            extra={"event": "startup", "auth": "required" if settings.auth else "off"},
+        )
         yield
         if owns:
             the_store.close()
@@ -126,6 +147,9 @@ def create_app(store: Store | str | None = None, settings: Settings | None = Non
     )
     app.state.services = svc
     app.include_router(router)
+    # The history browser: static files of this package, calling the /v1 API from the
+    # browser (with the API key the user enters), so it needs no route of its own.
+    app.mount(UI_PATH, StaticFiles(directory=UI_DIR, html=True), name="ui")
 
     # Errors raised outside the routes (unknown path, wrong method) use the same bodies.
     async def on_error(request: Request, exc: Exception) -> Response:
@@ -141,6 +165,13 @@ def create_app(store: Store | str | None = None, settings: Settings | None = Non
 
     # The last one added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.auth:
+        # Before the body is read and before any route (or its idempotency layer) runs.
+        app.add_middleware(
+            AuthMiddleware,
+            keys=KeyCache(the_store, CACHE_SECONDS),
+            retry_after=settings.retry_after,
+        )
     app.add_middleware(RequestContextMiddleware, metrics=svc.metrics)
 
     def openapi() -> dict[str, Any]:
@@ -154,7 +185,7 @@ def create_app(store: Store | str | None = None, settings: Settings | None = Non
                     tags=app.openapi_tags,
                 )
             )
-            _declare_security(app.openapi_schema)
+            _declare_security(app.openapi_schema, required=settings.auth)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -177,10 +208,25 @@ def operation_id(route: APIRoute) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def _declare_security(schema: dict[str, Any]) -> None:
+def _declare_security(schema: dict[str, Any], *, required: bool) -> None:
+    """Declare the bearer scheme; when keys are checked, require it on every /v1
+    operation (the others stay open) and document its 401 and 403."""
     schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
     for name, scheme in SECURITY_SCHEMES.items():
         schemes.setdefault(name, scheme)
+    if not required:
+        return
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for path, path_item in schema.get("paths", {}).items():
+        if not path.startswith(PROTECTED_PREFIX):
+            continue
+        for operation in path_item.values():
+            operation["security"] = [{SECURITY_SCHEME: []}]
+            responses = operation.setdefault("responses", {})
+            for status, response in AUTH_RESPONSES.items():
+                responses.setdefault(
+                    status, {**response, "content": {MEDIA_TYPE: {"schema": problem}}}
+                )
 
 
 def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:

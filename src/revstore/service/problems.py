@@ -39,6 +39,8 @@ TITLES: dict[str, str] = {
     "precondition-failed": "Precondition failed",
     "precondition-required": "Precondition required",
     "not-found": "Not found",
+    "unauthorized": "API key missing or not valid",
+    "forbidden": "API key not allowed to do this",
     "method-not-allowed": "Method not allowed",
     "payload-too-large": "Request body too large",
     "unsupported-media-type": "Unsupported media type",
@@ -52,6 +54,8 @@ TITLES: dict[str, str] = {
 
 _BY_STATUS = {
     400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
     409: "conflict",

@@ -14,6 +14,7 @@ from revstore.config import MAX_AUTHOR, MAX_SUMMARY
 from revstore.errors import DuplicateItem, RevstoreError
 from revstore.record import Mode
 from revstore.service import models as m
+from revstore.service.auth import default_author
 from revstore.service.conditions import etag, not_modified, write_condition
 from revstore.service.context import services
 from revstore.service.models import BIGINT, MAX_ID
@@ -214,7 +215,7 @@ def put_record(
             body.content,
             expected_revision=expected,
             create_version=body.create_version,
-            author=body.author,
+            author=default_author(request, body.author),
             summary=body.summary,
             namespace=namespace,
             claim=claim_of(request),
@@ -262,7 +263,7 @@ def patch_record(
             patch,
             expected_revision=expected,
             create_version=create_version,
-            author=author,
+            author=default_author(request, author),
             summary=summary,
             namespace=namespace,
             claim=claim_of(request),
@@ -438,7 +439,7 @@ def restore_record(
             id,
             body.version,
             expected_revision=expected,
-            author=body.author,
+            author=default_author(request, body.author),
             summary=body.summary,
             namespace=namespace,
             claim=claim_of(request),

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from revstore.content import MAX_INT_DIGITS
 from revstore.errors import RevstoreError
 from revstore.service import idempotency as idem
+from revstore.service.auth import PRINCIPAL
 from revstore.service.context import Services, services
 from revstore.service.logs import request_context
 from revstore.service.problems import ProblemError, from_exception, internal_error
@@ -237,6 +238,11 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
         )
     body = await request.body()
     conditions = "\0".join(request.headers.get(h, "") for h in ("if-match", "if-none-match"))
+    principal = request.scope.get(PRINCIPAL)
+    if principal is not None:
+        # With auth, a key is the caller's own: another API key sending it makes another
+        # request (its author differs), refused as a reuse rather than replayed.
+        conditions += f"\0key:{principal.id}"
     req_hash = idem.request_hash(
         request.method, request.url.path, request.url.query, conditions, body
     )
@@ -276,7 +282,7 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
                         422,
                         "idempotency-key-reused",
                         "this Idempotency-Key was used for a different request "
-                        "(method, path, query, preconditions or body differ)",
+                        "(method, path, query, preconditions, body or API key differ)",
                     ),
                 )
             if asyncio.get_running_loop().time() >= deadline:

@@ -19,10 +19,19 @@ ENV_MAX_PAGE_BYTES = "REVSTORE_MAX_PAGE_BYTES"
 ENV_IDEMPOTENCY_TTL = "REVSTORE_IDEMPOTENCY_TTL"
 ENV_POOL_SIZE = "REVSTORE_POOL_SIZE"
 ENV_MAX_OVERFLOW = "REVSTORE_MAX_OVERFLOW"
+ENV_AUTH = "REVSTORE_AUTH"
 
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _auth(value: str | None) -> bool:
+    """REVSTORE_AUTH: ``required`` or ``off`` (unset: off, as for ``create_app``)."""
+    text = (value or "off").strip().lower()
+    if text not in ("required", "off"):
+        raise ValueError(f"{ENV_AUTH} must be required or off, got {value!r}")
+    return text == "required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,10 @@ class Settings:
     pool_size + max_overflow (the Store's defaults). Requests run on at most 40
     threads per process, so more than 40 is never used."""
 
+    auth: bool = False
+    """``/v1/...`` requests need an API key (``revstore.service.auth``). ``revstore
+    serve`` turns it on by default when it binds a non-loopback address."""
+
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be 1 or more, got {self.max_body_bytes}")
@@ -79,6 +92,7 @@ class Settings:
             idempotency_ttl=float(env.get(ENV_IDEMPOTENCY_TTL) or DEFAULT_IDEMPOTENCY_TTL),
             pool_size=int(env.get(ENV_POOL_SIZE) or 16),
             max_overflow=int(env.get(ENV_MAX_OVERFLOW) or 32),
+            auth=_auth(env.get(ENV_AUTH)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -91,4 +105,5 @@ class Settings:
             ENV_IDEMPOTENCY_TTL: str(self.idempotency_ttl),
             ENV_POOL_SIZE: str(self.pool_size),
             ENV_MAX_OVERFLOW: str(self.max_overflow),
+            ENV_AUTH: "required" if self.auth else "off",
         }
