@@ -63,6 +63,7 @@ class BlockingAsyncStore(_Blocking):
         super().__init__(loop.run(make()), loop)
         self.keys = _Blocking(self._target.keys, loop)
         self.backend = _Blocking(self._target.backend, loop)
+        self.api_keys = _Blocking(self._target.api_keys, loop)
         self.async_store: AsyncStore = self._target
 
     def close(self) -> None:

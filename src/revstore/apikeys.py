@@ -25,19 +25,15 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from operator import methodcaller
+from typing import Final
 
 from revstore.config import MAX_AUTHOR
 from revstore.content import optional_text, shown, validate_id
 from revstore.errors import InvalidInput, NotFound
-
-if TYPE_CHECKING:
-    from revstore.backends.sql import SqlBackend
-
-T = TypeVar("T")
+from revstore.operations import Flow, read_call
 
 ROLES: Final = ("read", "write", "admin")
 """From least to most: each role may do what the ones before it may."""
@@ -111,20 +107,11 @@ def validate_scope(namespace: object) -> str:
     return validate_id(namespace, "namespace")
 
 
-class ApiKeys:
-    """The key table, through a Store's backend, schema check and retry policy."""
+class ApiKeyOperations:
+    """The key table's operations as flows (``revstore.operations``), run by a store:
+    ``Store.api_keys`` blocks, ``AsyncStore.api_keys`` awaits."""
 
-    def __init__(
-        self, backend: SqlBackend, call: Callable[[str, str, Callable[[], Any]], Any]
-    ) -> None:
-        self._backend = backend
-        self._call = call
-
-    def _run(self, op: str, key: str, fn: Callable[[], T]) -> T:
-        result: T = self._call(f"api_keys.{op}", key, fn)
-        return result
-
-    def create(self, namespace: str, role: str, *, name: str | None = None) -> NewKey:
+    def create(self, namespace: str, role: str, *, name: str | None = None) -> Flow[NewKey]:
         """A new key for ``namespace`` (or ``*``) with ``role``. ``name`` (default
         ``key-<id>``) is the author of the writes made with it that name none."""
         namespace = validate_scope(namespace)
@@ -140,44 +127,45 @@ class ApiKeys:
             role,
             datetime.now(UTC),
         )
-        b = self._backend
-        self._run("create", key_id, lambda: b.run(b.protocol.apikey_insert(key, hash_token(token))))
+        yield read_call(
+            "api_keys.create", key_id, methodcaller("apikey_insert", key, hash_token(token))
+        )
         return NewKey(key, token)
 
-    def list(self, namespace: str | None = None) -> list[ApiKey]:
+    def list(self, namespace: str | None = None) -> Flow[list[ApiKey]]:
         """Every key (revoked ones included), oldest first; only those scoped to
         exactly ``namespace`` when given."""
         if namespace is not None:
             namespace = validate_scope(namespace)
-        b = self._backend
-        return self._run("list", namespace or "-", lambda: b.run(b.protocol.apikey_list(namespace)))
+        keys: list[ApiKey] = yield read_call(
+            "api_keys.list", namespace or "-", methodcaller("apikey_list", namespace)
+        )
+        return keys
 
-    def get(self, key_id: str) -> ApiKey:
+    def get(self, key_id: str) -> Flow[ApiKey]:
         """A key by id, revoked or not (NotFound if there is none)."""
-        found = self._lookup(key_id)
+        found = yield from self._lookup(key_id)
         if found is None:
             raise NotFound(f"no API key {key_id!r}")
         return found[0]
 
-    def revoke(self, key_id: str) -> ApiKey:
+    def revoke(self, key_id: str) -> Flow[ApiKey]:
         """Revoke a key (idempotent: a revoked key stays revoked as it was). Its token
         stops working at once in the database; a service caches a verified key for
         at most ``revstore.service.auth.CACHE_SECONDS``."""
-        b = self._backend
-        self._run(
-            "revoke",
-            key_id,
-            lambda: b.run(b.protocol.apikey_revoke(key_id, datetime.now(UTC))),
+        _check_id(key_id)
+        yield read_call(
+            "api_keys.revoke", key_id, methodcaller("apikey_revoke", key_id, datetime.now(UTC))
         )
-        return self.get(key_id)
+        return (yield from self.get(key_id))
 
-    def verify(self, token: str) -> ApiKey | None:
+    def verify(self, token: str) -> Flow[ApiKey | None]:
         """The live key whose token this is; None for a malformed, unknown or revoked
         token or a wrong secret (the caller cannot tell which, on purpose)."""
         key_id = key_id_of(token) if isinstance(token, str) else None
         if key_id is None:
             return None
-        found = self._lookup(key_id)
+        found = yield from self._lookup(key_id)
         if found is None:
             return None
         key, stored = found
@@ -186,8 +174,14 @@ class ApiKeys:
             return None
         return None if key.revoked else key
 
-    def _lookup(self, key_id: str) -> tuple[ApiKey, str] | None:
-        if not isinstance(key_id, str) or not re.fullmatch(r"[0-9a-f]{16}", key_id):
-            raise InvalidInput(f"an API key id is 16 hexadecimal digits, got {shown(key_id)}")
-        b = self._backend
-        return self._run("get", key_id, lambda: b.run(b.protocol.apikey_get(key_id)))
+    def _lookup(self, key_id: str) -> Flow[tuple[ApiKey, str] | None]:
+        _check_id(key_id)
+        found: tuple[ApiKey, str] | None = yield read_call(
+            "api_keys.get", key_id, methodcaller("apikey_get", key_id)
+        )
+        return found
+
+
+def _check_id(key_id: object) -> None:
+    if not isinstance(key_id, str) or not re.fullmatch(r"[0-9a-f]{16}", key_id):
+        raise InvalidInput(f"an API key id is 16 hexadecimal digits, got {shown(key_id)}")

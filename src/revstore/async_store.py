@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, TypeVar
 
+from revstore.apikeys import ApiKeyOperations
 from revstore.backends import open_async_backend
 from revstore.backends.aio import AsyncSqlBackend
 from revstore.operations import (
     Call,
+    Facade,
     Flow,
     KeyOperations,
     KeysShell,
@@ -40,6 +42,16 @@ class AsyncKeys(KeysShell):
     purge_expired = awaiting(KeyOperations.purge_expired)
 
 
+class AsyncApiKeys(Facade):
+    """API keys through an ``AsyncStore`` (``AsyncStore.api_keys``)."""
+
+    create = awaiting(ApiKeyOperations.create)
+    list = awaiting(ApiKeyOperations.list)
+    get = awaiting(ApiKeyOperations.get)
+    revoke = awaiting(ApiKeyOperations.revoke)
+    verify = awaiting(ApiKeyOperations.verify)
+
+
 class AsyncStore(Shell):
     """``Store`` for ``async def`` code: every operation is a coroutine.
 
@@ -57,6 +69,8 @@ class AsyncStore(Shell):
         self._schema_lock: asyncio.Lock | None = None
         self.keys = AsyncKeys(self._drive)
         """Idempotency keys, as ``Store.keys`` with coroutines."""
+        self.api_keys = AsyncApiKeys(ApiKeyOperations(), self._drive)
+        """API keys, as ``Store.api_keys`` with coroutines."""
 
     @property
     def strategy(self) -> str:

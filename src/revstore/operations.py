@@ -86,7 +86,7 @@ def advance(flow: Flow[T], result: Any) -> Call | Done[T]:
         return Done(stop.value)
 
 
-def _read(op: str, key: str, step: Callable[[Protocol], Any]) -> Call:
+def read_call(op: str, key: str, step: Callable[[Protocol], Any]) -> Call:
     """A call that runs a protocol with no transaction around it. The protocol is built
     anew for each attempt: a generator runs once."""
     return Call(op, key, lambda backend: backend.run(step(backend.protocol)))
@@ -208,7 +208,7 @@ class Operations:
         """The record's head (NotFound when absent or deleted)."""
         validate_id(namespace, "namespace")
         validate_id(id)
-        result: Record = yield _read("get", id, lambda p: p.get_record(namespace, id))
+        result: Record = yield read_call("get", id, lambda p: p.get_record(namespace, id))
         return result
 
     def history(
@@ -222,7 +222,7 @@ class Operations:
         after = validate_non_negative(after, "after")
         limit = validate_limit(limit)
         budget = self.max_page_bytes
-        result: HistoryPage = yield _read(
+        result: HistoryPage = yield read_call(
             "history", id, lambda p: p.history(namespace, id, after, limit, budget)
         )
         return result
@@ -232,7 +232,7 @@ class Operations:
         validate_id(namespace, "namespace")
         validate_id(id)
         version = validate_positive(version, "version")
-        result: Version = yield _read(
+        result: Version = yield read_call(
             "get_version", id, lambda p: p.get_version(namespace, id, version)
         )
         return result
@@ -255,7 +255,7 @@ class Operations:
             validate_id(after, "after")
         limit = validate_limit(limit)
         budget = self.max_page_bytes
-        result: RecordPage = yield _read(
+        result: RecordPage = yield read_call(
             "list",
             prefix or "*",
             lambda p: p.list_records(namespace, prefix, after, limit, budget),
@@ -339,7 +339,7 @@ class Operations:
         after = validate_non_negative(after, "after")
         limit = validate_limit(limit)
         budget = self.max_page_bytes
-        result: ReadPage = yield _read(
+        result: ReadPage = yield read_call(
             "read", stream, lambda p: p.read_stream(namespace, stream, after, limit, budget)
         )
         return result
@@ -348,7 +348,7 @@ class Operations:
         """The stream's last sequence and item count (NotFound when it has no items)."""
         validate_id(namespace, "namespace")
         validate_id(stream, "stream id")
-        result: StreamInfo = yield _read(
+        result: StreamInfo = yield read_call(
             "stream_info", stream, lambda p: p.stream_info(namespace, stream)
         )
         return result
@@ -405,27 +405,27 @@ class KeyOperations:
         for _ in range(5):
             ts = _now()
             until = ts + timedelta(seconds=lease)
-            inserted = yield _read(
+            inserted = yield read_call(
                 "idempotency.reserve",
                 key,
                 methodcaller("key_insert", key, request_hash, marker, ts, until),
             )
             if inserted:
                 return KeyState(Outcome.RESERVED)
-            row = yield _read("idempotency.lookup", key, lambda p: p.key_get(key))
+            row = yield read_call("idempotency.lookup", key, lambda p: p.key_get(key))
             if row is None:
                 continue  # released or purged in between: try again
             if row.expires_at <= ts:
                 # An expired answer, or the lease of a reservation never applied (its
                 # holder died): free the key. An applied row is kept for keep_for.
-                yield _read("idempotency.expire", key, methodcaller("key_expire", key, ts))
+                yield read_call("idempotency.expire", key, methodcaller("key_expire", key, ts))
                 continue
             return state_of(row, request_hash, marker)
         return KeyState(Outcome.IN_PROGRESS)
 
     def lookup(self, key: str, request_hash: str) -> Flow[KeyState | None]:
         """The state of a key another caller holds (None: gone, the caller may reserve)."""
-        row = yield _read("idempotency.lookup", key, lambda p: p.key_get(key))
+        row = yield read_call("idempotency.lookup", key, lambda p: p.key_get(key))
         if row is None or row.expires_at <= _now():
             return None
         return state_of(row, request_hash)
@@ -443,7 +443,7 @@ class KeyOperations:
         """Store the reply of the holder of ``key`` (False: it lost the key)."""
         until = _now() + timedelta(seconds=keep_for)
         marker = owner_marker(owner)
-        stored: bool = yield _read(
+        stored: bool = yield read_call(
             "idempotency.complete",
             key,
             lambda p: p.key_answer(key, status, headers, body, until, marker, None),
@@ -456,7 +456,7 @@ class KeyOperations:
         """Store a reply rebuilt from an applied result (by any caller with the same
         request: the reply is a function of the result). Its expiry stays the one the
         write set."""
-        stored: bool = yield _read(
+        stored: bool = yield read_call(
             "idempotency.complete",
             key,
             lambda p: p.key_answer(key, status, headers, body, None, None, request_hash),
@@ -467,7 +467,7 @@ class KeyOperations:
         """Forget a reservation whose write did not happen, so a retry can run. An
         applied key is never released: its write committed."""
         marker = owner_marker(owner)
-        released: int = yield _read(
+        released: int = yield read_call(
             "idempotency.release", key, lambda p: p.key_release(key, marker)
         )
         return released > 0
@@ -475,17 +475,26 @@ class KeyOperations:
     def purge_expired(self) -> Flow[int]:
         """Delete every expired key; how many."""
         ts = _now()
-        return int((yield _read("idempotency.purge", "*", lambda p: p.key_purge(ts))))
+        return int((yield read_call("idempotency.purge", "*", lambda p: p.key_purge(ts))))
 
 
-class KeysShell:
+class Facade:
+    """A set of flows (``ops``) exposed through a store's ``drive``: ``Store.keys``,
+    ``Store.api_keys`` and their ``AsyncStore`` twins are subclasses listing the flows
+    with ``blocking`` or ``awaiting``."""
+
+    def __init__(self, ops: Any, drive: Callable[[Flow[Any]], Any]) -> None:
+        self._ops = ops
+        self._drive = drive
+
+
+class KeysShell(Facade):
     """What ``Store.keys`` and ``AsyncStore.keys`` share: reserve a key, then pass
     ``keys.claim(...)`` to a write so the key is applied in the write's own transaction
     (see ``revstore.idempotency``)."""
 
     def __init__(self, drive: Callable[[Flow[Any]], Any]) -> None:
-        self._ops = KeyOperations()
-        self._drive = drive
+        super().__init__(KeyOperations(), drive)
 
     def claim(self, key: str, owner: str, request_hash: str, *, keep_for: float) -> Claim:
         """The claim of the holder ``owner`` of ``key``, for its write."""

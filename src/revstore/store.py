@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any, TypeVar
 
-from revstore.apikeys import ApiKeys
+from revstore.apikeys import ApiKeyOperations
 from revstore.backends import open_backend
 from revstore.backends.sql import SqlBackend
 from revstore.config import DEFAULT_MAX_BATCH_ITEMS as DEFAULT_MAX_BATCH_ITEMS
@@ -17,6 +17,7 @@ from revstore.config import MAX_AUTHOR as MAX_AUTHOR
 from revstore.config import MAX_SUMMARY as MAX_SUMMARY
 from revstore.operations import (
     Call,
+    Facade,
     Flow,
     KeyOperations,
     KeysShell,
@@ -38,6 +39,16 @@ class Keys(KeysShell):
     answer_applied = blocking(KeyOperations.answer_applied)
     release = blocking(KeyOperations.release)
     purge_expired = blocking(KeyOperations.purge_expired)
+
+
+class ApiKeys(Facade):
+    """API keys through a ``Store`` (``Store.api_keys``)."""
+
+    create = blocking(ApiKeyOperations.create)
+    list = blocking(ApiKeyOperations.list)
+    get = blocking(ApiKeyOperations.get)
+    revoke = blocking(ApiKeyOperations.revoke)
+    verify = blocking(ApiKeyOperations.verify)
 
 
 class Store(Shell):
@@ -67,7 +78,7 @@ class Store(Shell):
         self.keys = Keys(self._drive)
         """Idempotency keys: reserve one, then pass ``keys.claim(...)`` to a write so the
         key is applied in the write's own transaction (see ``revstore.idempotency``)."""
-        self.api_keys = ApiKeys(self.backend, self._call)
+        self.api_keys = ApiKeys(ApiKeyOperations(), self._drive)
         """API keys: create (the token is returned once), list, revoke, verify (see
         ``revstore.apikeys``)."""
 
