@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.ops import Execute, Step
-from revstore.backends.protocol import Protocol, Transform, in_transaction
+from revstore.backends.protocol import Protocol, Transform, in_transaction, self_committing
 from revstore.backends.sql import ensure_schema
 from revstore.backends.strategy import Strategy, strategy_named
 from revstore.config import MAX_OVERFLOW, POOL_SIZE, DatabaseURL
@@ -121,7 +121,7 @@ class AsyncSqlBackend:
                 if isinstance(op, Execute):
                     result: Any = await conn.execute(op.statement, op.params)
                 else:
-                    result = await conn.exec_driver_sql(op.sql)
+                    result = await conn.exec_driver_sql(op.sql, op.params)
             except DB_ERRORS as exc:
                 op = stepper.feed(error=exc)
             else:
@@ -177,6 +177,14 @@ class AsyncSqlBackend:
     async def write_record(
         self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
     ) -> Record:
+        if self.strategy.one_statement_put(intent, transform, claim):
+            statement = self.dialect.put_statement(intent)
+            if statement is not None:
+                # One round trip and no transaction around it: its row lock is held
+                # only while the statement runs. A lost connection is ambiguous.
+                done = await self.run(self_committing(statement))
+                if done is not None:
+                    return done
         tx = self.strategy.record_write(self.protocol, intent, transform, claim)
         return await self.transaction(tx.step, tx.begin)
 
@@ -186,5 +194,11 @@ class AsyncSqlBackend:
             resent = await self.run(self.protocol.resent(batch))
             if resent is not None:
                 return resent
+        if self.strategy.one_statement_append(batch, claim):
+            statement = self.dialect.append_statement(batch)
+            if statement is not None:
+                done_append = await self.run(self_committing(statement))
+                if done_append is not None:
+                    return done_append
         tx = self.strategy.stream_append(self.protocol, batch, claim)
         return await self.transaction(tx.step, tx.begin)

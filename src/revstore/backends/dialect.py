@@ -20,8 +20,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from revstore.backends.ops import Step
 from revstore.config import DatabaseURL
 from revstore.errors import RevstoreError
-from revstore.record import WriteIntent
-from revstore.stream import AppendBatch
+from revstore.record import Record, WriteIntent
+from revstore.stream import AppendBatch, AppendResult
 
 Bumped = tuple[int, int, datetime | str]
 """What a counter statement took for a record: revision, version and the record's
@@ -103,6 +103,18 @@ class Dialect:
         apply (absent, deleted, unchanged or a failed expectation: the general path
         decides, in the same transaction). Only where ``counter_puts``."""
         raise NotImplementedError
+
+    def put_statement(self, intent: WriteIntent) -> Step[Record | None] | None:
+        """A put as one self-committing statement (run with no transaction around it):
+        the written head, or None when it did not apply (absent, deleted, unchanged,
+        a failed expectation: the strategy's transaction then decides). None here when
+        the dialect has no such statement. The sync PostgreSQL executor sends the same
+        statement through its group commit instead (``PostgresBackend``)."""
+        return None
+
+    def append_statement(self, batch: AppendBatch) -> Step[AppendResult | None] | None:
+        """The same for an append without item ids."""
+        return None
 
     def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
         """Take the batch's sequences of a stream in one statement, inside the caller's

@@ -21,9 +21,11 @@ class Execute:
 
 @dataclass(frozen=True, slots=True)
 class Raw:
-    """Run driver SQL as it is (``BEGIN IMMEDIATE``, ``COMMIT``)."""
+    """Run driver SQL as it is (``BEGIN IMMEDIATE``, ``COMMIT``, a dialect's hand-written
+    one-statement write), with driver-style ``params`` if any."""
 
     sql: str
+    params: dict[str, Any] | None = None
 
 
 Op: TypeAlias = Execute | Raw

@@ -31,6 +31,7 @@ from sqlalchemy.sql.dml import Insert
 
 from revstore.backends.dialect import Dialect
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
+from revstore.backends.ops import Raw, Step
 from revstore.backends.protocol import appended, written_head
 from revstore.backends.sql import SqlBackend, install_liveness_probe, now
 from revstore.config import (
@@ -471,6 +472,18 @@ class PostgresDialect(Dialect):
 
     def insert_ignore(self, table: Any) -> Insert:
         return pg_insert(table).on_conflict_do_nothing()
+
+    def put_statement(self, intent: WriteIntent) -> Step[Record | None]:
+        ts = now()
+        result = yield Raw(_PUT, PostgresBackend._put_params(intent, ts))
+        row = result.fetchone()
+        return None if row is None else written_head(intent, int(row[0]), int(row[1]), row[2], ts)
+
+    def append_statement(self, batch: AppendBatch) -> Step[AppendResult | None]:
+        ts = now()
+        result = yield Raw(_APPEND, PostgresBackend._append_params(batch, ts))
+        sequences = [int(r[0]) for r in result]
+        return appended(batch, min(sequences), ts) if sequences else None
 
     def translate(self, exc: DBAPIError) -> RevstoreError:
         orig = exc.orig

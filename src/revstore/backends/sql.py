@@ -156,7 +156,7 @@ class SqlBackend:
                 if isinstance(op, Execute):
                     result = conn.execute(op.statement, op.params)
                 else:
-                    result = conn.exec_driver_sql(op.sql)
+                    result = conn.exec_driver_sql(op.sql, op.params)
             except DB_ERRORS as exc:
                 op = stepper.feed(error=exc)
             else:
