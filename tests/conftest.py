@@ -101,6 +101,7 @@ API_SUITES = {
     "test_input_contract",
     "test_input_properties",
     "test_records_contract",
+    "test_retention_contract",
     "test_streams_contract",
 }
 """The contract suites: each of their tests runs on ``Store`` and on ``AsyncStore``."""

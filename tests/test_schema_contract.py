@@ -53,7 +53,8 @@ V1_TABLES = {
     "revstore_stream_items",
     "revstore_idempotency",
 }
-ALL_TABLES = V1_TABLES | {"revstore_schema", "revstore_api_keys"}
+V3_TABLES = V1_TABLES | {"revstore_schema", "revstore_api_keys"}
+ALL_TABLES = V3_TABLES | {"revstore_retention", "revstore_compacted"}
 
 
 def _admin_engine(name: str, server: str) -> Engine:
@@ -161,8 +162,8 @@ def _make_v1(url: str, ns: str) -> None:
         store.put("doc", {"n": 1}, namespace=ns)
         store.put("doc", {"n": 2}, author="ann", summary="second", namespace=ns)
         store.append("chat", [{"m": "hi"}, {"m": "ho"}], item_ids=["a", "b"], namespace=ns)
-        _sql(store, "DROP TABLE revstore_schema")
-        _sql(store, "DROP TABLE revstore_api_keys")
+        for table in ("revstore_schema", "revstore_api_keys", *ALL_TABLES - V3_TABLES):
+            _sql(store, f"DROP TABLE {table}")
         assert _tables(store) == V1_TABLES
 
 
@@ -307,12 +308,13 @@ def test_version_2_database_gets_the_api_key_table(fresh_db: FreshDb, ns: str) -
     with Store(url) as store:
         # What the release of version 2 left: its tables, the version row at 2.
         store.create_schema()
-        _sql(store, "DROP TABLE revstore_api_keys")
+        for table in ("revstore_api_keys", *ALL_TABLES - V3_TABLES):
+            _sql(store, f"DROP TABLE {table}")
         _sql(store, "UPDATE revstore_schema SET version = 2")
-        assert _tables(store) == ALL_TABLES - {"revstore_api_keys"}
+        assert _tables(store) == V3_TABLES - {"revstore_api_keys"}
     with Store(url) as store:
         _assert_v1_rows_kept(store, ns)
-        assert _stored_version(store) == SCHEMA_VERSION == 3
+        assert _stored_version(store) == SCHEMA_VERSION == 4
         assert _tables(store) == ALL_TABLES
         new = store.api_keys.create(ns, "write", name="ann")
         assert store.api_keys.verify(new.token) == new.key
@@ -320,6 +322,26 @@ def test_version_2_database_gets_the_api_key_table(fresh_db: FreshDb, ns: str) -
         again.create_schema()
         assert _stored_version(again) == SCHEMA_VERSION
         assert [k.id for k in again.api_keys.list(ns)] == [new.key.id]
+
+
+def test_version_3_database_gets_the_retention_tables(fresh_db: FreshDb, ns: str) -> None:
+    """Migration 4 adds revstore_retention and revstore_compacted to a version-3
+    database, keeping every row; retention then works on it."""
+    url = fresh_db()
+    _make_v1(url, ns)
+    with Store(url) as store:
+        store.create_schema()
+        for table in ALL_TABLES - V3_TABLES:
+            _sql(store, f"DROP TABLE {table}")
+        _sql(store, "UPDATE revstore_schema SET version = 3")
+        assert _tables(store) == V3_TABLES
+    with Store(url) as store:
+        _assert_v1_rows_kept(store, ns)
+        assert _stored_version(store) == SCHEMA_VERSION == 4
+        assert _tables(store) == ALL_TABLES
+        store.set_retention(ns, keep_last=1)
+        assert store.apply_retention(ns).versions_removed == 1
+        assert [v.version for v in store.history("doc", namespace=ns).versions] == [2]
 
 
 def test_injected_migration_upgrades_in_place_keeping_rows(fresh_db: FreshDb, ns: str) -> None:

@@ -13,6 +13,7 @@ from revstore.errors import (
     SchemaMismatch,
     SequenceConflict,
     Unavailable,
+    VersionCompacted,
     VersionConflict,
 )
 from revstore.record import HistoryPage, Record, RecordPage, Version
@@ -44,5 +45,6 @@ __all__ = [
     "StreamItem",
     "Unavailable",
     "Version",
+    "VersionCompacted",
     "VersionConflict",
 ]

@@ -28,6 +28,15 @@ class NotFound(RevstoreError, LookupError):
     """The record, version or stream does not exist (or the record is deleted)."""
 
 
+class VersionCompacted(NotFound):
+    """The version was removed by the namespace's retention policy. ``oldest_version``
+    is the oldest version the record still has (HTTP: 410 Gone)."""
+
+    def __init__(self, message: str, oldest_version: int) -> None:
+        super().__init__(message)
+        self.oldest_version = oldest_version
+
+
 class Conflict(RevstoreError):
     """A stated expectation did not hold. Never retried blindly: it goes back to the caller."""
 

@@ -94,12 +94,13 @@ def add_column(table: str, column: Column[Any]) -> Callable[[Connection], None]:
     return apply
 
 
-def create_table(table: Table) -> Callable[[Connection], None]:
-    """A step that creates ``table`` (from today's definition) unless it exists: a
-    database made from today's definitions, or a step cut short on MySQL, has it."""
+def create_table(*tables: Table) -> Callable[[Connection], None]:
+    """A step that creates ``tables`` (from today's definitions) unless they exist: a
+    database made from today's definitions, or a step cut short on MySQL, has them."""
 
     def apply(conn: Connection) -> None:
-        table.create(conn, checkfirst=True)
+        for table in tables:
+            table.create(conn, checkfirst=True)
 
     return apply
 
@@ -111,6 +112,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         _record_schema_version,
     ),
     Migration(3, "add revstore_api_keys (hashed API keys)", create_table(schema.api_keys)),
+    Migration(
+        4,
+        "add revstore_retention and revstore_compacted (retention policies)",
+        create_table(schema.retention, schema.compacted),
+    ),
     # Append the next step here (and bump schema.SCHEMA_VERSION).
 )
 

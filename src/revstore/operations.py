@@ -47,6 +47,7 @@ from revstore.content import (
 from revstore.errors import InvalidInput
 from revstore.idempotency import Claim, KeyState, Outcome, owner_marker, state_of, validate_key
 from revstore.record import HistoryPage, Mode, Record, RecordPage, Version, WriteIntent
+from revstore.retention import CHUNK, PAGE, Policy, RetentionReport, check_policy
 from revstore.retry import RetryPolicy, RetryStats
 from revstore.stream import AppendBatch, AppendResult, ReadPage, StreamInfo
 
@@ -92,6 +93,11 @@ def read_call(op: str, key: str, step: Callable[[Protocol], Any]) -> Call:
     return Call(op, key, lambda backend: backend.run(step(backend.protocol)))
 
 
+def transaction_call(op: str, key: str, step: Callable[[Protocol], Any]) -> Call:
+    """A call that runs a protocol inside one write transaction."""
+    return Call(op, key, lambda backend: backend.transaction(step(backend.protocol)))
+
+
 def _claim(value: object) -> Claim | None:
     if value is not None and not isinstance(value, Claim):
         raise InvalidInput(f"claim must be a Claim from Store.keys.claim(), got {shown(value)}")
@@ -102,7 +108,80 @@ def _expected(value: object, what: str) -> int | None:
     return None if value is None else validate_non_negative(value, what)
 
 
-class Operations:
+class RetentionOperations:
+    """Retention policies and their application, as flows (see ``revstore.retention``)."""
+
+    def set_retention(
+        self,
+        namespace: str,
+        *,
+        keep_last: int | None = None,
+        max_age: float | None = None,
+    ) -> Flow[Policy | None]:
+        """Keep the last ``keep_last`` versions of each record of ``namespace``, and / or
+        those younger than ``max_age`` seconds (a version either rule keeps is kept;
+        the newest always). Both None removes the policy. Applied by
+        ``apply_retention`` (a running service does it by itself)."""
+        validate_id(namespace, "namespace")
+        keep, age = check_policy(keep_last, max_age)
+        ts = _now()
+        yield transaction_call(
+            "retention.set", namespace, methodcaller("retention_set", namespace, keep, age, ts)
+        )
+        return None if keep is None and age is None else Policy(namespace, keep, age, ts)
+
+    def get_retention(self, namespace: str | None = None) -> Flow[list[Policy]]:
+        """The policies, of one namespace or of all."""
+        if namespace is not None:
+            validate_id(namespace, "namespace")
+        policies: list[Policy] = yield read_call(
+            "retention.get", namespace or "*", methodcaller("retention_policies", namespace)
+        )
+        return policies
+
+    def apply_retention(
+        self,
+        namespace: str | None = None,
+        *,
+        progress: Callable[[RetentionReport], None] | None = None,
+    ) -> Flow[RetentionReport]:
+        """Remove the versions the policies no longer keep, of one namespace or of all,
+        one record and at most ``retention.CHUNK`` versions per transaction (so a
+        writer of that record waits for one short delete at most). ``progress`` is
+        called with the running totals after each record."""
+        policies = yield from self.get_retention(namespace)
+        records = removed = 0
+        for policy in policies:
+            ns = policy.namespace
+            young = _now() - timedelta(seconds=policy.max_age_seconds or 0)
+            after = ""
+            while True:
+                page: list[tuple[str, int, int, int | None]] = yield read_call(
+                    "retention.scan",
+                    ns,
+                    methodcaller("retention_candidates", ns, after, PAGE, young),
+                )
+                for record_id, oldest, newest, first_young in page:
+                    cutoff = policy.cutoff(newest, first_young)
+                    if cutoff > oldest:
+                        records += 1
+                    while cutoff > oldest:
+                        below = min(cutoff, oldest + CHUNK)
+                        removed += yield transaction_call(
+                            "retention.compact",
+                            record_id,
+                            methodcaller("compact", ns, record_id, below),
+                        )
+                        oldest = below
+                    if progress is not None:
+                        progress(RetentionReport(len(policies), records, removed))
+                if len(page) < PAGE:
+                    break
+                after = page[-1][0]
+        return RetentionReport(len(policies), records, removed)
+
+
+class Operations(RetentionOperations):
     """The store's operations as flows, with the limits they enforce."""
 
     def __init__(

@@ -39,10 +39,10 @@ Json = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 Hash = String(64)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version these tables are. 1 is the release before versions were recorded (the
 same five tables, no ``revstore_schema``); 2 adds ``revstore_schema``; 3 adds
-``revstore_api_keys``."""
+``revstore_api_keys``; 4 adds ``revstore_retention`` and ``revstore_compacted``."""
 
 metadata = MetaData()
 
@@ -150,5 +150,31 @@ api_keys = Table(
     Column("created_at", Timestamp, nullable=False),
     Column("revoked_at", Timestamp, nullable=True),
     PrimaryKeyConstraint("id", name="revstore_api_keys_pk"),
+    mysql_charset="utf8mb4",
+)
+
+retention = Table(
+    "revstore_retention",
+    metadata,
+    # One row per namespace with a policy (see revstore.retention): keep the last
+    # ``keep_last`` versions of each record, and / or those younger than
+    # ``max_age_seconds``; a version either rule keeps is kept.
+    Column("namespace", Id, nullable=False),
+    Column("keep_last", BigInteger, nullable=True),
+    Column("max_age_seconds", BigInteger, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("namespace", name="revstore_retention_pk"),
+    mysql_charset="utf8mb4",
+)
+
+compacted = Table(
+    "revstore_compacted",
+    metadata,
+    # The oldest version retention kept of a record: a version below it was removed
+    # (VersionCompacted), one at or above it exists or never did. Only ever raised.
+    Column("namespace", Id, nullable=False),
+    Column("record_id", Id, nullable=False),
+    Column("first_version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("namespace", "record_id", name="revstore_compacted_pk"),
     mysql_charset="utf8mb4",
 )

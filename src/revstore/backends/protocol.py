@@ -21,14 +21,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, and_, delete, insert, select, update
+from sqlalchemy import Row, Select, and_, case, delete, func, insert, select, update
 
 from revstore import config, schema
 from revstore.apikeys import ApiKey
 from revstore.backends.dialect import Dialect
 from revstore.backends.ops import COMMIT, Execute, Raw, Step
 from revstore.content import Canonical
-from revstore.errors import AmbiguousCommit, ClaimLost, NotFound
+from revstore.errors import AmbiguousCommit, ClaimLost, NotFound, VersionCompacted
 from revstore.failures import Disconnected, LostRace
 from revstore.idempotency import IN_PROGRESS, Applied, Claim, KeyRow
 from revstore.record import (
@@ -42,6 +42,7 @@ from revstore.record import (
     WriteIntent,
     plan_write,
 )
+from revstore.retention import Policy
 from revstore.stream import (
     AppendBatch,
     AppendResult,
@@ -57,6 +58,8 @@ T = TypeVar("T")
 
 R = schema.records
 V = schema.versions
+RP = schema.retention
+CP = schema.compacted
 S = schema.streams
 I = schema.stream_items  # noqa: E741
 K = schema.idempotency
@@ -271,6 +274,19 @@ class Protocol:
         if head is None or head._mapping["deleted"]:
             raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
         if row is None:
+            first = (
+                yield Execute(
+                    select(CP.c.first_version).where(
+                        CP.c.namespace == namespace, CP.c.record_id == record_id
+                    )
+                )
+            ).scalar()
+            if first is not None and number < first:
+                raise VersionCompacted(
+                    f"version {number} of record {record_id!r} was removed by the retention "
+                    f"policy of namespace {namespace!r}; the oldest kept is {first}",
+                    int(first),
+                )
             raise NotFound(f"record {record_id!r} has no version {number}")
         return version_of(row)
 
@@ -835,6 +851,78 @@ class Protocol:
             update(A)
             .where(A.c.id == key_id, A.c.revoked_at.is_(None))
             .values(revoked_at=ts)
+            .execution_options(preserve_rowcount=True)
+        )
+        return int(result.rowcount)
+
+    # ---------------------------------------------------------------- retention
+
+    def retention_set(
+        self, namespace: str, keep_last: int | None, max_age: int | None, ts: datetime
+    ) -> Step[None]:
+        """Replace the namespace's policy (both None: remove it), in one transaction."""
+        yield Execute(delete(RP).where(RP.c.namespace == namespace))
+        if keep_last is not None or max_age is not None:
+            yield Execute(
+                insert(RP).values(
+                    namespace=namespace, keep_last=keep_last, max_age_seconds=max_age, updated_at=ts
+                )
+            )
+
+    def retention_policies(self, namespace: str | None) -> Step[list[Policy]]:
+        stmt = select(RP).order_by(RP.c.namespace)
+        if namespace is not None:
+            stmt = stmt.where(RP.c.namespace == namespace)
+        return [
+            Policy(
+                r._mapping["namespace"],
+                r._mapping["keep_last"],
+                r._mapping["max_age_seconds"],
+                utc(r._mapping["updated_at"]),
+            )
+            for r in (yield Execute(stmt)).all()
+        ]
+
+    def retention_candidates(
+        self, namespace: str, after: str, limit: int, young: datetime
+    ) -> Step[list[tuple[str, int, int, int | None]]]:
+        """Per record after ``after`` (id order, ``limit`` records): its oldest and newest
+        stored version and its oldest version created at or after ``young``."""
+        first_young = func.min(case((V.c.created_at >= young, V.c.version), else_=None))
+        stmt = (
+            select(V.c.record_id, func.min(V.c.version), func.max(V.c.version), first_young)
+            .where(V.c.namespace == namespace, V.c.record_id > after)
+            .group_by(V.c.record_id)
+            .order_by(V.c.record_id)
+            .limit(limit)
+        )
+        return [
+            (str(r[0]), int(r[1]), int(r[2]), None if r[3] is None else int(r[3]))
+            for r in (yield Execute(stmt)).all()
+        ]
+
+    def compact(self, namespace: str, record_id: str, below: int) -> Step[int]:
+        """Remove the record's versions below ``below`` and remember it as its oldest
+        (in the caller's transaction: readers see both or neither). The versions'
+        rows are only ever deleted here; the head row is not touched, so writers of
+        the record do not wait for this."""
+        yield Execute(
+            self.dialect.insert_ignore(CP).values(
+                namespace=namespace, record_id=record_id, first_version=below
+            )
+        )
+        yield Execute(
+            update(CP)
+            .where(
+                CP.c.namespace == namespace,
+                CP.c.record_id == record_id,
+                CP.c.first_version < below,
+            )
+            .values(first_version=below)
+        )
+        result = yield Execute(
+            delete(V)
+            .where(V.c.namespace == namespace, V.c.record_id == record_id, V.c.version < below)
             .execution_options(preserve_rowcount=True)
         )
         return int(result.rowcount)
