@@ -38,6 +38,7 @@ from revstore.errors import (
     SchemaMismatch,
     SequenceConflict,
     Unavailable,
+    VersionCompacted,
     VersionConflict,
 )
 from revstore.schema import SCHEMA_VERSION
@@ -351,6 +352,7 @@ SAMPLES: dict[type[RevstoreError], RevstoreError] = {
     RevstoreError: RevstoreError("boom"),
     InvalidInput: InvalidInput("bad"),
     NotFound: NotFound("gone"),
+    VersionCompacted: VersionCompacted("removed", 5),
     Conflict: Conflict("no"),
     VersionConflict: VersionConflict("stale", None),
     SequenceConflict: SequenceConflict("stale", 7),
@@ -368,6 +370,7 @@ EXPECTED = {
     RevstoreError: 1,
     InvalidInput: 8,
     NotFound: 3,
+    VersionCompacted: 9,
     Conflict: 4,
     VersionConflict: 4,
     SequenceConflict: 4,

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,10 +39,12 @@ from revstore.errors import (
     SchemaMismatch,
     SequenceConflict,
     Unavailable,
+    VersionCompacted,
     VersionConflict,
 )
 from revstore.failures import Duplicate, Retryable
 from revstore.record import Record, Version
+from revstore.retention import Policy, RetentionReport
 from revstore.store import Store
 from revstore.stream import StreamItem
 
@@ -57,6 +59,7 @@ EXIT_UNAVAILABLE = 5
 EXIT_AMBIGUOUS = 6
 EXIT_SCHEMA = 7
 EXIT_INVALID = 8
+EXIT_COMPACTED = 9
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[type[RevstoreError], int] = {
@@ -65,6 +68,9 @@ EXIT_CODES: dict[type[RevstoreError], int] = {
     RevstoreError: EXIT_UNEXPECTED,
     InvalidInput: EXIT_INVALID,
     NotFound: EXIT_NOT_FOUND,
+    # A version that existed and was removed by retention: retrying never brings it
+    # back; the oldest kept version is on stderr.
+    VersionCompacted: EXIT_COMPACTED,
     Conflict: EXIT_CONFLICT,
     VersionConflict: EXIT_CONFLICT,
     SequenceConflict: EXIT_CONFLICT,
@@ -94,6 +100,7 @@ EXIT_TABLE = (
     (EXIT_AMBIGUOUS, "ambiguous commit: the write may have landed; read before retrying"),
     (EXIT_SCHEMA, "schema mismatch: the database is newer than this release; upgrade"),
     (EXIT_INVALID, "invalid input: bad JSON, id, number, limit or size"),
+    (EXIT_COMPACTED, "version compacted: removed by retention (oldest kept on stderr)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )
 
@@ -991,6 +998,126 @@ def keys_revoke(
     with opened(out, db) as store:
         key = store.api_keys.revoke(key_id)
     out.emit(key, lambda: show_keys([key]))
+
+
+# ----------------------------------------------------------------- retention
+
+retention_app = typer.Typer(
+    name="retention",
+    help="How many versions each namespace keeps: set, show, apply.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+)
+app.add_typer(retention_app)
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str | None) -> int | None:
+    """``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` as seconds."""
+    if text is None:
+        return None
+    raw = text.strip().lower()
+    unit = _AGE_UNITS.get(raw[-1:])
+    number = raw[:-1] if unit is not None else raw
+    if not number.isascii() or not number.isdigit() or len(number) > 12:
+        raise InvalidInput(f"--max-age must be a number with s, m, h, d or w, got {text!r}")
+    return int(number) * (unit or 1)
+
+
+def show_policies(policies: Sequence[Policy]) -> None:
+    if not policies:
+        console.print("no retention policy", highlight=False)
+        return
+    table = Table("namespace", "keep last", "max age (s)", "updated")
+    for p in policies:
+        table.add_row(
+            cell(p.namespace, 40),
+            cell(p.keep_last),
+            cell(p.max_age_seconds),
+            when(p.updated_at) if p.updated_at else cell(None),
+        )
+    console.print(table)
+
+
+@retention_app.command("set")
+def retention_set(
+    namespace: Annotated[
+        str, typer.Option("--namespace", "-n", help="The namespace the policy is for.")
+    ],
+    keep_last: Annotated[
+        int | None, typer.Option(help="Keep the last N versions of each record.")
+    ] = None,
+    max_age: Annotated[
+        str | None,
+        typer.Option(help="Keep versions younger than this: 3600, 90m, 12h, 30d, 2w."),
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set a namespace's policy (a version either rule keeps is kept; the newest always).
+    With neither option, the policy is removed. `retention apply` (or a running
+    service, by itself) removes what it no longer keeps."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        policy = store.set_retention(namespace, keep_last=keep_last, max_age=parse_age(max_age))
+    out.emit(
+        {"policy": policy},
+        lambda: show_policies([policy] if policy else []),
+    )
+
+
+@retention_app.command("show")
+def retention_show(
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="One namespace (default: every policy)."),
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the retention policies."""
+    out = Output(as_json)
+    with opened(out, db) as store:
+        policies = store.get_retention(namespace)
+    out.emit({"policies": policies}, lambda: show_policies(policies))
+
+
+@retention_app.command("apply")
+def retention_apply(
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="One namespace (default: every one with a policy)."),
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove now the versions the policies no longer keep, in small transactions
+    (writers keep going); shows progress on a terminal."""
+    out = Output(as_json)
+    status = (
+        err_console.status("applying retention…")
+        if not out.json and err_console.is_terminal
+        else None
+    )
+
+    def progress(report: RetentionReport) -> None:
+        if status is not None:
+            status.update(
+                f"applying retention… {report.records} records, "
+                f"{report.versions_removed} versions removed"
+            )
+
+    with opened(out, db) as store, status or nullcontext():
+        report = store.apply_retention(namespace, progress=progress)
+    out.emit(
+        report,
+        lambda: console.print(
+            f"{report.namespaces} policies, {report.records} records compacted, "
+            f"{report.versions_removed} versions removed",
+            highlight=False,
+        ),
+    )
 
 
 def main() -> None:
