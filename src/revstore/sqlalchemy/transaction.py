@@ -170,6 +170,31 @@ class Plan:
         return False
 
 
+def _advance(steps: Generator[Call, None, bool], failed: BaseException | None) -> Call | bool:
+    """The next session call of ``steps`` (``failed``, the last call's error, thrown in
+    first), or at their end whether the body's error is swallowed."""
+    try:
+        return steps.send(None) if failed is None else steps.throw(failed)
+    except StopIteration as done:
+        return bool(done.value)
+
+
+def _failure_of(call: Callable[[], object]) -> Exception | None:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def _async_failure_of(call: Callable[[], Awaitable[object]]) -> Exception | None:
+    try:
+        await call()
+    except Exception as exc:
+        return exc
+    return None
+
+
 def _dialect_of(bind: object) -> str | None:
     engine = getattr(bind, "sync_engine", bind)
     dialect = getattr(engine, "dialect", None)
@@ -217,18 +242,10 @@ class Attempt:
         assert session is not None, "an Attempt is entered with `with attempt as session`"
         try:
             steps = self.plan.end(error)
-            failed: BaseException | None = None
-            while True:
-                try:
-                    call = steps.send(None) if failed is None else steps.throw(failed)
-                except StopIteration as done:
-                    swallow: bool = done.value
-                    return swallow
-                failed = None
-                try:
-                    getattr(session, call)()
-                except Exception as exc:
-                    failed = exc
+            step = _advance(steps, None)
+            while not isinstance(step, bool):
+                step = _advance(steps, _failure_of(getattr(session, step)))
+            return step
         finally:
             # Rolls back whatever is open; a dead connection is invalidated.
             session.close()
@@ -333,18 +350,10 @@ class AsyncAttempt:
         assert session is not None, "an AsyncAttempt is entered with `async with`"
         try:
             steps = self.plan.end(error)
-            failed: BaseException | None = None
-            while True:
-                try:
-                    call = steps.send(None) if failed is None else steps.throw(failed)
-                except StopIteration as done:
-                    swallow: bool = done.value
-                    return swallow
-                failed = None
-                try:
-                    await getattr(session, call)()
-                except Exception as exc:
-                    failed = exc
+            step = _advance(steps, None)
+            while not isinstance(step, bool):
+                step = _advance(steps, await _async_failure_of(getattr(session, step)))
+            return step
         finally:
             await session.close()
 
