@@ -53,3 +53,60 @@ def prompt_process(url: str, prompt_id: int, tag: str, threads: int, count: int)
     for w in workers:
         w.join()
     return results
+
+
+# ----------------------------------------------------------------- block editor
+
+
+def editor_session(client: Any, block_id: int, tag: str, count: int) -> list[Any]:
+    """One editor: ``count`` rounds of load, autosave (no expectation: always lands),
+    load, then save with the revision it loaded (409 when someone wrote in between).
+    Returns ("autosave"|"save", body, status, revision or current_revision, expected)."""
+    out: list[Any] = []
+    for i in range(count):
+        body = f"{tag}-{i}-auto"
+        r = client.put(f"/blocks/{block_id}/autosave", json={"body": body})
+        out.append(("autosave", body, r.status_code, r.json().get("revision"), None))
+        loaded = client.get(f"/blocks/{block_id}")
+        expected = loaded.json()["revision"]
+        body = f"{tag}-{i}-save"
+        r = client.post(
+            f"/blocks/{block_id}/save",
+            json={"body": body, "summary": body},
+            headers={"If-Match": f'"{expected}"'},
+        )
+        doc = r.json()
+        got = doc.get("revision") if r.status_code == 200 else doc.get("current_revision")
+        out.append(("save", body, r.status_code, got, expected))
+    return out
+
+
+def editor_process(url: str, block_id: int, tag: str, threads: int, count: int) -> list[Any]:
+    """A worker process: its own app and TestClient on the shared database, with
+    ``threads`` editors."""
+    from examples.block_editor import create_app
+    from examples.block_editor import make_engine as block_engine
+    from fastapi.testclient import TestClient
+
+    engine = block_engine(url)
+    results: list[Any] = []
+    lock = threading.Lock()
+    try:
+        with TestClient(create_app(engine)) as client:
+
+            def run(n: int) -> None:
+                try:
+                    got = editor_session(client, block_id, f"{tag}t{n}", count)
+                except Exception as exc:  # reported, and the test fails on it
+                    got = [("error", f"{type(exc).__name__}: {exc}", 0, None, None)]
+                with lock:
+                    results.extend(got)
+
+            workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+    finally:
+        engine.dispose()
+    return results

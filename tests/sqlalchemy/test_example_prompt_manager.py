@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from example_workers import TAG_SETS, prompt_process, prompt_writes
-
 from examples.prompt_manager import PromptManager, make_engine
+
 from revstore import VersionConflict
 
 PROCESSES = 3
