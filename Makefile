@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo serve test test-fast lint format bench bench-http pgbouncer clean
+.PHONY: venv browser demo serve test test-fast lint format bench bench-http bench-sqlalchemy pgbouncer clean
 
 venv: $(STAMP)
 
@@ -61,6 +61,13 @@ bench: venv
 bench-http: venv
 	command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
 	$(BIN)/python benchmarks/bench_http_peer.py --json /tmp/bench-http-peer.json
+
+## revstore.sqlalchemy beside SQLAlchemy-Continuum and plain version_id_col with retries:
+## 16 writer threads on one hot row and on 1,000 rows, on SQLite, PostgreSQL and MariaDB
+## (~1 min); the table goes to benchmarks/results/<date>-sqlalchemy.md.
+bench-sqlalchemy: venv
+	$(BIN)/python benchmarks/bench_sqlalchemy.py --seconds 5 \
+	  --out benchmarks/results/$$(date -u +%F)-sqlalchemy.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
