@@ -202,11 +202,11 @@ class PromptManager:
 
 def _locked(session: Session, prompt_id: int) -> Prompt:
     """The prompt, its row locked before its tags are read (PostgreSQL, MariaDB; SQLite
-    holds the writer lock already). SQLAlchemy turns a new tag list into INSERTs and
-    DELETEs of the association rows by comparing it with the tags it loaded: loaded
-    before another editor's save committed, that comparison would insert a row that
-    exists now (IntegrityError) or delete one that is gone (StaleDataError). The
-    revision needs no lock (the UPDATE takes it); the collection does."""
+    holds the writer lock already, see make_engine). Without it every save still
+    succeeds (the flush applies a tag change onto the tags the database has then), but
+    an editor who sets the tags it had loaded changes nothing, as with a column, while
+    another editor may have changed them since. With the lock, what it loaded is
+    current, so the tags it saves are the tags the version has."""
     prompt = session.get(Prompt, prompt_id, with_for_update=True)
     if prompt is None:
         raise NotFound(f"prompt {prompt_id} does not exist")
