@@ -40,13 +40,13 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow"
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 format: venv
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
 
 ## PgBouncer on 127.0.0.1:6432, transaction pooling, in front of 127.0.0.1:5432
 ## (installs Debian's pgbouncer if needed; config in /tmp/revstore-pgbouncer).
