@@ -110,3 +110,40 @@ def editor_process(url: str, block_id: int, tag: str, threads: int, count: int) 
     finally:
         engine.dispose()
     return results
+
+
+# ----------------------------------------------------------------- chat backend
+
+
+def chat_clients(base_url: str, chat_id: int, tag: str, threads: int, count: int) -> list[Any]:
+    """``threads`` clients posting ``count`` messages each to one chat; clients 2k and
+    2k+1 send the same item ids (a re-send racing the original). Returns (item_id,
+    status, sequence, duplicate) per request."""
+    import httpx
+
+    results: list[Any] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        got: list[Any] = []
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            for i in range(count):
+                item = f"{tag}-pair{n // 2}-{i}"
+                try:
+                    r = client.post(
+                        f"/chats/{chat_id}/messages",
+                        json={"item_id": item, "role": "user", "text": f"{item} from {n}"},
+                    )
+                    doc = r.json()
+                    got.append((item, r.status_code, doc.get("sequence"), doc.get("duplicate")))
+                except Exception as exc:  # reported, and the test fails on it
+                    got.append((item, f"{type(exc).__name__}: {exc}", None, None))
+        with lock:
+            results.extend(got)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return results
