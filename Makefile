@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo serve test test-fast lint format bench bench-http pgbouncer clean
+.PHONY: venv browser demo serve test test-fast lint format bench bench-http bench-sqlalchemy pgbouncer clean
 
 venv: $(STAMP)
 
@@ -40,13 +40,13 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow"
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 format: venv
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
 
 ## PgBouncer on 127.0.0.1:6432, transaction pooling, in front of 127.0.0.1:5432
 ## (installs Debian's pgbouncer if needed; config in /tmp/revstore-pgbouncer).
@@ -61,6 +61,13 @@ bench: venv
 bench-http: venv
 	command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
 	$(BIN)/python benchmarks/bench_http_peer.py --json /tmp/bench-http-peer.json
+
+## revstore.sqlalchemy beside SQLAlchemy-Continuum and plain version_id_col with retries:
+## 16 writer threads on one hot row and on 1,000 rows, on SQLite, PostgreSQL and MariaDB
+## (~1 min); the table goes to benchmarks/results/<date>-sqlalchemy.md.
+bench-sqlalchemy: venv
+	$(BIN)/python benchmarks/bench_sqlalchemy.py --seconds 5 \
+	  --out benchmarks/results/$$(date -u +%F)-sqlalchemy.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

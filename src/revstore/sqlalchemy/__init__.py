@@ -2,6 +2,10 @@
 ``Versioned`` rows with a history table (docs/sqlalchemy.md), ``Sequenced`` child rows
 numbered gapless per scope, and units of work that retry (docs/sqlalchemy-sequenced.md)."""
 
+from revstore.sqlalchemy.adopt import AdoptProgress as AdoptProgress
+from revstore.sqlalchemy.adopt import AdoptResult as AdoptResult
+from revstore.sqlalchemy.adopt import adopt as adopt
+from revstore.sqlalchemy.adopt import adopt_rows as adopt_rows
 from revstore.sqlalchemy.history import Snapshot as Snapshot
 from revstore.sqlalchemy.history import async_diff as async_diff
 from revstore.sqlalchemy.history import async_get_version as async_get_version

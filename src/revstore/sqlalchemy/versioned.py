@@ -400,21 +400,33 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
             _Pending(obj, attributes.instance_state(obj), True, change.create_version, change)
         )
     unchanged: list[Versioned] = []
+    dirty: list[tuple[Versioned, InstanceState[Any], VersionedInfo]] = []
     for obj in session.dirty:
         if not isinstance(obj, Versioned) or obj in session.deleted:
             continue
         state = attributes.instance_state(obj)
         info = versioned_info(type(obj))
-        change = _change(obj)
         if any(state.attrs[k].history.has_changes() for k in ("revision", "version")):
             # The session would write the value it was given: a number from Python.
             raise InvalidInput(
                 f"{type(obj).__name__}.revision and .version are taken by the flush; "
                 "do not set them (use expected_revision for an optimistic check)"
             )
+        dirty.append((obj, state, info))
+    # Rows are locked in one order (table, key), so two flushes never wait on each other
+    # crosswise here.
+    dirty.sort(key=lambda d: (d[2].table.name, repr(d[1].identity)))
+    for obj, state, info in dirty:
+        change = _change(obj)
         if not _has_changes(state, info):
             unchanged.append(obj)
             continue
+        moved = [rel for rel in info.m2m if state.attrs[rel.key].history.has_changes()]
+        if moved and state.identity is not None:
+            _rebase_collections(session, obj, state, info, moved)
+            if not _has_changes(state, info):  # another writer had set the same already
+                unchanged.append(obj)
+                continue
         # The number is computed by the UPDATE itself, under its row lock: never
         # from the revision this session loaded, which another writer may have passed.
         obj.revision = info.table.c.revision + 1
@@ -427,6 +439,50 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
             _check_unchanged(session, obj, versioned_info(type(obj)), exp)
     if pending:
         session.info[_PENDING] = pending
+
+
+def _rebase_collections(
+    session: Session,
+    obj: Versioned,
+    state: InstanceState[Any],
+    info: VersionedInfo,
+    rels: list[RelationshipProperty[Any]],
+) -> None:
+    """Lock the row, re-read the collections that changed, and re-apply the caller's
+    new contents on top of what the database has now.
+
+    SQLAlchemy writes a collection change as INSERTs and DELETEs of association rows,
+    computed against the collection this session loaded. Another writer may have
+    changed it since: the INSERT of a pair it added meets the primary key
+    (IntegrityError 1062 / 23505) and the DELETE of a pair it removed matches nothing
+    (StaleDataError). The row lock is the one the flush's UPDATE takes anyway (taken
+    earlier, so the association rows read now stay as read until COMMIT: every writer
+    of the collection goes through this lock), and the diff is computed against them."""
+    conn = session.connection(bind_arguments={"mapper": info.mapper})
+    key = tuple(state.identity or ())
+    table = info.table
+    where = _pk_clause(info.pk, [key])
+    if conn.dialect.name == "sqlite":
+        # SQLite has no row locks: a no-op UPDATE takes the database's writer lock (the
+        # driver begins the transaction at the first write), after which every read sees
+        # the latest commit and no one else can write until ours.
+        conn.execute(update(table).where(where).values(revision=table.c.revision))
+    else:
+        conn.execute(select(table.c.revision).where(where).with_for_update())
+    by_name = dict(zip((c.name for c in info.pk), key, strict=True))
+    for rel in rels:
+        secondary = rel.secondary
+        assert secondary is not None
+        wanted = list(getattr(obj, rel.key))
+        link = and_(*(rc == sc for rc, sc in rel.secondary_synchronize_pairs or []))
+        owner = and_(*(sc == by_name[mc.name] for mc, sc in rel.synchronize_pairs))
+        stmt = select(rel.mapper).join(secondary, link).where(owner)
+        if _is_mysql(conn):
+            # A locking read: InnoDB's plain SELECT would read the transaction's snapshot.
+            stmt = stmt.with_for_update(read=True)
+        current = list(session.execute(stmt).scalars().unique())
+        attributes.set_committed_value(obj, rel.key, current)
+        setattr(obj, rel.key, wanted)
 
 
 def _check_unchanged(session: Session, obj: Versioned, info: VersionedInfo, exp: int) -> None:
