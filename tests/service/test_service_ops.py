@@ -278,7 +278,7 @@ def test_every_route_is_a_coroutine() -> None:
     from revstore.service.routes import router
 
     routes = [r for r in router.routes if isinstance(r, APIRoute)]
-    assert len(routes) == 16
+    assert len(routes) == 15
     for route in routes:
         assert inspect.iscoroutinefunction(route.endpoint), route.path
 

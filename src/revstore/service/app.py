@@ -107,12 +107,14 @@ def create_app(store: StoreSource = None, settings: Settings | None = None) -> F
             "required: /v1 requests need an API key" if settings.auth else "off",
             extra={"event": "startup", "auth": "required" if settings.auth else "off"},
         )
-        yield
-        await svc.stop()
-        if svc.metrics.multiprocess:
-            from prometheus_client import multiprocess
+        try:
+            yield
+        finally:
+            await svc.stop()
+            if svc.metrics.multiprocess:
+                from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     app = FastAPIOffline(
         title="revstore",

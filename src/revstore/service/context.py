@@ -17,6 +17,7 @@ from collections.abc import Callable
 from starlette.requests import HTTPConnection
 
 from revstore.async_store import AsyncStore
+from revstore.backends import check_url
 from revstore.errors import RevstoreError
 from revstore.service.idempotency import IdempotencyStore
 from revstore.service.metrics import Metrics
@@ -51,6 +52,7 @@ def store_factory(source: StoreSource, settings: Settings) -> Callable[[], Async
         )
     if source is None or isinstance(source, str):
         url = source or settings.url
+        check_url(url)  # a malformed URL fails create_app, not the first request
         return lambda: AsyncStore(
             url,
             pool_size=settings.pool_size,
