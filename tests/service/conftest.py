@@ -13,24 +13,28 @@ from service_helpers import AppFactory, TestClient
 
 from revstore import Store
 from revstore.service import Settings, create_app
+from revstore.service.context import StoreSource
 
 
 @pytest.fixture
 def make_client() -> Iterator[AppFactory]:
-    """Build a TestClient over a Store (or URL) with optional settings."""
+    """Build a started TestClient over a Store, an AsyncStore factory or a URL, with
+    optional settings. Started: one event loop serves all its requests (the app's
+    AsyncStore belongs to it) and the app's lifespan runs."""
     clients: list[TestClient] = []
 
-    def make(store: Store | str, settings: Settings | None = None, **options: object) -> TestClient:
+    def make(store: StoreSource, settings: Settings | None = None, **options: object) -> TestClient:
         if settings is None:
             settings = Settings(**options)  # type: ignore[arg-type]
         app: FastAPI = create_app(store, settings)
         client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
         clients.append(client)
         return client
 
     yield make
     for c in clients:
-        c.close()
+        c.__exit__(None, None, None)
 
 
 @pytest.fixture

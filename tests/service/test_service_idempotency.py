@@ -5,6 +5,7 @@ the life cycle of a key. On every backend: the key table is shared through the d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from service_helpers import AppFactory, TestClient, assert_problem
 
-from revstore import AmbiguousCommit, Record, Store
+from revstore import AmbiguousCommit, AsyncStore, Record, Store
 from revstore.service import Settings, create_app
 from revstore.service.idempotency import (
     IdempotencyStore,
@@ -28,6 +29,11 @@ def hash_of(req: httpx.Request) -> str:
     """The request hash the service computes (for reserving a key as another process)."""
     conditions = "\0".join(req.headers.get(h, "") for h in ("if-match", "if-none-match"))
     return request_hash(req.method, req.url.path, req.url.query.decode(), conditions, req.content)
+
+
+def reserve(store: Store, key: str, req_hash: str, owner: str, lease: float = 60) -> Any:
+    """Reserve ``key`` as another service process would (its outcome)."""
+    return store.keys.reserve(key, req_hash, owner, lease=lease).outcome
 
 
 def rec_url(id: str, ns: str) -> str:
@@ -106,18 +112,24 @@ def test_every_write_route_is_idempotent(client: TestClient, ns: str) -> None:
 
 
 async def _race(apps: list[Any], n: int, method: str, path: str, **kw: Any) -> list[httpx.Response]:
-    clients = [
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://t") for a in apps
-    ]
-    try:
-        return list(
-            await asyncio.gather(
-                *(clients[i % len(clients)].request(method, path, **kw) for i in range(n))
+    async with contextlib.AsyncExitStack() as stack:
+        for a in apps:
+            # httpx's ASGI transport runs no lifespan: run it here, so each app opens
+            # (and closes) its AsyncStore on this loop.
+            await stack.enter_async_context(a.router.lifespan_context(a))
+        clients = [
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://t")
+            for a in apps
+        ]
+        try:
+            return list(
+                await asyncio.gather(
+                    *(clients[i % len(clients)].request(method, path, **kw) for i in range(n))
+                )
             )
-        )
-    finally:
-        for c in clients:
-            await c.aclose()
+        finally:
+            for c in clients:
+                await c.aclose()
 
 
 def test_racing_requests_with_one_key_write_once(backend_url: str, ns: str, key: str) -> None:
@@ -169,13 +181,13 @@ def test_racing_puts_with_one_key_write_once(backend_url: str, ns: str, key: str
             s.close()
 
 
-class AmbiguousOnce(Store):
+class AmbiguousOnce(AsyncStore):
     """Fails the first put as if the connection died during COMMIT, after writing."""
 
     failed = False
 
-    def put(self, id: str, content: Any, **kw: Any) -> Record:
-        rec = super().put(id, content, **kw)
+    async def put(self, id: str, content: Any, **kw: Any) -> Record:
+        rec = await super().put(id, content, **kw)
         if not self.failed:
             self.failed = True
             raise AmbiguousCommit("connection lost during COMMIT (injected)")
@@ -185,22 +197,18 @@ class AmbiguousOnce(Store):
 def test_ambiguous_commit_is_503_and_the_resend_gets_the_first_result(
     backend_url: str, make_client: AppFactory, ns: str, key: str
 ) -> None:
-    store = AmbiguousOnce(backend_url)
-    try:
-        c = make_client(store)
-        h = {"Idempotency-Key": key}
-        r = c.put(rec_url("doc", ns), json={"content": {"v": 1}}, headers=h)
-        body = assert_problem(r, 503, "ambiguous-commit")
-        assert body["may_have_landed"] is True and "may have landed" in body["detail"]
-        assert int(r.headers["retry-after"]) >= 1
-        # A 5xx is not stored, but the write had landed with its key applied: the
-        # re-send is answered with the write's own result (201, created), not re-run.
-        r = c.put(rec_url("doc", ns), json={"content": {"v": 1}}, headers=h)
-        assert r.status_code == 201 and r.json()["unchanged"] is False
-        assert r.json()["revision"] == 1 and r.headers["idempotent-replayed"] == "true"
-        assert r.headers["location"] == f"/v1/records/doc?namespace={ns}"
-    finally:
-        store.close()
+    c = make_client(lambda: AmbiguousOnce(backend_url))
+    h = {"Idempotency-Key": key}
+    r = c.put(rec_url("doc", ns), json={"content": {"v": 1}}, headers=h)
+    body = assert_problem(r, 503, "ambiguous-commit")
+    assert body["may_have_landed"] is True and "may have landed" in body["detail"]
+    assert int(r.headers["retry-after"]) >= 1
+    # A 5xx is not stored, but the write had landed with its key applied: the
+    # re-send is answered with the write's own result (201, created), not re-run.
+    r = c.put(rec_url("doc", ns), json={"content": {"v": 1}}, headers=h)
+    assert r.status_code == 201 and r.json()["unchanged"] is False
+    assert r.json()["revision"] == 1 and r.headers["idempotent-replayed"] == "true"
+    assert r.headers["location"] == f"/v1/records/doc?namespace={ns}"
 
 
 def test_waits_for_the_first_request_then_replays(
@@ -208,17 +216,16 @@ def test_waits_for_the_first_request_then_replays(
 ) -> None:
     c = make_client(sqlite_store, idempotency_wait=10)
     path = f"/v1/streams/s/items?namespace={ns}"
-    other = IdempotencyStore(sqlite_store, ttl=60, lease=60)
     owner = new_owner()
     req = c.build_request("POST", path, json={"items": [1]}, headers={"Idempotency-Key": key})
     # Reserve the key as "another process" with the hash this request will have.
-    assert other.reserve(key, hash_of(req), owner).outcome.value == "reserved"
+    assert reserve(sqlite_store, key, hash_of(req), owner).value == "reserved"
 
     def finish() -> None:
         time.sleep(0.3)
-        body = b'{"answer": "from the first request"}'
-        stored = StoredResponse(201, {"content-type": "application/json"}, body)
-        assert other.complete(key, owner, stored)
+        body = '{"answer": "from the first request"}'
+        headers = '{"content-type": "application/json"}'
+        assert sqlite_store.keys.answer(key, owner, 201, headers, body, keep_for=60)
 
     t = threading.Thread(target=finish)
     t.start()
@@ -234,7 +241,7 @@ def test_in_progress_after_the_wait_is_409(
     c = make_client(sqlite_store, idempotency_wait=0.2)
     path = f"/v1/streams/s/items?namespace={ns}"
     req = c.build_request("POST", path, json={"items": [1]}, headers={"Idempotency-Key": key})
-    IdempotencyStore(sqlite_store, ttl=60, lease=60).reserve(key, hash_of(req), new_owner())
+    reserve(sqlite_store, key, hash_of(req), new_owner())
     r = c.send(req)
     body = assert_problem(r, 409, "idempotency-in-progress")
     assert r.headers["retry-after"] == "1" and body["retry_after"] == 1
@@ -247,7 +254,7 @@ def test_a_dead_reservation_is_taken_over_after_its_lease(
     c = make_client(sqlite_store, idempotency_wait=5, idempotency_lease=0.3)
     path = f"/v1/streams/s/items?namespace={ns}"
     req = c.build_request("POST", path, json={"items": [1]}, headers={"Idempotency-Key": key})
-    IdempotencyStore(sqlite_store, ttl=60, lease=0.3).reserve(key, hash_of(req), new_owner())
+    reserve(sqlite_store, key, hash_of(req), new_owner(), lease=0.3)
     r = c.send(req)
     assert r.status_code == 201 and "idempotent-replayed" not in r.headers
 
@@ -268,15 +275,19 @@ def test_keys_expire(backend_url: str, make_client: AppFactory, ns: str, key: st
         store.close()
 
 
-def test_purge_deletes_expired_keys(sqlite_store: Store, key: str) -> None:
-    keys = IdempotencyStore(sqlite_store, ttl=0.1, lease=0.1)
-    owner = new_owner()
-    assert keys.reserve(key, "h", owner).outcome.value == "reserved"
-    assert keys.complete(key, owner, StoredResponse(200, {}, b"{}"))
-    assert keys.lookup(key, "h") is not None
-    time.sleep(0.2)
-    assert keys.lookup(key, "h") is None  # expired rows are ignored when read
-    assert keys.purge_expired() >= 1  # and deleted by the periodic purge
+def test_purge_deletes_expired_keys(sqlite_url: str, key: str) -> None:
+    async def check() -> None:
+        async with AsyncStore(sqlite_url) as store:
+            keys = IdempotencyStore(store, ttl=0.1, lease=0.1)
+            owner = new_owner()
+            assert (await keys.reserve(key, "h", owner)).outcome.value == "reserved"
+            assert await keys.complete(key, owner, StoredResponse(200, {}, b"{}"))
+            assert await keys.lookup(key, "h") is not None
+            await asyncio.sleep(0.2)
+            assert await keys.lookup(key, "h") is None  # expired rows are ignored when read
+            assert await keys.purge_expired() >= 1  # and deleted by the periodic purge
+
+    asyncio.run(check())
 
 
 @pytest.mark.parametrize("bad", [b"", b"x" * 256, "caf\u00e9".encode()])

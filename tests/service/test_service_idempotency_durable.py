@@ -41,27 +41,28 @@ def stream_url(ns: str, stream: str = "s") -> str:
 _KILLED_WORKER = """
 import json, os, signal, sys
 from fastapi.testclient import TestClient
-from revstore import Store
+from revstore import AsyncStore
 from revstore.service import Settings, create_app
 
 url, ns, key, op, lease, batch = sys.argv[1:7]
 
-class DiesAfterWriting(Store):
+class DiesAfterWriting(AsyncStore):
     # The write (and its key) committed; the worker dies before storing the reply.
-    def append(self, *a, **kw):
-        super().append(*a, **kw)
+    async def append(self, *a, **kw):
+        await super().append(*a, **kw)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def put(self, *a, **kw):
-        super().put(*a, **kw)
+    async def put(self, *a, **kw):
+        await super().put(*a, **kw)
         os.kill(os.getpid(), signal.SIGKILL)
 
-client = TestClient(create_app(DiesAfterWriting(url), Settings(idempotency_lease=float(lease))))
-headers = {"Idempotency-Key": key}
-if op == "append":
-    client.post(f"/v1/streams/s/items?namespace={ns}", json=json.loads(batch), headers=headers)
-else:
-    client.put(f"/v1/records/doc?namespace={ns}", json={"content": {"v": 1}}, headers=headers)
+app = create_app(lambda: DiesAfterWriting(url), Settings(idempotency_lease=float(lease)))
+with TestClient(app) as client:
+    headers = {"Idempotency-Key": key}
+    if op == "append":
+        client.post(f"/v1/streams/s/items?namespace={ns}", json=json.loads(batch), headers=headers)
+    else:
+        client.put(f"/v1/records/doc?namespace={ns}", json={"content": {"v": 1}}, headers=headers)
 print("the worker survived its write", flush=True)
 sys.exit(3)
 """
@@ -123,6 +124,8 @@ def test_concurrent_resends_after_a_killed_worker_write_nothing(
         TestClient(create_app(s, Settings(idempotency_lease=LEASE)), raise_server_exceptions=False)
         for s in stores
     ]
+    for c in clients:
+        c.__enter__()  # one loop per app, serving every thread's requests
     try:
         with ThreadPoolExecutor(8) as pool:
             responses = list(
@@ -139,7 +142,7 @@ def test_concurrent_resends_after_a_killed_worker_write_nothing(
         assert stores[0].stream_info("s", namespace=ns).item_count == 2
     finally:
         for c in clients:
-            c.close()
+            c.__exit__(None, None, None)
         for s in stores:
             s.close()
 
@@ -311,8 +314,12 @@ def test_the_rebuilt_reply_is_the_first_reply(
     kw = dict(options)
     headers = {"Idempotency-Key": key, **kw.pop("headers", {})}
     url = f"{path}?namespace={ns}"
+
+    async def lost(*a: Any) -> bool:
+        return True
+
     with monkeypatch.context() as m:
-        m.setattr(IdempotencyStore, "complete", lambda *a: True)
+        m.setattr(IdempotencyStore, "complete", lost)
         first = c.request(method, url, headers=headers, **kw)
     assert first.status_code < 300 and "idempotent-replayed" not in first.headers
     again = c.request(method, url, headers=headers, **kw)
@@ -328,12 +335,15 @@ def test_the_lease_is_computed_from_the_retry_policy(sqlite_url: str) -> None:
     for policy in (RetryPolicy(), RetryPolicy(max_seconds=100, max_wait=2)):
         store = Store(sqlite_url, retry=policy)
         try:
+            # The app's AsyncStore (opened at startup) takes the Store's policy.
             app = create_app(store, Settings())
-            lease = app.state.services.idempotency.lease
+            with TestClient(app):
+                lease = app.state.services.idempotency.lease
             assert lease == lease_for(policy, CALLS_PER_REQUEST)
             assert lease > CALLS_PER_REQUEST * policy.budget > policy.max_seconds
             # An explicit lease (tests, special deployments) wins.
             explicit = create_app(store, Settings(idempotency_lease=7))
-            assert explicit.state.services.idempotency.lease == 7
+            with TestClient(explicit):
+                assert explicit.state.services.idempotency.lease == 7
         finally:
             store.close()

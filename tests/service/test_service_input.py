@@ -4,7 +4,6 @@ matters)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -40,7 +39,9 @@ def _raw(client: TestClient, method: str, path: str, tag: bytes, header: bytes) 
                 content = b'{"content": 2}' if method == "PUT" else b'{"a": 1}'
             return await http.request(method, path, headers=headers, content=content)
 
-    return asyncio.run(send())
+    # On the started client's loop: the app's AsyncStore serves that loop only.
+    assert client.portal is not None
+    return client.portal.call(send)
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from service_helpers import PROBLEM, AppFactory, TestClient, assert_problem
 
-from revstore import RetryPolicy, Store
+from revstore import AsyncStore, RetryPolicy, Store
 from revstore.record import Record
 from revstore.service import Settings, create_app
 from revstore.service.logs import JsonFormatter, log_config
@@ -84,27 +87,24 @@ def test_database_down_is_503_with_retry_after(
         store.close()
 
 
-class Broken(Store):
-    def get(self, id: str, *, namespace: str = "default") -> Record:
+class Broken(AsyncStore):
+    async def get(self, id: str, *, namespace: str = "default") -> Record:
         raise RuntimeError("secret internals: password=hunter2")
 
 
 def test_unexpected_error_is_a_500_problem_without_internals(
     sqlite_url: str, make_client: AppFactory, logs: Lines, ns: str
 ) -> None:
-    store = Broken(sqlite_url)
-    try:
-        c = make_client(store)
-        r = c.get(f"/v1/records/doc?namespace={ns}", headers={"X-Request-Id": "req-500"})
-        body = assert_problem(r, 500, "internal")
-        assert body["request_id"] == "req-500" and "req-500" in body["detail"]
-        assert "hunter2" not in r.text and "RuntimeError" not in r.text
-        [line] = logs.events("error")
-        assert line["request_id"] == "req-500" and line["level"] == "error"
-        assert "hunter2" in line["stack"] and "Traceback" in line["stack"]
-        assert logs.events("request")[-1]["status"] == 500
-    finally:
-        store.close()
+    # A factory: the app makes its AsyncStore in the loop that serves it.
+    c = make_client(lambda: Broken(sqlite_url))
+    r = c.get(f"/v1/records/doc?namespace={ns}", headers={"X-Request-Id": "req-500"})
+    body = assert_problem(r, 500, "internal")
+    assert body["request_id"] == "req-500" and "req-500" in body["detail"]
+    assert "hunter2" not in r.text and "RuntimeError" not in r.text
+    [line] = logs.events("error")
+    assert line["request_id"] == "req-500" and line["level"] == "error"
+    assert "hunter2" in line["stack"] and "Traceback" in line["stack"]
+    assert logs.events("request")[-1]["status"] == 500
 
 
 def test_request_ids(sqlite_client: TestClient) -> None:
@@ -147,23 +147,23 @@ def test_retry_lines_carry_the_request(
     """A retry logged by the Store (revstore.retry, with its extras) gets the request's
     fields too, and is counted in the metrics."""
 
-    class Flaky(Store):
+    class Flaky(AsyncStore):
         calls = 0
 
-        def get(self, id: str, *, namespace: str = "default") -> Record:
+        async def get(self, id: str, *, namespace: str = "default") -> Record:
             from revstore.errors import Retryable
 
-            def attempt() -> Record:
+            async def attempt() -> Record:
                 self.calls += 1
                 if self.calls == 1:
                     raise Retryable("database is busy (injected)", code="SQLITE_BUSY")
-                return super(Flaky, self).get(id, namespace=namespace)
+                return await super(Flaky, self).get(id, namespace=namespace)
 
-            return self.retry.run(attempt, op="get", key=id, stats=self.stats)
+            return await self.retry.run_async(attempt, op="get", key=id, stats=self.stats)
 
-    store = Flaky(sqlite_url)
+    store = Store(sqlite_url)
     try:
-        c = make_client(store)
+        c = make_client(lambda: Flaky(sqlite_url))
         store.put("doc", 1, namespace=ns)
         r = c.get(f"/v1/records/doc?namespace={ns}", headers={"X-Request-Id": "retry-1"})
         assert r.status_code == 200
@@ -268,3 +268,75 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(max_body_bytes=0)
     cfg = log_config("warning")
     assert cfg["handlers"]["stderr"]["level"] == "WARNING"
+
+
+def test_every_route_is_a_coroutine() -> None:
+    """Routes await the AsyncStore on the event loop: FastAPI would run a plain ``def``
+    route in its thread pool (a thread hop per request)."""
+    from fastapi.routing import APIRoute
+
+    from revstore.service.routes import router
+
+    routes = [r for r in router.routes if isinstance(r, APIRoute)]
+    assert len(routes) == 15
+    for route in routes:
+        assert inspect.iscoroutinefunction(route.endpoint), route.path
+
+
+def test_an_async_store_passed_in_is_served_and_left_open(sqlite_url: str, ns: str) -> None:
+    class Counted(AsyncStore):
+        closed = 0
+
+        async def close(self) -> None:
+            self.closed += 1
+            await super().close()
+
+    async def run() -> None:
+        store = Counted(sqlite_url)
+        app = create_app(store, Settings())
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                r = await c.put(f"/v1/records/doc?namespace={ns}", json={"content": 1})
+                assert r.status_code == 201
+            svc = app.state.services
+            assert svc.store is store and not svc.owns_store
+        # Still the caller's after shutdown: open, and usable on its loop.
+        assert store.closed == 0
+        assert (await store.get("doc", namespace=ns)).content == 1
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_request_on_another_event_loop_is_refused_clearly(
+    sqlite_client: TestClient, logs: Lines, ns: str
+) -> None:
+    """The app's AsyncStore belongs to the loop that opened it (the client's, here); a
+    request served on another loop gets a 500 whose log line says why."""
+    assert sqlite_client.put(f"/v1/records/doc?namespace={ns}", json={"content": 1}).is_success
+    app = sqlite_client.app
+
+    async def elsewhere() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return (await client.get(f"/v1/records/doc?namespace={ns}")).status_code
+
+    assert asyncio.run(elsewhere()) == 500
+    [line] = logs.events("error")
+    assert "serves another event loop" in line["stack"]
+    assert sqlite_client.get(f"/v1/records/doc?namespace={ns}").status_code == 200
+
+
+def test_the_app_closes_the_store_it_opened(sqlite_url: str) -> None:
+    app = create_app(sqlite_url, Settings())
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        opened = app.state.services.store
+        assert app.state.services.owns_store
+    with pytest.raises(RuntimeError, match="start it first"):
+        app.state.services.store  # noqa: B018
+    # A new start (a restarted lifespan) opens another one.
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        assert app.state.services.store is not opened

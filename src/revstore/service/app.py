@@ -1,8 +1,10 @@
-"""The FastAPI application over a :class:`revstore.Store`.
+"""The FastAPI application over a :class:`revstore.AsyncStore`.
 
-``create_app(store_or_url, settings)`` builds one; ``app_factory()`` builds one from
-the environment and is what ``revstore serve`` hands to uvicorn (as an import string,
-so that every worker process builds its own Store).
+``create_app(store, settings)`` builds one; ``app_factory()`` builds one from the
+environment and is what ``revstore serve`` hands to uvicorn (as an import string, so
+that every worker process builds its own app, whose lifespan opens its own AsyncStore
+on the worker's event loop). Routes are ``async def`` and await the store: no request
+is handed to a thread pool.
 """
 
 from __future__ import annotations
@@ -20,22 +22,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 import revstore
 from revstore.errors import RevstoreError
 from revstore.service.auth import CACHE_SECONDS, PROTECTED_PREFIX, AuthMiddleware, KeyCache
-from revstore.service.context import Services, services
-from revstore.service.idempotency import IdempotencyStore
+from revstore.service.context import Services, StoreSource, services
 from revstore.service.metrics import MULTIPROC_ENV, Metrics, install_retry_counter
 from revstore.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from revstore.service.problems import MEDIA_TYPE
 from revstore.service.routes import router
 from revstore.service.routing import problem_response
 from revstore.service.settings import Settings
-from revstore.store import Store
 
 log = logging.getLogger("revstore.service")
 
@@ -86,53 +85,36 @@ DOCS_ASSETS = "/docs/assets"
 fastapi-offline package ships them), so /docs and /redoc work without internet."""
 
 
-def create_app(store: Store | str | None = None, settings: Settings | None = None) -> FastAPI:
-    """An app over ``store`` (a Store, a database URL, or ``settings.url``).
+def create_app(store: StoreSource = None, settings: Settings | None = None) -> FastAPI:
+    """An app over ``store``: an ``AsyncStore``, a function returning one, a sync
+    ``Store`` (served through an ``AsyncStore`` with its URL, strategy, limits and
+    retry policy), or a database URL (None: ``settings.url``).
 
-    A Store passed in stays the caller's to close; one opened here is closed at shutdown.
+    The app opens its store in the event loop that runs it (in its lifespan, or at the
+    first request under a server without one) and closes it at shutdown; an
+    ``AsyncStore`` passed in stays the caller's to close, and must serve only this
+    app's loop. Run the app on one loop: under uvicorn, or ``with TestClient(app)``.
     """
     settings = settings or Settings()
-    owns = not isinstance(store, Store)
-    the_store = (
-        store
-        if isinstance(store, Store)
-        else Store(
-            store or settings.url,
-            pool_size=settings.pool_size,
-            max_overflow=settings.max_overflow,
-            max_page_bytes=settings.max_page_bytes,
-        )
-    )
-    svc = Services(
-        store=the_store,
-        settings=settings,
-        metrics=Metrics(),
-        idempotency=IdempotencyStore(
-            the_store, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease
-        ),
-        owns_store=owns,
-    )
+    svc = Services(store, settings, Metrics())
     install_retry_counter()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            await run_in_threadpool(the_store.create_schema)
-        except RevstoreError as exc:
-            # Serve anyway: /readyz says 503 until the database answers.
-            log.warning("database not ready at startup: %s", exc, extra={"event": "startup"})
+        await svc.start()
         log.info(
             "auth %s",
             "required: /v1 requests need an API key" if settings.auth else "off",
             extra={"event": "startup", "auth": "required" if settings.auth else "off"},
         )
-        yield
-        if owns:
-            the_store.close()
-        if svc.metrics.multiprocess:
-            from prometheus_client import multiprocess
+        try:
+            yield
+        finally:
+            await svc.stop()
+            if svc.metrics.multiprocess:
+                from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     app = FastAPIOffline(
         title="revstore",
@@ -169,7 +151,7 @@ def create_app(store: Store | str | None = None, settings: Settings | None = Non
         # Before the body is read and before any route (or its idempotency layer) runs.
         app.add_middleware(
             AuthMiddleware,
-            keys=KeyCache(the_store, CACHE_SECONDS),
+            keys=KeyCache(lambda: svc.store, CACHE_SECONDS),
             retry_after=settings.retry_after,
         )
     app.add_middleware(RequestContextMiddleware, metrics=svc.metrics)

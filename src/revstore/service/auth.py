@@ -21,20 +21,19 @@ Tokens are never logged: log lines name the key id only.
 from __future__ import annotations
 
 import ipaddress
-import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from revstore.apikeys import ApiKey, hash_token
+from revstore.async_store import AsyncStore
 from revstore.errors import RevstoreError
 from revstore.service.logs import request_context
 from revstore.service.problems import ProblemError, from_exception
-from revstore.store import Store
 
 CACHE_SECONDS: Final = 2.0
 """How long a verified key is trusted without asking the database again: the longest
@@ -89,29 +88,29 @@ def bearer_token(scope: Scope) -> str | None:
 
 class KeyCache:
     """Verified keys by token hash, for ``CACHE_SECONDS``; unknown tokens are not
-    cached (a key created a moment ago works at once)."""
+    cached (a key created a moment ago works at once).
 
-    def __init__(self, store: Store, seconds: float = CACHE_SECONDS) -> None:
+    ``store`` gives the app's store (opened in the app's loop); the cache is used by
+    that loop only, so it needs no lock: it changes only between awaits."""
+
+    def __init__(self, store: Callable[[], AsyncStore], seconds: float = CACHE_SECONDS) -> None:
         self.store = store
         self.seconds = seconds
-        self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, ApiKey]] = {}
 
-    def verify(self, token: str) -> ApiKey | None:
+    async def verify(self, token: str) -> ApiKey | None:
         digest = hash_token(token)
         now = time.monotonic()
-        with self._lock:
-            hit = self._entries.get(digest)
+        hit = self._entries.get(digest)
         if hit is not None and now - hit[0] < self.seconds:
             return hit[1]
-        key = self.store.api_keys.verify(token)
-        with self._lock:
-            if key is None:
-                self._entries.pop(digest, None)
-            else:
-                if len(self._entries) >= CACHE_ENTRIES:
-                    self._entries.clear()  # bounded; refilled from the database
-                self._entries[digest] = (now, key)
+        key = await self.store().api_keys.verify(token)
+        if key is None:
+            self._entries.pop(digest, None)
+        else:
+            if len(self._entries) >= CACHE_ENTRIES:
+                self._entries.clear()  # bounded; refilled from the database
+            self._entries[digest] = (now, key)
         return key
 
 
@@ -158,7 +157,7 @@ class AuthMiddleware:
         if token is None:
             return unauthorized("send an API key: Authorization: Bearer <token>")
         try:
-            key = await run_in_threadpool(self.keys.verify, token)
+            key = await self.keys.verify(token)
         except RevstoreError as exc:
             problem = from_exception(exc, self.retry_after)
             assert problem is not None

@@ -1,6 +1,6 @@
 """Conditional requests (RFC 9110 §13): ETags are record revisions, e.g. ``"3"``.
 
-A single strong ``If-Match`` tag becomes the Store's ``expected_revision``, so the
+A single strong ``If-Match`` tag becomes the store's ``expected_revision``, so the
 check and the write are one atomic step. ``If-Match: *`` or a list of tags needs the
 current revision first; the write then still carries it as its expectation, so a
 change in between is caught (412), never overwritten.
@@ -9,13 +9,13 @@ change in between is caught (412), never overwritten.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from revstore.async_store import AsyncStore
 from revstore.errors import NotFound, VersionConflict
 from revstore.record import Record
 from revstore.service.problems import ProblemError, version_conflict
-from revstore.store import Store
 
 ANY = "*"
 _TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
@@ -89,18 +89,22 @@ class WriteCondition:
     from_header: bool = False
     """A mismatch is 412 (a header precondition) rather than 409 (expected_revision)."""
 
-    def run(
-        self, store: Store, id: str, namespace: str, write: Callable[[int | None], Record]
+    async def run(
+        self,
+        store: AsyncStore,
+        id: str,
+        namespace: str,
+        write: Callable[[int | None], Awaitable[Record]],
     ) -> Record:
         """Run ``write(expected_revision)`` under this condition, mapping failures."""
         if not self.read_first:
             try:
-                return write(self.expected)
+                return await write(self.expected)
             except VersionConflict as exc:
                 raise version_conflict(exc, precondition=self.from_header) from exc
         for _ in range(_MAX_STAR_ATTEMPTS):
             try:
-                current = store.get(id, namespace=namespace)
+                current = await store.get(id, namespace=namespace)
             except NotFound as exc:
                 # If-Match fails when there is no current representation.
                 raise ProblemError(
@@ -122,7 +126,7 @@ class WriteCondition:
                     precondition=True,
                 )
             try:
-                return write(current.revision)
+                return await write(current.revision)
             except VersionConflict as exc:
                 if self.tags is None and exc.current is not None:
                     continue  # changed in between but still exists: * still holds

@@ -1,5 +1,5 @@
 """Idempotency keys over HTTP: the request hash, the stored reply, and the calls to
-the Store's key table (``Store.keys``, see ``revstore.idempotency``).
+the store's key table (``AsyncStore.keys``, see ``revstore.idempotency``).
 
 A write carrying ``Idempotency-Key`` first *reserves* the key. Exactly one request
 wins, whatever the number of processes racing; it runs its write with a *claim*, so
@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from revstore.async_store import AsyncStore
 from revstore.idempotency import MAX_KEY, Applied, Claim, KeyRow, KeyState, Outcome, lease_for
-from revstore.store import Store
 
 log = logging.getLogger("revstore.idempotency")
 
@@ -92,36 +91,35 @@ def _reservation(state: KeyState) -> Reservation:
 
 
 class IdempotencyStore:
-    """The service's view of ``Store.keys``: replies in, replies out.
+    """The service's view of ``AsyncStore.keys``: replies in, replies out.
 
-    ``lease`` defaults to one computed from the Store's retry policy
+    ``lease`` defaults to one computed from the store's retry policy
     (``revstore.idempotency.lease_for``): a live request never loses its key to a
     re-send, and one that somehow did would only see its write roll back."""
 
-    def __init__(self, store: Store, *, ttl: float, lease: float | None = None) -> None:
+    def __init__(self, store: AsyncStore, *, ttl: float, lease: float | None = None) -> None:
         self.store = store
         self.ttl = ttl
         self.lease = lease if lease is not None else lease_for(store.retry, CALLS_PER_REQUEST)
         self._last_purge = 0.0
-        self._purge_lock = threading.Lock()
 
-    def reserve(self, key: str, req_hash: str, owner: str) -> Reservation:
+    async def reserve(self, key: str, req_hash: str, owner: str) -> Reservation:
         """Try to become the one request that runs for ``key``."""
-        self._maybe_purge()
-        return _reservation(self.store.keys.reserve(key, req_hash, owner, lease=self.lease))
+        await self._maybe_purge()
+        return _reservation(await self.store.keys.reserve(key, req_hash, owner, lease=self.lease))
 
-    def lookup(self, key: str, req_hash: str) -> Reservation | None:
+    async def lookup(self, key: str, req_hash: str) -> Reservation | None:
         """The state of a key another request holds (None: gone, the caller may reserve)."""
-        state = self.store.keys.lookup(key, req_hash)
+        state = await self.store.keys.lookup(key, req_hash)
         return None if state is None else _reservation(state)
 
     def claim(self, key: str, owner: str, req_hash: str) -> Claim:
         """What the reserving request passes to its write."""
         return self.store.keys.claim(key, owner, req_hash, keep_for=self.ttl)
 
-    def complete(self, key: str, owner: str, response: StoredResponse) -> bool:
+    async def complete(self, key: str, owner: str, response: StoredResponse) -> bool:
         """Store the response of the reserving request (False: it lost its lease)."""
-        return self.store.keys.answer(
+        return await self.store.keys.answer(
             key,
             owner,
             response.status,
@@ -130,31 +128,31 @@ class IdempotencyStore:
             keep_for=self.ttl,
         )
 
-    def complete_applied(self, key: str, req_hash: str, response: StoredResponse) -> bool:
+    async def complete_applied(self, key: str, req_hash: str, response: StoredResponse) -> bool:
         """Store a response rebuilt from an applied result (any re-send may)."""
-        return self.store.keys.answer_applied(
+        return await self.store.keys.answer_applied(
             key, req_hash, response.status, json.dumps(response.headers), response.body.decode()
         )
 
-    def release(self, key: str, owner: str) -> None:
+    async def release(self, key: str, owner: str) -> None:
         """Forget a reservation whose write did not commit (5xx), so a retry can run."""
-        self.store.keys.release(key, owner)
+        await self.store.keys.release(key, owner)
 
-    def purge_expired(self) -> int:
-        return self.store.keys.purge_expired()
+    async def purge_expired(self) -> int:
+        return await self.store.keys.purge_expired()
 
-    def _maybe_purge(self) -> None:
+    async def _maybe_purge(self) -> None:
         # Expired rows are also ignored when read; deleting them keeps the table small.
         mono = time.monotonic()
-        if mono - self._last_purge < PURGE_EVERY or not self._purge_lock.acquire(blocking=False):
+        if mono - self._last_purge < PURGE_EVERY:
             return
+        # Set before the first await: the requests arriving meanwhile on this loop see it
+        # and do not purge too (one purge at a time, as the lock did with threads).
+        self._last_purge = mono
         try:
-            self._last_purge = mono
-            self.purge_expired()
+            await self.purge_expired()
         except Exception:
             log.warning("could not purge expired idempotency keys", exc_info=True)
-        finally:
-            self._purge_lock.release()
 
 
 def new_owner() -> str:

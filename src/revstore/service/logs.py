@@ -3,7 +3,7 @@
 Record extras (``extra={...}``) become fields, so revstore's retry logger (event, op,
 key, attempt, db_code, constraint) is picked up as is; the fields of the request being
 served (request id, method, route, record or stream id) are added from a context
-variable, which also reaches the worker threads that run Store calls.
+variable, which every await of the request's task (the store's retries included) sees.
 """
 
 from __future__ import annotations

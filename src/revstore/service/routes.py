@@ -1,5 +1,7 @@
-"""The endpoints: parse, call the Store, shape the reply. Every rule lives in the
-Store; every error is rendered by the route class (``routing.ServiceRoute``)."""
+"""The endpoints: parse, await the app's ``AsyncStore``, shape the reply. Every rule
+lives in the store; every error is rendered by the route class
+(``routing.ServiceRoute``). All are ``async def``: they run on the event loop, with
+no hop to a thread per request."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from revstore.config import MAX_AUTHOR, MAX_SUMMARY
 from revstore.errors import DuplicateItem, RevstoreError
@@ -124,7 +125,7 @@ STREAM_WRITE = {k: v for k, v in WRITE.items() if k not in (412, 428)}
     tags=["operations"],
     responses={500: COMMON[500]},
 )
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """The process is alive (does not touch the database)."""
     return {"status": "ok"}
 
@@ -144,7 +145,7 @@ async def readyz(request: Request) -> dict[str, str]:
     """The database answers (one ``SELECT 1``, no retries)."""
     svc = services(request)
     try:
-        await run_in_threadpool(svc.store.ping)
+        await svc.store.ping()
     except RevstoreError as exc:
         raise ProblemError(
             503,
@@ -167,7 +168,7 @@ async def readyz(request: Request) -> dict[str, str]:
         500: COMMON[500],
     },
 )
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus metrics (text exposition format)."""
     data, content_type = services(request).metrics.render()
     return Response(data, media_type=content_type)
@@ -192,7 +193,7 @@ def metrics(request: Request) -> Response:
         },
     },
 )
-def put_record(
+async def put_record(
     request: Request,
     id: RecordId,
     body: m.PutRecord,
@@ -206,11 +207,12 @@ def put_record(
     cond = write_condition(
         if_match, if_none_match, body.expected_revision, require=svc.settings.require_if_match
     )
-    rec = cond.run(
-        svc.store,
+    store = svc.store
+    rec = await cond.run(
+        store,
         id,
         namespace,
-        lambda expected: svc.store.put(
+        lambda expected: store.put(
             id,
             body.content,
             expected_revision=expected,
@@ -232,7 +234,7 @@ def put_record(
     response_model=m.WriteOut,
     responses={**WRITE, 200: {"description": "Patched.", "headers": ETAG_HEADER}},
 )
-def patch_record(
+async def patch_record(
     request: Request,
     id: RecordId,
     patch: Annotated[
@@ -254,11 +256,12 @@ def patch_record(
     """Merge-patch a record's content, atomically with respect to other writers."""
     svc = services(request)
     cond = write_condition(if_match, if_none_match, None, require=svc.settings.require_if_match)
-    rec = cond.run(
-        svc.store,
+    store = svc.store
+    rec = await cond.run(
+        store,
         id,
         namespace,
-        lambda expected: svc.store.patch(
+        lambda expected: store.patch(
             id,
             patch,
             expected_revision=expected,
@@ -284,14 +287,14 @@ def patch_record(
         304: {"description": "Not modified (If-None-Match matched)."},
     },
 )
-def get_record(
+async def get_record(
     request: Request,
     id: RecordId,
     namespace: Namespace = "default",
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Read a record's head; its ETag is the revision."""
-    rec = services(request).store.get(id, namespace=namespace)
+    rec = await services(request).store.get(id, namespace=namespace)
     if not_modified(if_none_match, rec.revision):
         return Response(status_code=304, headers={"ETag": etag(rec.revision)})
     return json_response(m.record_json(rec), 200, rec.revision)
@@ -306,7 +309,7 @@ def get_record(
     response_class=Response,
     responses={**WRITE, 204: {"description": "Deleted (history is kept)."}},
 )
-def delete_record(
+async def delete_record(
     request: Request,
     id: RecordId,
     namespace: Namespace = "default",
@@ -317,11 +320,12 @@ def delete_record(
     """Delete a record (a tombstone: history stays readable only after a new PUT)."""
     svc = services(request)
     cond = write_condition(if_match, if_none_match, None, require=svc.settings.require_if_match)
-    rec = cond.run(
-        svc.store,
+    store = svc.store
+    rec = await cond.run(
+        store,
         id,
         namespace,
-        lambda expected: svc.store.delete(
+        lambda expected: store.delete(
             id, expected_revision=expected, namespace=namespace, claim=claim_of(request)
         ),
     )
@@ -336,7 +340,7 @@ def delete_record(
     response_model=m.RecordPageOut,
     responses=COMMON,
 )
-def list_records(
+async def list_records(
     request: Request,
     namespace: Namespace = "default",
     prefix: Annotated[str | None, Query(max_length=MAX_ID, description="Id prefix.")] = None,
@@ -346,7 +350,7 @@ def list_records(
     limit: Limit = 50,
 ) -> Response:
     """Live records in id order; pass ``next_after`` as ``after`` for the next page."""
-    page = services(request).store.list(prefix, after, limit, namespace=namespace)
+    page = await services(request).store.list(prefix, after, limit, namespace=namespace)
     return json_response(m.record_page_json(page))
 
 
@@ -358,7 +362,7 @@ def list_records(
     response_model=m.HistoryOut,
     responses=COMMON,
 )
-def list_versions(
+async def list_versions(
     request: Request,
     id: RecordId,
     namespace: Namespace = "default",
@@ -366,7 +370,7 @@ def list_versions(
     limit: Limit = 50,
 ) -> Response:
     """History snapshots, oldest first; ``after`` is a version number."""
-    page = services(request).store.history(id, after=after, limit=limit, namespace=namespace)
+    page = await services(request).store.history(id, after=after, limit=limit, namespace=namespace)
     return json_response(m.history_json(page))
 
 
@@ -378,14 +382,14 @@ def list_versions(
     response_model=m.VersionOut,
     responses=COMMON,
 )
-def get_version(
+async def get_version(
     request: Request,
     id: RecordId,
     n: Annotated[int, Path(ge=1, le=BIGINT, description="Version number.")],
     namespace: Namespace = "default",
 ) -> Response:
     """One history snapshot."""
-    v = services(request).store.get_version(id, n, namespace=namespace)
+    v = await services(request).store.get_version(id, n, namespace=namespace)
     return json_response(m.version_json(v))
 
 
@@ -397,7 +401,7 @@ def get_version(
     response_model=m.DiffOut,
     responses=COMMON,
 )
-def diff_versions(
+async def diff_versions(
     request: Request,
     id: RecordId,
     from_: Annotated[int, Query(alias="from", ge=1, le=BIGINT, description="Old version.")],
@@ -405,7 +409,7 @@ def diff_versions(
     namespace: Namespace = "default",
 ) -> Response:
     """RFC 6902 JSON Patch turning version ``from`` into version ``to``."""
-    ops = services(request).store.diff(id, from_, to, namespace=namespace)
+    ops = await services(request).store.diff(id, from_, to, namespace=namespace)
     return json_response({"from_version": from_, "to_version": to, "patch": ops})
 
 
@@ -417,7 +421,7 @@ def diff_versions(
     response_model=m.WriteOut,
     responses={**WRITE, 200: {"description": "Restored as a new version.", "headers": ETAG_HEADER}},
 )
-def restore_record(
+async def restore_record(
     request: Request,
     id: RecordId,
     body: m.RestoreRecord,
@@ -431,11 +435,12 @@ def restore_record(
     cond = write_condition(
         if_match, if_none_match, body.expected_revision, require=svc.settings.require_if_match
     )
-    rec = cond.run(
-        svc.store,
+    store = svc.store
+    rec = await cond.run(
+        store,
         id,
         namespace,
-        lambda expected: svc.store.restore(
+        lambda expected: store.restore(
             id,
             body.version,
             expected_revision=expected,
@@ -464,7 +469,7 @@ def restore_record(
         201: {"description": "Appended."},
     },
 )
-def append_items(
+async def append_items(
     request: Request,
     id: StreamId,
     body: m.AppendItems,
@@ -474,7 +479,7 @@ def append_items(
     """Append a batch atomically at a contiguous range of sequences."""
     store = services(request).store
     try:
-        res = store.append(
+        res = await store.append(
             id,
             body.items,
             expected_sequence=body.expected_sequence,
@@ -485,7 +490,8 @@ def append_items(
     except DuplicateItem as exc:
         extra: dict[str, Any] = {"item_ids": exc.item_ids}
         with contextlib.suppress(RevstoreError):  # the 409 stands without it
-            extra["current_sequence"] = store.stream_info(id, namespace=namespace).last_sequence
+            info = await store.stream_info(id, namespace=namespace)
+            extra["current_sequence"] = info.last_sequence
         raise ProblemError(409, "duplicate-item", str(exc), **extra) from exc
     return append_reply(namespace, id, res)
 
@@ -498,7 +504,7 @@ def append_items(
     response_model=m.ReadOut,
     responses=COMMON,
 )
-def read_items(
+async def read_items(
     request: Request,
     id: StreamId,
     namespace: Namespace = "default",
@@ -506,7 +512,7 @@ def read_items(
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).")] = 100,
 ) -> Response:
     """Items in sequence order; ``after`` is a sequence number."""
-    page = services(request).store.read(id, after=after, limit=limit, namespace=namespace)
+    page = await services(request).store.read(id, after=after, limit=limit, namespace=namespace)
     return json_response(m.read_json(page))
 
 
@@ -518,7 +524,7 @@ def read_items(
     response_model=m.StreamInfoOut,
     responses=COMMON,
 )
-def get_stream(request: Request, id: StreamId, namespace: Namespace = "default") -> Response:
+async def get_stream(request: Request, id: StreamId, namespace: Namespace = "default") -> Response:
     """A stream's last sequence and item count."""
-    info = services(request).store.stream_info(id, namespace=namespace)
+    info = await services(request).store.stream_info(id, namespace=namespace)
     return json_response(m.stream_info_json(info))

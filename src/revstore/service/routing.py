@@ -20,7 +20,6 @@ from urllib.parse import unquote_to_bytes
 import anyio
 from fastapi import Request
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from revstore.content import MAX_INT_DIGITS
@@ -254,13 +253,11 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
     deadline = asyncio.get_running_loop().time() + svc.settings.idempotency_wait
     delay = 0.01
     try:
-        state: idem.Reservation | None = await run_in_threadpool(
-            store.reserve, key, req_hash, owner
-        )
+        state: idem.Reservation | None = await store.reserve(key, req_hash, owner)
         while True:
             if state is None:
                 # The holder released the key (its request failed): take it ourselves.
-                state = await run_in_threadpool(store.reserve, key, req_hash, owner)
+                state = await store.reserve(key, req_hash, owner)
             if state.outcome is idem.Outcome.RESERVED:
                 break
             if state.outcome is idem.Outcome.ANSWERED:
@@ -302,7 +299,7 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
-            state = await run_in_threadpool(store.lookup, key, req_hash)
+            state = await store.lookup(key, req_hash)
     except RevstoreError as exc:
         # The key cannot be reserved or read: never run the write unprotected.
         return problem_response(request, svc, exc)
@@ -315,18 +312,18 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
     except BaseException:
         # Cancelled (client gone, shutdown): free the key now rather than after the lease.
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await run_in_threadpool(store.release, key, owner)
+            await store.release(key, owner)
         raise
     try:
         if response.status_code >= 500:
             # Deletes the reservation only if the write did not commit (an ambiguous
             # commit that landed leaves the key applied: a re-send gets its reply).
-            await run_in_threadpool(store.release, key, owner)
+            await store.release(key, owner)
         else:
             stored = idem.StoredResponse(
                 response.status_code, idem.pick_headers(response.headers), bytes(response.body)
             )
-            if not await run_in_threadpool(store.complete, key, owner, stored) and not (
+            if not await store.complete(key, owner, stored) and not (
                 # A re-send may have stored the same reply, rebuilt from the result,
                 # between this write's commit and now: nothing was lost.
                 await _answered(store, key, req_hash)
@@ -348,7 +345,7 @@ async def idempotent(request: Request, key: str, run: Handler) -> Response:
 
 
 async def _answered(store: idem.IdempotencyStore, key: str, req_hash: str) -> bool:
-    state = await run_in_threadpool(store.lookup, key, req_hash)
+    state = await store.lookup(key, req_hash)
     return state is not None and state.outcome is idem.Outcome.ANSWERED
 
 
@@ -362,7 +359,7 @@ async def rebuilt(
         response.status_code, idem.pick_headers(response.headers), bytes(response.body)
     )
     try:
-        await run_in_threadpool(svc.idempotency.complete_applied, key, req_hash, stored)
+        await svc.idempotency.complete_applied(key, req_hash, stored)
     except RevstoreError:
         log.warning(
             "could not store a rebuilt idempotent response",

@@ -45,7 +45,8 @@ class Settings:
     max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
     """A page of versions, items or records ends before its content passes this many
     bytes (at least one per page); ``next_after`` continues. Applies when the app
-    opens its own Store (a Store passed in keeps its own ``max_page_bytes``)."""
+    opens its store from a URL (a Store or AsyncStore passed in keeps its own
+    ``max_page_bytes``)."""
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     """How long a stored response answers re-sends of the same Idempotency-Key."""
     idempotency_wait: float = 5.0
@@ -60,9 +61,10 @@ class Settings:
     """Seconds announced in Retry-After on 503 and on an in-progress 409."""
     pool_size: int = 16
     max_overflow: int = 32
-    """Database connections per process, when the app opens its own Store: at most
-    pool_size + max_overflow (the Store's defaults). Requests run on at most 40
-    threads per process, so more than 40 is never used."""
+    """Database connections per process, when the app opens its own AsyncStore (from a
+    URL or a sync Store): at most pool_size + max_overflow (the Store's defaults).
+    Requests run concurrently on the process's event loop; when every connection
+    is busy, a request waits for one (SQLAlchemy's pool timeout, 30 s)."""
 
     auth: bool = False
     """``/v1/...`` requests need an API key (``revstore.service.auth``). ``revstore
