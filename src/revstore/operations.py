@@ -143,14 +143,25 @@ class RetentionOperations:
         self,
         namespace: str | None = None,
         *,
+        records: Sequence[str] | None = None,
         progress: Callable[[RetentionReport], None] | None = None,
     ) -> Flow[RetentionReport]:
-        """Remove the versions the policies no longer keep, of one namespace or of all,
-        one record and at most ``retention.CHUNK`` versions per transaction (so a
-        writer of that record waits for one short delete at most). ``progress`` is
+        """Remove the versions the policies no longer keep, of one namespace or of all
+        (only of ``records``, ids in ``namespace``, when given: what a service just
+        wrote), one record and at most ``retention.CHUNK`` versions per transaction (so
+        a writer of that record waits for one short delete at most). ``progress`` is
         called with the running totals after each record."""
+        only: tuple[str, ...] | None = None
+        if records is not None:
+            if namespace is None:
+                raise InvalidInput("records= needs the namespace they are in")
+            if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
+                raise InvalidInput("records must be a list of record ids")
+            only = tuple(sorted({validate_id(r) for r in records}))
+            if not only:
+                return RetentionReport(0, 0, 0)
         policies = yield from self.get_retention(namespace)
-        records = removed = 0
+        compacted = removed = 0
         for policy in policies:
             ns = policy.namespace
             young = _now() - timedelta(seconds=policy.max_age_seconds or 0)
@@ -159,12 +170,12 @@ class RetentionOperations:
                 page: list[tuple[str, int, int, int | None]] = yield read_call(
                     "retention.scan",
                     ns,
-                    methodcaller("retention_candidates", ns, after, PAGE, young),
+                    methodcaller("retention_candidates", ns, after, PAGE, young, only),
                 )
                 for record_id, oldest, newest, first_young in page:
                     cutoff = policy.cutoff(newest, first_young)
                     if cutoff > oldest:
-                        records += 1
+                        compacted += 1
                     while cutoff > oldest:
                         below = min(cutoff, oldest + CHUNK)
                         removed += yield transaction_call(
@@ -174,11 +185,11 @@ class RetentionOperations:
                         )
                         oldest = below
                     if progress is not None:
-                        progress(RetentionReport(len(policies), records, removed))
+                        progress(RetentionReport(len(policies), compacted, removed))
                 if len(page) < PAGE:
                     break
                 after = page[-1][0]
-        return RetentionReport(len(policies), records, removed)
+        return RetentionReport(len(policies), compacted, removed)
 
 
 class Operations(RetentionOperations):

@@ -204,6 +204,21 @@ def test_generated_client_drives_every_operation(api: Api) -> None:
     info = api("getStream", id="log", namespace=ns)
     assert (info.parsed.last_sequence, info.parsed.item_count) == (3, 3)
 
+    # retention: a policy, applied at once; a removed version is a documented 410
+    assert api("getRetention", namespace=ns).parsed.keep_last is None
+    policy = api("setRetention", namespace=ns, body=md.SetRetention(keep_last=2))
+    assert policy.status_code == 200 and policy.parsed.keep_last == 2
+    applied = api("applyRetention", namespace=ns)
+    assert applied.status_code == 200 and applied.parsed.namespaces == 1
+    api("putRecord", id="kept", namespace=ns, body=md.PutRecord(content=1))
+    for n in range(2, 5):
+        api("putRecord", id="kept", namespace=ns, body=md.PutRecord(content=n))
+    assert api("applyRetention", namespace=ns).parsed.versions_removed >= 2
+    compacted = api("getVersion", id="kept", n=1, namespace=ns)
+    assert compacted.status_code == 410 and isinstance(compacted.parsed, problem)
+    assert compacted.parsed.type_ == "urn:revstore:problem:version-compacted"
+    assert compacted.parsed.oldest_version == 3
+
     if api.token:
         # The key's name is the author of a write that names none.
         api("putRecord", id="mine", namespace=ns, body=md.PutRecord(content=1))

@@ -884,10 +884,16 @@ class Protocol:
         ]
 
     def retention_candidates(
-        self, namespace: str, after: str, limit: int, young: datetime
+        self,
+        namespace: str,
+        after: str,
+        limit: int,
+        young: datetime,
+        only: Sequence[str] | None = None,
     ) -> Step[list[tuple[str, int, int, int | None]]]:
-        """Per record after ``after`` (id order, ``limit`` records): its oldest and newest
-        stored version and its oldest version created at or after ``young``."""
+        """Per record after ``after`` (id order, ``limit`` records; only those of
+        ``only`` when given): its oldest and newest stored version and its oldest
+        version created at or after ``young``."""
         first_young = func.min(case((V.c.created_at >= young, V.c.version), else_=None))
         stmt = (
             select(V.c.record_id, func.min(V.c.version), func.max(V.c.version), first_young)
@@ -896,6 +902,8 @@ class Protocol:
             .order_by(V.c.record_id)
             .limit(limit)
         )
+        if only is not None:
+            stmt = stmt.where(V.c.record_id.in_(only))
         return [
             (str(r[0]), int(r[1]), int(r[2]), None if r[3] is None else int(r[3]))
             for r in (yield Execute(stmt)).all()

@@ -51,6 +51,7 @@ Versioned records and sequenced streams over revstore.
 TAGS: list[dict[str, Any]] = [
     {"name": "records", "description": "Versioned JSON records: head, history, diff, restore."},
     {"name": "streams", "description": "Append-only streams numbered without gaps."},
+    {"name": "retention", "description": "How many versions a namespace keeps (admin)."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 

@@ -9,7 +9,8 @@ its body buffered:
 - ``/v1/...`` needs ``Authorization: Bearer <token>`` of a live key (401 otherwise,
   with ``WWW-Authenticate: Bearer``);
 - the key must cover every ``namespace`` the query names (``default`` when none) and,
-  for PUT, PATCH, POST and DELETE, have the ``write`` role or more (403 otherwise);
+  for PUT, PATCH, POST and DELETE, have the ``write`` role or more, and ``admin`` to
+  set or apply retention (403 otherwise);
 - everything else (``/healthz``, ``/readyz``, ``/metrics``, ``/docs``,
   ``/openapi.json``) stays open: probes and scrapers carry no token.
 
@@ -40,6 +41,8 @@ CACHE_SECONDS: Final = 2.0
 a revoked key keeps working in a running service."""
 CACHE_ENTRIES: Final = 4096
 PROTECTED_PREFIX: Final = "/v1/"
+ADMIN_PREFIX: Final = "/v1/retention"
+"""Writes under it (set or apply a retention policy) need the ``admin`` role."""
 WRITE_METHODS: Final = frozenset({"PUT", "PATCH", "POST", "DELETE"})
 PRINCIPAL: Final = "revstore.api_key"
 """Where the verified :class:`ApiKey` of a request is kept in the ASGI scope."""
@@ -119,7 +122,7 @@ def unauthorized(detail: str, error: str | None = None) -> ProblemError:
     return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
-def check(key: ApiKey, method: str, namespaces: list[str]) -> ProblemError | None:
+def check(key: ApiKey, method: str, namespaces: list[str], path: str = "") -> ProblemError | None:
     """Why ``key`` may not make this request (None: it may)."""
     for namespace in namespaces:
         if not key.covers(namespace):
@@ -128,6 +131,12 @@ def check(key: ApiKey, method: str, namespaces: list[str]) -> ProblemError | Non
                 "forbidden",
                 f"API key {key.id} is for namespace {key.namespace!r}, not {namespace[:100]!r}",
             )
+    if method in WRITE_METHODS and path.startswith(ADMIN_PREFIX) and not key.may("admin"):
+        return ProblemError(
+            403,
+            "forbidden",
+            f"API key {key.id} has the {key.role} role; changing retention needs admin",
+        )
     if method in WRITE_METHODS and not key.may("write"):
         return ProblemError(
             403, "forbidden", f"API key {key.id} has the {key.role} role and may not write"
@@ -172,4 +181,4 @@ class AuthMiddleware:
         query = QueryParams(scope.get("query_string", b""))
         # Every value counts: a query naming two namespaces must be allowed both.
         namespaces = sorted(set(query.getlist("namespace"))) or ["default"]
-        return check(key, scope["method"], namespaces)
+        return check(key, scope["method"], namespaces, scope["path"])

@@ -11,6 +11,7 @@ own; a request arriving on another loop is a programming error, refused clearly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from revstore.backends import check_url
 from revstore.errors import RevstoreError
 from revstore.service.idempotency import IdempotencyStore
 from revstore.service.metrics import Metrics
+from revstore.service.retention import RetentionWorker
 from revstore.service.settings import Settings
 from revstore.store import Store
 
@@ -76,6 +78,8 @@ class Services:
         self._store: AsyncStore | None = None
         self._idempotency: IdempotencyStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.retention = RetentionWorker(lambda: self.store, settings.retention_interval)
+        self._retention_task: asyncio.Task[None] | None = None
 
     @property
     def owns_store(self) -> bool:
@@ -125,9 +129,16 @@ class Services:
         except RevstoreError as exc:
             # Serve anyway: /readyz says 503 until the database answers.
             log.warning("database not ready at startup: %s", exc, extra={"event": "startup"})
+        if self.settings.retention_interval > 0:
+            self._retention_task = asyncio.get_running_loop().create_task(self.retention.run())
 
     async def stop(self) -> None:
         """The lifespan's end: close the store the app opened (a new start opens another)."""
+        task, self._retention_task = self._retention_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         store, self._store, self._idempotency, self._loop = self._store, None, None, None
         if store is not None and self.owns_store:
             await store.close()

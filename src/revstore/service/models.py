@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from revstore.config import DEFAULT_MAX_BATCH_ITEMS, MAX_AUTHOR, MAX_SUMMARY
 from revstore.record import HistoryPage, Record, RecordPage, Version
+from revstore.retention import MAX_AGE_SECONDS, MAX_KEEP_LAST, Policy
 from revstore.stream import AppendResult, ReadPage, StreamInfo, StreamItem
 
 BIGINT = 2**63 - 1
@@ -176,6 +177,37 @@ class StreamInfoOut(BaseModel):
     updated_at: datetime
 
 
+class SetRetention(_Body):
+    """Both null removes the namespace's policy."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"keep_last": 50, "max_age_seconds": 2592000}]}
+    )
+
+    keep_last: Annotated[int, Field(strict=True, ge=1, le=MAX_KEEP_LAST)] | None = Field(
+        None, description="Keep the last N versions of each record."
+    )
+    max_age_seconds: Annotated[int, Field(strict=True, ge=1, le=MAX_AGE_SECONDS)] | None = Field(
+        None, description="Keep the versions younger than this many seconds."
+    )
+
+
+class RetentionOut(BaseModel):
+    """A namespace's policy (both rules null: none). A version either rule keeps is
+    kept, and the newest always."""
+
+    namespace: str
+    keep_last: int | None
+    max_age_seconds: int | None
+    updated_at: datetime | None
+
+
+class RetentionReportOut(BaseModel):
+    namespaces: int
+    records: int
+    versions_removed: int
+
+
 class StatusOut(BaseModel):
     status: str
 
@@ -208,6 +240,9 @@ class Problem(BaseModel):
         default=None, description="On 503 after a lost COMMIT: the write may have been stored."
     )
     retry_after: int | None = None
+    oldest_version: int | None = Field(
+        default=None, description="On 410: the oldest version retention kept."
+    )
     errors: list[FieldError] | None = None
 
 
@@ -285,4 +320,13 @@ def stream_info_json(info: StreamInfo) -> dict[str, Any]:
         "item_count": info.item_count,
         "created_at": info.created_at.isoformat(),
         "updated_at": info.updated_at.isoformat(),
+    }
+
+
+def retention_json(namespace: str, policy: Policy | None) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "keep_last": policy.keep_last if policy else None,
+        "max_age_seconds": policy.max_age_seconds if policy else None,
+        "updated_at": policy.updated_at.isoformat() if policy and policy.updated_at else None,
     }

@@ -22,6 +22,7 @@ from revstore.errors import (
     RevstoreError,
     SequenceConflict,
     Unavailable,
+    VersionCompacted,
     VersionConflict,
 )
 from revstore.failures import Retryable
@@ -39,6 +40,7 @@ TITLES: dict[str, str] = {
     "precondition-failed": "Precondition failed",
     "precondition-required": "Precondition required",
     "not-found": "Not found",
+    "version-compacted": "Version removed by retention",
     "unauthorized": "API key missing or not valid",
     "forbidden": "API key not allowed to do this",
     "method-not-allowed": "Method not allowed",
@@ -171,6 +173,8 @@ def _from_revstore(exc: RevstoreError, retry_after: int) -> ProblemError:
         )
     if isinstance(exc, Conflict):
         return ProblemError(409, "conflict", str(exc))
+    if isinstance(exc, VersionCompacted):
+        return ProblemError(410, "version-compacted", str(exc), oldest_version=exc.oldest_version)
     if isinstance(exc, NotFound):
         return ProblemError(404, "not-found", str(exc))
     if isinstance(exc, InvalidInput):

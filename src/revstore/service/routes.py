@@ -112,6 +112,16 @@ WRITE: dict[int | str, dict[str, Any]] = {
     428: problem("The server requires If-Match on record writes."),
 }
 STREAM_WRITE = {k: v for k, v in WRITE.items() if k not in (412, 428)}
+ADMIN_WRITE: dict[int | str, dict[str, Any]] = {
+    **COMMON,
+    403: problem("With auth on: an admin key of the namespace is needed."),
+    # A policy is replaced whole; two admins at once: the last one wins, no conflict.
+    413: WRITE[413],
+    415: WRITE[415],
+}
+GONE: dict[int | str, dict[str, Any]] = {
+    410: problem("The version was removed by the namespace's retention (oldest_version kept).")
+}
 
 
 # ---------------------------------------------------------------- health
@@ -223,6 +233,7 @@ async def put_record(
             claim=claim_of(request),
         ),
     )
+    svc.retention.touched(namespace, id)
     return record_reply(Mode.PUT, rec)
 
 
@@ -272,6 +283,7 @@ async def patch_record(
             claim=claim_of(request),
         ),
     )
+    svc.retention.touched(namespace, id)
     return record_reply(Mode.UPDATE, rec)
 
 
@@ -329,6 +341,7 @@ async def delete_record(
             id, expected_revision=expected, namespace=namespace, claim=claim_of(request)
         ),
     )
+    svc.retention.touched(namespace, id)
     return record_reply(Mode.DELETE, rec)
 
 
@@ -380,7 +393,7 @@ async def list_versions(
     summary="Read one version",
     tags=["records"],
     response_model=m.VersionOut,
-    responses=COMMON,
+    responses={**COMMON, **GONE},
 )
 async def get_version(
     request: Request,
@@ -399,7 +412,7 @@ async def get_version(
     summary="Diff two versions",
     tags=["records"],
     response_model=m.DiffOut,
-    responses=COMMON,
+    responses={**COMMON, **GONE},
 )
 async def diff_versions(
     request: Request,
@@ -419,7 +432,11 @@ async def diff_versions(
     summary="Restore an old version",
     tags=["records"],
     response_model=m.WriteOut,
-    responses={**WRITE, 200: {"description": "Restored as a new version.", "headers": ETAG_HEADER}},
+    responses={
+        **WRITE,
+        **GONE,
+        200: {"description": "Restored as a new version.", "headers": ETAG_HEADER},
+    },
 )
 async def restore_record(
     request: Request,
@@ -450,6 +467,7 @@ async def restore_record(
             claim=claim_of(request),
         ),
     )
+    svc.retention.touched(namespace, id)
     return record_reply(Mode.UPDATE, rec)
 
 
@@ -528,3 +546,64 @@ async def get_stream(request: Request, id: StreamId, namespace: Namespace = "def
     """A stream's last sequence and item count."""
     info = await services(request).store.stream_info(id, namespace=namespace)
     return json_response(m.stream_info_json(info))
+
+
+# ---------------------------------------------------------------- retention
+
+
+@router.get(
+    "/v1/retention",
+    operation_id="getRetention",
+    summary="Read a namespace's retention policy",
+    tags=["retention"],
+    response_model=m.RetentionOut,
+    responses=COMMON,
+)
+async def get_retention(request: Request, namespace: Namespace = "default") -> Response:
+    """The policy (``keep_last`` and ``max_age_seconds`` null: none)."""
+    policies = await services(request).store.get_retention(namespace)
+    return json_response(m.retention_json(namespace, policies[0] if policies else None))
+
+
+@router.put(
+    "/v1/retention",
+    operation_id="setRetention",
+    summary="Set a namespace's retention policy (admin)",
+    tags=["retention"],
+    response_model=m.RetentionOut,
+    responses=ADMIN_WRITE,
+)
+async def set_retention(
+    request: Request, body: m.SetRetention, namespace: Namespace = "default"
+) -> Response:
+    """Keep the last ``keep_last`` versions of each record and / or those younger than
+    ``max_age_seconds`` (a version either keeps is kept, the newest always); both null
+    removes the policy. Applied within seconds of each write this service makes, and
+    at once by ``POST /v1/retention/apply``."""
+    svc = services(request)
+    policy = await svc.store.set_retention(
+        namespace, keep_last=body.keep_last, max_age=body.max_age_seconds
+    )
+    svc.retention.forget_policies()
+    return json_response(m.retention_json(namespace, policy))
+
+
+@router.post(
+    "/v1/retention/apply",
+    operation_id="applyRetention",
+    summary="Apply a namespace's retention now (admin)",
+    tags=["retention"],
+    response_model=m.RetentionReportOut,
+    responses=ADMIN_WRITE,
+)
+async def apply_retention(request: Request, namespace: Namespace = "default") -> Response:
+    """Remove what the policy no longer keeps, one record and a small chunk of versions
+    per transaction (writers go on)."""
+    report = await services(request).store.apply_retention(namespace)
+    return json_response(
+        {
+            "namespaces": report.namespaces,
+            "records": report.records,
+            "versions_removed": report.versions_removed,
+        }
+    )

@@ -66,6 +66,10 @@ class Settings:
     Requests run concurrently on the process's event loop; when every connection
     is busy, a request waits for one (SQLAlchemy's pool timeout, 30 s)."""
 
+    retention_interval: float = 2.0
+    """Seconds between the rounds that apply retention policies to the records this
+    process wrote (``revstore.service.retention``); 0 turns them off."""
+
     auth: bool = False
     """``/v1/...`` requests need an API key (``revstore.service.auth``). ``revstore
     serve`` turns it on by default when it binds a non-loopback address."""
@@ -82,6 +86,8 @@ class Settings:
             or (lease is not None and lease <= 0)
         ):
             raise ValueError("idempotency durations must be positive")
+        if self.retention_interval < 0:
+            raise ValueError("retention_interval must be 0 (off) or positive")
 
     @classmethod
     def from_env(cls) -> Settings:
