@@ -216,6 +216,8 @@ def test_openapi_documents_every_route_and_error(sqlite_client: TestClient) -> N
         "/v1/records/{id}/restore": {"post"},
         "/v1/streams/{id}/items": {"get", "post"},
         "/v1/streams/{id}": {"get"},
+        "/v1/retention": {"get", "put"},
+        "/v1/retention/apply": {"post"},
         "/healthz": {"get"},
         "/readyz": {"get"},
         "/metrics": {"get"},
@@ -227,9 +229,16 @@ def test_openapi_documents_every_route_and_error(sqlite_client: TestClient) -> N
             responses = op["responses"]
             errors = {"404", "405", "422", "500", "503"} if path.startswith("/v1/") else set()
             if method in ("put", "patch", "delete", "post"):
-                errors |= {"409", "413", "415"}
+                # Retention policies are replaced whole: nothing to conflict with.
+                errors |= (
+                    {"413", "415"} if path.startswith("/v1/retention") else {"409", "413", "415"}
+                )
             if path.startswith("/v1/records") and method != "get":
                 errors |= {"412", "428"}
+            if path.startswith("/v1/retention") and method != "get":
+                errors |= {"403"}
+            if path in ("/v1/records/{id}/versions/{n}", "/v1/records/{id}/diff"):
+                errors |= {"410"}
             assert errors <= set(responses), (path, method, set(responses))
             for status in errors:
                 content = responses[status]["content"]
@@ -278,7 +287,7 @@ def test_every_route_is_a_coroutine() -> None:
     from revstore.service.routes import router
 
     routes = [r for r in router.routes if isinstance(r, APIRoute)]
-    assert len(routes) == 15
+    assert len(routes) == 18
     for route in routes:
         assert inspect.iscoroutinefunction(route.endpoint), route.path
 
