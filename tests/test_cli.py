@@ -215,6 +215,25 @@ def test_list_pages_prefix_and_all(db: str) -> None:
 # ----------------------------------------------------------------- streams
 
 
+def test_streams_pages_prefix_and_all(db: str) -> None:
+    for sid, n in [("chat-1", 2), ("chat-2", 1), ("log", 3), ("chat-3", 1)]:
+        ok("append", sid, *(["{}"] * n), "--db", db)
+    page = ok("streams", "--prefix", "chat-", "--limit", "2", "--db", db)
+    assert [(s["id"], s["item_count"]) for s in page["streams"]] == [("chat-1", 2), ("chat-2", 1)]
+    assert page["next_after"] == "chat-2"
+    page = ok("streams", "--prefix", "chat-", "--after", "chat-2", "--db", db)
+    assert [s["id"] for s in page["streams"]] == ["chat-3"] and page["next_after"] is None
+    assert [s["id"] for s in lines("streams", "--limit", "1", "--db", db)] == [
+        "chat-1",
+        "chat-2",
+        "chat-3",
+        "log",
+    ]
+    out = human("streams", "--limit", "3", "--db", db)
+    assert "chat-1" in out and "log" not in out and "more: --after chat-3" in out
+    assert ok("streams", "-n", "elsewhere", "--db", db) == {"streams": [], "next_after": None}
+
+
 def test_append_read_stream_info(db: str) -> None:
     res = ok("append", "chat", '{"m": 1}', '{"m": 2}', "-i", "a", "-i", "b", "--db", db)
     assert (res["first_sequence"], res["last_sequence"], res["duplicate"]) == (1, 2, False)

@@ -156,3 +156,28 @@ def test_bad_read_limit(store: Store, ns: str, bad: int) -> None:
     store.append("s", [{"a": 1}], namespace=ns)
     with pytest.raises(InvalidInput):
         store.read("s", limit=bad, namespace=ns)
+
+
+def test_list_streams_pages_by_id_with_prefix(store: Store, ns: str) -> None:
+    for sid, n in [("chat-b", 2), ("chat-a", 1), ("log", 3), ("chat-c", 1), ("chat_x", 1)]:
+        store.append(sid, [{"k": k} for k in range(n)], namespace=ns)
+    page = store.list_streams(prefix="chat-", limit=2, namespace=ns)
+    assert [(s.id, s.last_sequence, s.item_count) for s in page] == [
+        ("chat-a", 1, 1),
+        ("chat-b", 2, 2),
+    ]
+    assert page.next_after == "chat-b"
+    rest = store.list_streams(prefix="chat-", after=page.next_after, limit=2, namespace=ns)
+    assert [s.id for s in rest] == ["chat-c"] and rest.next_after is None
+    assert [s.id for s in store.list_streams(namespace=ns)] == [
+        "chat-a",
+        "chat-b",
+        "chat-c",
+        "chat_x",
+        "log",
+    ]
+    assert store.list_streams(namespace=f"{ns}-none").streams == []
+    with pytest.raises(InvalidInput):
+        store.list_streams(limit=0, namespace=ns)
+    with pytest.raises(InvalidInput):
+        store.list_streams(after="", namespace=ns)

@@ -19,7 +19,7 @@ from revstore.errors import (
 from revstore.record import HistoryPage, Record, RecordPage, Version
 from revstore.retry import RetryPolicy
 from revstore.store import Store
-from revstore.stream import AppendResult, ReadPage, StreamInfo, StreamItem
+from revstore.stream import AppendResult, ReadPage, StreamInfo, StreamItem, StreamPage
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ __all__ = [
     "Store",
     "StreamInfo",
     "StreamItem",
+    "StreamPage",
     "Unavailable",
     "Version",
     "VersionCompacted",

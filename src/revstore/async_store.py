@@ -128,6 +128,7 @@ class AsyncStore(Shell):
     append = awaiting(Operations.append)
     read = awaiting(Operations.read)
     stream_info = awaiting(Operations.stream_info)
+    list_streams = awaiting(Operations.list_streams)
     set_retention = awaiting(Operations.set_retention)
     get_retention = awaiting(Operations.get_retention)
     apply_retention = awaiting(Operations.apply_retention)

@@ -690,6 +690,40 @@ def list_records(
 # ----------------------------------------------------------------- streams
 
 
+@app.command("streams")
+def list_streams(
+    prefix: Annotated[str | None, typer.Option(help="Only ids that start with this.")] = None,
+    after: Annotated[str | None, typer.Option(help="Start after this id.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Streams per page (1-1000; default 50, --all 1000).")
+    ] = None,
+    every: AllOption = False,
+    namespace: NamespaceOption = "default",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List streams in id order with their last sequence, a page at a time (or --all)."""
+    shown = paged(
+        as_json,
+        db,
+        lambda store, a, size: store.list_streams(prefix, a, size, namespace=namespace),
+        after,
+        limit,
+        every,
+        50,
+        f"streams {namespace}",
+        "streams",
+    )
+    if shown is None:
+        return
+    table = Table("id", "last sequence", "items", "updated_at")
+    for info in shown[0]:
+        table.add_row(
+            cell(info.id), str(info.last_sequence), str(info.item_count), when(info.updated_at)
+        )
+    print_table(table, shown[1])
+
+
 @app.command()
 def append(
     stream: Annotated[str, typer.Argument(help="Stream id.")],

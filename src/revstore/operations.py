@@ -49,7 +49,7 @@ from revstore.idempotency import Claim, KeyState, Outcome, owner_marker, state_o
 from revstore.record import HistoryPage, Mode, Record, RecordPage, Version, WriteIntent
 from revstore.retention import CHUNK, PAGE, Policy, RetentionReport, check_policy
 from revstore.retry import RetryPolicy, RetryStats
-from revstore.stream import AppendBatch, AppendResult, ReadPage, StreamInfo
+from revstore.stream import AppendBatch, AppendResult, ReadPage, StreamInfo, StreamPage
 
 if TYPE_CHECKING:
     from revstore.backends.protocol import Protocol
@@ -431,6 +431,29 @@ class Operations(RetentionOperations):
         budget = self.max_page_bytes
         result: ReadPage = yield read_call(
             "read", stream, lambda p: p.read_stream(namespace, stream, after, limit, budget)
+        )
+        return result
+
+    def list_streams(
+        self,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+        *,
+        namespace: str = "default",
+    ) -> Flow[StreamPage]:
+        """Streams in id order, with their info; ``after`` an id, with a ``next_after``
+        cursor."""
+        validate_id(namespace, "namespace")
+        if prefix is not None and prefix != "":
+            validate_id(prefix, "prefix")
+        if after is not None:
+            validate_id(after, "after")
+        limit = validate_limit(limit)
+        result: StreamPage = yield read_call(
+            "list_streams",
+            prefix or "*",
+            methodcaller("list_streams", namespace, prefix, after, limit),
         )
         return result
 

@@ -139,6 +139,7 @@ class Store(Shell):
     append = blocking(Operations.append)
     read = blocking(Operations.read)
     stream_info = blocking(Operations.stream_info)
+    list_streams = blocking(Operations.list_streams)
     set_retention = blocking(Operations.set_retention)
     get_retention = blocking(Operations.get_retention)
     apply_retention = blocking(Operations.apply_retention)

@@ -58,6 +58,20 @@ class StreamInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamPage:
+    """Streams in id order; pass ``next_after`` as ``after`` for the next page."""
+
+    streams: list[StreamInfo]
+    next_after: str | None
+
+    def __iter__(self) -> Iterator[StreamInfo]:
+        return iter(self.streams)
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredItem:
     """An already stored item found by its client id (read under the stream lock)."""
 

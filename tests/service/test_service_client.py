@@ -203,6 +203,9 @@ def test_generated_client_drives_every_operation(api: Api) -> None:
     assert [i.item_id for i in items.parsed.items] == ["i2", "i3"]
     info = api("getStream", id="log", namespace=ns)
     assert (info.parsed.last_sequence, info.parsed.item_count) == (3, 3)
+    listed = api("listStreams", namespace=ns, prefix="l", limit=10)
+    assert [(s.id, s.item_count) for s in listed.parsed.streams] == [("log", 3)]
+    assert listed.parsed.next_after is None
 
     # retention: a policy, applied at once; a removed version is a documented 410
     assert api("getRetention", namespace=ns).parsed.keep_last is None

@@ -216,6 +216,7 @@ def test_openapi_documents_every_route_and_error(sqlite_client: TestClient) -> N
         "/v1/records/{id}/restore": {"post"},
         "/v1/streams/{id}/items": {"get", "post"},
         "/v1/streams/{id}": {"get"},
+        "/v1/streams": {"get"},
         "/v1/retention": {"get", "put"},
         "/v1/retention/apply": {"post"},
         "/healthz": {"get"},
@@ -287,7 +288,7 @@ def test_every_route_is_a_coroutine() -> None:
     from revstore.service.routes import router
 
     routes = [r for r in router.routes if isinstance(r, APIRoute)]
-    assert len(routes) == 18
+    assert len(routes) == 19
     for route in routes:
         assert inspect.iscoroutinefunction(route.endpoint), route.path
 

@@ -174,7 +174,11 @@ def test_history_browser_in_chromium(browser: Any, tmp_path: Path) -> None:
         expect(lines.filter(has_text='+ /title: "three"')).to_have_count(1)
         expect(lines.filter(has_text='"y"')).to_have_count(1)
 
-        # A stream and its items (markup in a body stays text).
+        # The namespace's streams are listed; one opens with its items (markup in a
+        # body stays text); a stream can also be opened by its id.
+        expect(page.locator('#stream-table tr[data-id="chat"]')).to_contain_text("3")
+        page.click('#stream-table tr[data-id="chat"] a')
+        expect(page.locator("#items tbody tr")).to_have_count(2)
         page.fill("#stream-id", "chat")
         page.click("#stream-form button")
         expect(page.locator("#items tbody tr")).to_have_count(2)

@@ -50,6 +50,7 @@ from revstore.stream import (
     StoredItem,
     StreamInfo,
     StreamItem,
+    StreamPage,
     check_expected,
     classify_resend,
 )
@@ -525,15 +526,25 @@ class Protocol:
         ).first()
         if row is None:
             raise NotFound(f"stream {stream_id!r} does not exist in namespace {namespace!r}")
-        m = row._mapping
-        return StreamInfo(
-            namespace,
-            stream_id,
-            int(m["last_sequence"]),
-            int(m["item_count"]),
-            utc(m["created_at"]),
-            utc(m["updated_at"]),
-        )
+        return stream_info_of(row)
+
+    def list_streams(
+        self, namespace: str, prefix: str | None, after: str | None, limit: int
+    ) -> Step[StreamPage]:
+        """Streams in id order (their info rows only: a page is small)."""
+        where = [S.c.namespace == namespace]
+        if prefix:
+            upper = prefix_upper_bound(prefix)
+            if upper is None:
+                where.append(S.c.id.startswith(prefix, autoescape=True))
+            else:
+                where.append(S.c.id < upper)
+            where.append(S.c.id >= prefix)
+        if after is not None:
+            where.append(S.c.id > after)
+        rows = list((yield Execute(select(S).where(*where).order_by(S.c.id).limit(limit + 1))))
+        streams = [stream_info_of(r) for r in rows[:limit]]
+        return StreamPage(streams, streams[-1].id if len(rows) > limit else None)
 
     def resent(self, batch: AppendBatch) -> Step[AppendResult | None]:
         """The stored answer when ``batch`` (with item ids) was appended before, else
@@ -934,6 +945,18 @@ class Protocol:
             .execution_options(preserve_rowcount=True)
         )
         return int(result.rowcount)
+
+
+def stream_info_of(row: Row[Any]) -> StreamInfo:
+    m = row._mapping
+    return StreamInfo(
+        m["namespace"],
+        m["id"],
+        int(m["last_sequence"]),
+        int(m["item_count"]),
+        utc(m["created_at"]),
+        utc(m["updated_at"]),
+    )
 
 
 def apikey_of(row: Row[Any]) -> ApiKey:

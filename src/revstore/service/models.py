@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from revstore.config import DEFAULT_MAX_BATCH_ITEMS, MAX_AUTHOR, MAX_SUMMARY
 from revstore.record import HistoryPage, Record, RecordPage, Version
 from revstore.retention import MAX_AGE_SECONDS, MAX_KEEP_LAST, Policy
-from revstore.stream import AppendResult, ReadPage, StreamInfo, StreamItem
+from revstore.stream import AppendResult, ReadPage, StreamInfo, StreamItem, StreamPage
 
 BIGINT = 2**63 - 1
 """Numbers are stored as BIGINT: anything larger is invalid input, not a database error."""
@@ -208,6 +208,11 @@ class RetentionReportOut(BaseModel):
     versions_removed: int
 
 
+class StreamPageOut(BaseModel):
+    streams: list[StreamInfoOut]
+    next_after: str | None
+
+
 class StatusOut(BaseModel):
     status: str
 
@@ -310,6 +315,10 @@ def append_json(namespace: str, stream: str, res: AppendResult) -> dict[str, Any
 
 def read_json(page: ReadPage) -> dict[str, Any]:
     return {"items": [item_json(i) for i in page.items], "next_after": page.next_after}
+
+
+def stream_page_json(page: StreamPage) -> dict[str, Any]:
+    return {"streams": [stream_info_json(i) for i in page.streams], "next_after": page.next_after}
 
 
 def stream_info_json(info: StreamInfo) -> dict[str, Any]:

@@ -535,6 +535,28 @@ async def read_items(
 
 
 @router.get(
+    "/v1/streams",
+    operation_id="listStreams",
+    summary="List streams",
+    tags=["streams"],
+    response_model=m.StreamPageOut,
+    responses=COMMON,
+)
+async def list_streams(
+    request: Request,
+    namespace: Namespace = "default",
+    prefix: Annotated[str | None, Query(max_length=MAX_ID, description="Id prefix.")] = None,
+    after: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_ID, description="Cursor: last id seen.")
+    ] = None,
+    limit: Limit = 50,
+) -> Response:
+    """Streams in id order with their info; pass ``next_after`` as ``after`` for more."""
+    page = await services(request).store.list_streams(prefix, after, limit, namespace=namespace)
+    return json_response(m.stream_page_json(page))
+
+
+@router.get(
     "/v1/streams/{id}",
     operation_id="getStream",
     summary="Read stream info",

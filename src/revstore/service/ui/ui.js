@@ -309,6 +309,29 @@ async function showDiff() {
 
 // ---------------------------------------------------------------- streams
 
+async function loadStreams(reset) {
+  if (reset) {
+    state.streamsAfter = null;
+    $("stream-table").tBodies[0].replaceChildren();
+  }
+  const page = await api("/v1/streams", { after: state.streamsAfter, limit: PAGE });
+  const body = $("stream-table").tBodies[0];
+  for (const info of page.streams) {
+    const row = body.insertRow();
+    row.dataset.id = info.id;
+    const link = document.createElement("a");
+    link.textContent = info.id;
+    link.addEventListener("click", () => openStream(info.id).catch(failed));
+    cell(row, "").appendChild(link);
+    cell(row, info.item_count);
+    cell(row, info.last_sequence);
+    cell(row, when(info.updated_at));
+  }
+  if (reset && !page.streams.length) cell(body.insertRow(), "no streams");
+  state.streamsAfter = page.next_after;
+  $("streams-more").hidden = page.next_after === null;
+}
+
 async function openStream(id) {
   const info = await api(`/v1/streams/${encodeURIComponent(id)}`);
   state.stream = id;
@@ -362,7 +385,7 @@ on("ns-form", "submit", () => {
   $("record").hidden = true;
   $("items").hidden = true;
   $("stream-info").textContent = "";
-  return loadRecords();
+  return loadRecords().then(() => loadStreams(true));
 });
 on("search-form", "submit", () => {
   state.prefix = $("prefix").value;
@@ -382,6 +405,7 @@ on("diff-button", "click", showDiff);
 on("record-reload", "click", () => openRecord(state.record.id));
 on("stream-form", "submit", () => openStream($("stream-id").value));
 on("items-more", "click", moreItems);
+on("streams-more", "click", () => loadStreams(false));
 on("token-form", "submit", () => {
   const value = $("token").value.trim();
   if (value) sessionStorage.setItem(TOKEN_KEY, value);
@@ -389,7 +413,7 @@ on("token-form", "submit", () => {
   $("token-box").hidden = true;
   showTokenState();
   say("");
-  return loadRecords();
+  return loadRecords().then(() => loadStreams(true));
 });
 on("token-forget", "click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
@@ -401,4 +425,6 @@ $("token-state").addEventListener("click", () => {
 
 $("namespace").value = state.namespace;
 showTokenState();
-loadRecords().catch(failed);
+loadRecords()
+  .then(() => loadStreams(true))
+  .catch(failed);
