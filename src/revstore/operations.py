@@ -98,6 +98,16 @@ def transaction_call(op: str, key: str, step: Callable[[Protocol], Any]) -> Call
     return Call(op, key, lambda backend: backend.transaction(step(backend.protocol)))
 
 
+def _listing(namespace: object, prefix: object, after: object, limit: object) -> int:
+    """Check the arguments of a listing by id (records, streams); the limit."""
+    validate_id(namespace, "namespace")
+    if prefix is not None and prefix != "":
+        validate_id(prefix, "prefix")
+    if after is not None:
+        validate_id(after, "after")
+    return validate_limit(limit)
+
+
 def _claim(value: object) -> Claim | None:
     if value is not None and not isinstance(value, Claim):
         raise InvalidInput(f"claim must be a Claim from Store.keys.claim(), got {shown(value)}")
@@ -338,12 +348,7 @@ class Operations(RetentionOperations):
         """Live records in id order; ``after`` an id, with a ``next_after`` cursor.
 
         A page ends early when its content would pass ``max_page_bytes``."""
-        validate_id(namespace, "namespace")
-        if prefix is not None and prefix != "":
-            validate_id(prefix, "prefix")
-        if after is not None:
-            validate_id(after, "after")
-        limit = validate_limit(limit)
+        limit = _listing(namespace, prefix, after, limit)
         budget = self.max_page_bytes
         result: RecordPage = yield read_call(
             "list",
@@ -444,12 +449,7 @@ class Operations(RetentionOperations):
     ) -> Flow[StreamPage]:
         """Streams in id order, with their info; ``after`` an id, with a ``next_after``
         cursor."""
-        validate_id(namespace, "namespace")
-        if prefix is not None and prefix != "":
-            validate_id(prefix, "prefix")
-        if after is not None:
-            validate_id(after, "after")
-        limit = validate_limit(limit)
+        limit = _listing(namespace, prefix, after, limit)
         result: StreamPage = yield read_call(
             "list_streams",
             prefix or "*",
