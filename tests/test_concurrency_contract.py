@@ -20,7 +20,7 @@ from racers import (
     seed_streams,
 )
 
-SECONDS = 3.0
+SECONDS = 2.0
 
 
 def test_hot_record_32_threads(backend_url: str, ns: str, api: str) -> None:
@@ -43,8 +43,8 @@ def test_hot_record_4_processes_x_8_threads(backend_url: str, ns: str, api: str)
 
 
 @pytest.mark.slow
-def test_1000_records_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
-    keys = [f"r{k}" for k in range(1000)]
+def test_400_records_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
+    keys = [f"r{k}" for k in range(400)]
     seed_records(backend_url, ns, keys)
     out = run_processes(
         "records", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS, api=api
@@ -53,8 +53,8 @@ def test_1000_records_4_processes_x_8_threads(backend_url: str, ns: str, api: st
 
 
 @pytest.mark.slow
-def test_1000_records_32_threads(backend_url: str, ns: str, api: str) -> None:
-    keys = [f"r{k}" for k in range(1000)]
+def test_400_records_32_threads(backend_url: str, ns: str, api: str) -> None:
+    keys = [f"r{k}" for k in range(400)]
     seed_records(backend_url, ns, keys)
     out = run_record_threads(backend_url, ns, keys, threads=32, seconds=SECONDS, tag="t", api=api)
     check_records(backend_url, ns, keys, out)
@@ -79,8 +79,8 @@ def test_hot_stream_4_processes_x_8_threads(backend_url: str, ns: str, api: str)
 
 
 @pytest.mark.slow
-def test_500_streams_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
-    keys = [f"s{k}" for k in range(500)]
+def test_200_streams_4_processes_x_8_threads(backend_url: str, ns: str, api: str) -> None:
+    keys = [f"s{k}" for k in range(200)]
     seed_streams(backend_url, ns, keys)
     out = run_processes(
         "streams", backend_url, ns, keys, processes=4, threads=8, seconds=SECONDS, api=api

@@ -163,7 +163,8 @@ FAST = settings(
     database=None,
 )
 THOROUGH = settings(
-    max_examples=600,
+    # Per backend and per store API (sync, async): 2 x 400 calls of each kind.
+    max_examples=400,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     database=None,

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the API from its own OpenAPI (schemathesis): whatever
 the generated request, no 5xx, and every response conforms to the documented schema
 (status code, content type, headers, body). A quick pass in the default run; the
-10,000-request run is ``test_service_schemathesis.py`` (``-m slow``)."""
+6,000-request run is ``test_service_schemathesis.py`` (``-m slow``)."""
 
 from __future__ import annotations
 

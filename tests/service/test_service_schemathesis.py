@@ -1,4 +1,4 @@
-"""Schemathesis over every route of the app, in-process on SQLite: at least 10,000
+"""Schemathesis over every route of the app, in-process on SQLite: at least 6,000
 generated requests (valid and invalid: positive and negative generation, the coverage
 phase's boundary values, and fuzzing), with 0 server errors and every response
 conforming to the documented schema (status code, content type, headers, body).
@@ -24,14 +24,14 @@ from hypothesis import HealthCheck, settings
 
 from revstore import Store
 
-MIN_CASES = 10_000
-EXAMPLES_PER_OPERATION = 800
+MIN_CASES = 6_000
+EXAMPLES_PER_OPERATION = 400
 """Fuzzing examples per operation; the coverage phase adds its own cases. Operations
 without parameters (``/healthz``) run out of distinct inputs far earlier."""
 
 # Collected at import (schemathesis' lazy loader does not work with pytest 9): the app
 # and its SQLite file are made here and removed when the module's tests end.
-# On tmpfs where there is one: the run exercises the HTTP layer, and 10,000 fsyncs of a
+# On tmpfs where there is one: the run exercises the HTTP layer, and thousands of fsyncs of a
 # disk shared with other jobs would only make it slower.
 _shm = Path("/dev/shm")
 _dir = Path(tempfile.mkdtemp(prefix="revstore-schemathesis-", dir=_shm if _shm.is_dir() else None))
@@ -44,7 +44,7 @@ _statuses: Counter[int] = Counter()
 
 @pytest.fixture(scope="module", autouse=True)
 def _seeded() -> Iterator[None]:
-    # One info line per request is 10,000 lines: keep warnings and errors (a 500's
+    # One info line per request is thousands of lines: keep warnings and errors (a 500's
     # stack) only.
     http_log = logging.getLogger("revstore.http")
     level = http_log.level
@@ -69,14 +69,14 @@ def _seeded() -> Iterator[None]:
     derandomize=True,
     database=None,
 )
-def test_every_route_under_10k_generated_requests(case: schemathesis.Case[Any]) -> None:
+def test_every_route_under_generated_requests(case: schemathesis.Case[Any]) -> None:
     response = case.call_and_validate(checks=CHECKS)
     _cases[f"{case.method.upper()} {case.path}"] += 1
     _statuses[response.status_code] += 1
 
 
 @pytest.mark.slow
-def test_zz_at_least_10k_cases_ran() -> None:
+def test_zz_enough_cases_ran() -> None:
     """Runs after the generated cases (file order): the total, per operation."""
     total = sum(_cases.values())
     if total == 0:
