@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, and_, case, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, Select, and_, case, delete, func, insert, select, update
 
 from revstore import config, schema
 from revstore.apikeys import ApiKey
@@ -113,6 +113,25 @@ def prefix_upper_bound(prefix: str) -> str | None:
     if 0xD800 <= code <= 0xDFFF:
         code = 0xE000  # surrogates are not characters: skip to the next one
     return stem[:-1] + chr(code)
+
+
+def id_range(
+    table: Any, namespace: str, prefix: str | None, after: str | None
+) -> list[ColumnElement[bool]]:
+    """The ids of ``namespace`` in ``table`` that start with ``prefix`` and come after
+    ``after``, as a range on the primary key (a LIKE only when the prefix has no upper
+    bound), so that every planner walks the index."""
+    span: list[ColumnElement[bool]] = [table.c.namespace == namespace]
+    if prefix:
+        upper = prefix_upper_bound(prefix)
+        if upper is None:
+            span.append(table.c.id.startswith(prefix, autoescape=True))
+        else:
+            span.append(table.c.id < upper)
+        span.append(table.c.id >= prefix)
+    if after is not None:
+        span.append(table.c.id > after)
+    return span
 
 
 def record_of(row: Row[Any], unchanged: bool = False) -> Record:
@@ -294,16 +313,7 @@ class Protocol:
     def list_records(
         self, namespace: str, prefix: str | None, after: str | None, limit: int, max_bytes: int
     ) -> Step[RecordPage]:
-        span = [R.c.namespace == namespace]
-        if prefix:
-            upper = prefix_upper_bound(prefix)
-            if upper is None:
-                span.append(R.c.id.startswith(prefix, autoescape=True))
-            else:
-                span.append(R.c.id < upper)
-            span.append(R.c.id >= prefix)
-        if after is not None:
-            span.append(R.c.id > after)
+        span = id_range(R, namespace, prefix, after)
         # Deleted records keep their rows: a page looks at no more than LIST_SCAN_ROWS
         # ids, live or deleted, so a namespace full of tombstones cannot make one call
         # scan all of them. ``edge``, the last id of that window (None when the range
@@ -532,16 +542,7 @@ class Protocol:
         self, namespace: str, prefix: str | None, after: str | None, limit: int
     ) -> Step[StreamPage]:
         """Streams in id order (their info rows only: a page is small)."""
-        where = [S.c.namespace == namespace]
-        if prefix:
-            upper = prefix_upper_bound(prefix)
-            if upper is None:
-                where.append(S.c.id.startswith(prefix, autoescape=True))
-            else:
-                where.append(S.c.id < upper)
-            where.append(S.c.id >= prefix)
-        if after is not None:
-            where.append(S.c.id > after)
+        where = id_range(S, namespace, prefix, after)
         rows = list((yield Execute(select(S).where(*where).order_by(S.c.id).limit(limit + 1))))
         streams = [stream_info_of(r) for r in rows[:limit]]
         return StreamPage(streams, streams[-1].id if len(rows) > limit else None)
