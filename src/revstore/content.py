@@ -47,28 +47,29 @@ _BAD_ID = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_NONCHARACTERS}]")
 def validate_json(value: JSON, what: str = "content") -> None:
     """Raise InvalidInput unless ``value`` is plain JSON (no NaN, sets, bytes, non-str keys)."""
     # An explicit stack instead of recursion: a hostile document cannot blow the stack.
-    # ``depth`` counts the arrays/objects around ``item`` (0 at the root).
-    stack: list[tuple[JSON, int, str]] = [(value, 0, "$")]
+    # ``depth`` counts the arrays/objects around ``item`` (0 at the root); ``where`` is
+    # (parent's where, key or index), spelled out as a path only for an error message.
+    stack: list[tuple[JSON, int, _Where]] = [(value, 0, None)]
     while stack:
-        item, depth, path = stack.pop()
+        item, depth, where = stack.pop()
         if item is None or isinstance(item, (str, bool)):
             continue
         if isinstance(item, int):
             if not -_INT_BOUND < item < _INT_BOUND:
                 raise InvalidInput(
-                    f"{what} has an integer of more than {MAX_INT_DIGITS} digits at {path[:200]}"
+                    f"{what} has an integer of more than {MAX_INT_DIGITS} digits at {_path(where)}"
                 )
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidInput(
-                    f"{what} contains {shown(item)} at {path[:200]}: JSON has no NaN/Infinity"
+                    f"{what} contains {shown(item)} at {_path(where)}: JSON has no NaN/Infinity"
                 )
             continue
         if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
             raise InvalidInput(
                 f"{what} is nested deeper than {MAX_DEPTH} levels of arrays/objects "
-                f"(at {path[:200]})"
+                f"(at {_path(where)})"
             )
         if isinstance(item, dict):
             for key, sub in item.items():
@@ -76,18 +77,31 @@ def validate_json(value: JSON, what: str = "content") -> None:
                     raise InvalidInput(
                         # Not {key!r}: the repr of a huge int key would raise.
                         f"{what} has an object key of type {type(key).__name__} at "
-                        f"{path[:200]}: JSON keys are strings"
+                        f"{_path(where)}: JSON keys are strings"
                     )
-                stack.append((sub, depth + 1, f"{path}.{key}"))
+                stack.append((sub, depth + 1, (where, key)))
             continue
         if isinstance(item, (list, tuple)):
             for index, sub in enumerate(item):
-                stack.append((sub, depth + 1, f"{path}[{index}]"))
+                stack.append((sub, depth + 1, (where, index)))
             continue
         raise InvalidInput(
-            f"{what} is not JSON-serialisable: {type(item).__name__} at {path[:200]} "
+            f"{what} is not JSON-serialisable: {type(item).__name__} at {_path(where)} "
             "(use objects, arrays, strings, numbers, booleans and null)"
         )
+
+
+_Where = tuple[Any, str | int] | None
+"""Where an item sits in a document: None at the root, else (parent's, key or index)."""
+
+
+def _path(where: _Where) -> str:
+    """The item's path as ``$.key[0]…``, cut to 200 characters for a message."""
+    parts: list[str] = []
+    while where is not None:
+        where, step = where
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return ("$" + "".join(reversed(parts)))[:200]
 
 
 def canonical_json(value: JSON) -> str:

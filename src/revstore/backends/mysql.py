@@ -299,7 +299,10 @@ def open_backend(
     pool_size: int = POOL_SIZE,
     max_overflow: int = MAX_OVERFLOW,
     connect_timeout: int = CONNECT_TIMEOUT,
+    group_commit: bool = True,
     **_: Any,
 ) -> SqlBackend:
     dialect = MysqlDialect(connect_timeout)
-    return SqlBackend(dialect, dialect.create_engine(url, pool_size, max_overflow), strategy)
+    return SqlBackend(
+        dialect, dialect.create_engine(url, pool_size, max_overflow), strategy, group_commit
+    )

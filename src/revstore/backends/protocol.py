@@ -197,6 +197,9 @@ def appended(batch: AppendBatch, first: int, ts: datetime) -> AppendResult:
     return AppendResult(first, first + len(items) - 1, items)
 
 
+_INSERT_VERSION = insert(V)
+
+
 def _pk(namespace: str, record_id: str) -> Any:
     return and_(R.c.namespace == namespace, R.c.id == record_id)
 
@@ -433,18 +436,21 @@ class Protocol:
 
     @staticmethod
     def _insert_version(intent: WriteIntent, plan: Plan, ts: datetime) -> Execute:
+        # One statement object with the values as parameters: SQLAlchemy compiles it
+        # once, where ``.values(...)`` would build (and key) a new statement per write.
         return Execute(
-            insert(V).values(
-                namespace=intent.namespace,
-                record_id=intent.id,
-                version=plan.version,
-                revision=plan.revision,
-                content=intent.content_text,
-                content_hash=intent.content_hash,
-                author=intent.author,
-                summary=intent.summary,
-                created_at=ts,
-            )
+            _INSERT_VERSION,
+            {
+                "namespace": intent.namespace,
+                "record_id": intent.id,
+                "version": plan.version,
+                "revision": plan.revision,
+                "content": intent.content_text,
+                "content_hash": intent.content_hash,
+                "author": intent.author,
+                "summary": intent.summary,
+                "created_at": ts,
+            },
         )
 
     def _update_record(

@@ -22,15 +22,17 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
+from revstore.backends.batch import Outcome, Pending, each_in_savepoint
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
+from revstore.backends.groupcommit import GroupCommit
 from revstore.backends.ops import Execute, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction
 from revstore.backends.protocol import now as now
 from revstore.backends.protocol import page_cut as page_cut
 from revstore.backends.protocol import prefix_upper_bound as prefix_upper_bound
 from revstore.backends.protocol import utc as utc
-from revstore.backends.strategy import Strategy, strategy_named
+from revstore.backends.strategy import Strategy, Tx, strategy_named
 from revstore.errors import AmbiguousCommit, RevstoreError
 from revstore.failures import Disconnected
 from revstore.idempotency import Claim
@@ -98,7 +100,13 @@ class SqlBackend:
     reconnect_seconds: float = 10.0
     """How long ``_connect`` keeps trying a server that cannot be reached."""
 
-    def __init__(self, dialect: Dialect, engine: Engine, strategy: str | None = None) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        engine: Engine,
+        strategy: str | None = None,
+        group_commit: bool = False,
+    ) -> None:
         self.dialect = dialect
         self.engine = engine
         self.strategy: Strategy = strategy_named(strategy or dialect.default_strategy)
@@ -106,6 +114,12 @@ class SqlBackend:
         self.migrator = Migrator()
         """Creates and upgrades the tables under the schema lock (tests inject steps)."""
         self.schema_version: int | None = None
+        # Concurrent write transactions of this process share one transaction and one
+        # commit (``batch``). Every request gets its own key: writes to one record are
+        # batched too, and take their revisions one after the other inside it.
+        self.batches: GroupCommit[Pending[Any], Outcome[Any]] | None = (
+            GroupCommit(self._commit_alone, self._commit_together, key=id) if group_commit else None
+        )
 
     # ---------------------------------------------------------------- plumbing
 
@@ -260,7 +274,7 @@ class SqlBackend:
             if done is not None:
                 return done
         tx = self.strategy.record_write(self.protocol, intent, transform, claim)
-        return self.transaction(tx.step, tx.begin)
+        return self.commit(tx, (intent.namespace, intent.id))
 
     def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
         """One attempt at an append with this backend's strategy (the Store retries).
@@ -276,7 +290,26 @@ class SqlBackend:
             if done is not None:
                 return done
         tx = self.strategy.stream_append(self.protocol, batch, claim)
-        return self.transaction(tx.step, tx.begin)
+        return self.commit(tx, (batch.namespace, batch.stream_id))
+
+    def commit(self, tx: Tx[T], key: tuple[str, str]) -> T:
+        """Run a write's transaction: alone, or with group commit in the transaction
+        of a batch (``batch``). Only the write ``BEGIN`` is batched: an optimistic
+        write reads without locks, and its compare-and-set must see other commits."""
+        begin = tx.begin or self.dialect.begin_write
+        if self.batches is None or begin != self.dialect.begin_write:
+            return self.transaction(tx.step, begin)
+        outcome: Outcome[T] = self.batches.submit(Pending(key, tx.step, begin))
+        return outcome.get()
+
+    def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
+        return Outcome(self.transaction(pending.step, pending.begin))
+
+    def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any]]:
+        if len(batch) == 1:
+            # Nobody to share with: no savepoint round trips.
+            return [self._commit_alone(batch[0])]
+        return self.transaction(each_in_savepoint(batch), batch[0].begin)
 
     def one_statement_put(self, intent: WriteIntent) -> Record | None:
         """A put as one self-committing counter statement (PostgreSQL); None when this

@@ -205,10 +205,13 @@ def open_backend(
     pool_size: int = POOL_SIZE,
     max_overflow: int = MAX_OVERFLOW,
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    group_commit: bool = True,
     **_: Any,
 ) -> SqlBackend:
     dialect = SqliteDialect(busy_timeout_ms)
-    return SqlBackend(dialect, dialect.create_engine(url, pool_size, max_overflow), strategy)
+    return SqlBackend(
+        dialect, dialect.create_engine(url, pool_size, max_overflow), strategy, group_commit
+    )
 
 
 def enable_wal(dbapi_conn: Any, timeout_s: float) -> None:

@@ -1,0 +1,103 @@
+"""Many writes in one transaction: the I/O-free core of group commit on SQLite and
+MariaDB/MySQL (and of many writers of one record on any backend).
+
+A leader takes the write transactions queued behind it (each one the protocol its
+strategy picked, the same one it would run alone) and runs them one after the other
+inside a single ``BEGIN … COMMIT``: one lock acquisition, one commit, one WAL sync for
+all of them. Each write keeps its own outcome:
+
+- Its rules are evaluated at its turn, on the state the writes before it left:
+  writes to the same record take consecutive revisions in queue order, and an
+  ``expected_revision`` that is not the head at its turn is a ``VersionConflict``
+  carrying that head, exactly as if it had run alone just after them.
+- Each write runs inside its own ``SAVEPOINT``. A write that fails for its own reason
+  (a conflict, an absent record, a value the database refuses) is rolled back to its
+  savepoint and gets its error; the writes around it still commit.
+- A failure that belongs to the whole transaction (a lost connection, a deadlock, a
+  busy database: every ``Retryable``, and anything that is not revstore's) ends the
+  batch: nothing of it committed, and every write gets that error, which its caller's
+  retry policy handles as for its own transaction. A lost COMMIT is an
+  ``AmbiguousCommit`` for every write, as for one.
+
+The executor's shell only queues the writes (``groupcommit``) and runs
+``each_in_savepoint`` as the body of one transaction on one connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from revstore.backends.ops import Raw, Step
+from revstore.errors import RevstoreError
+from revstore.failures import Retryable
+
+T = TypeVar("T")
+
+SAVEPOINT = Raw("SAVEPOINT revstore_write")
+RELEASE = Raw("RELEASE SAVEPOINT revstore_write")
+ROLLBACK_TO = Raw("ROLLBACK TO SAVEPOINT revstore_write")
+
+
+@dataclass(slots=True)
+class Pending(Generic[T]):
+    """One write waiting for a batch: its key (the record or stream it writes, which
+    orders the batch), the protocol its strategy picked, and the ``BEGIN`` it needs."""
+
+    key: Hashable
+    step: Step[T]
+    begin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """What one write of a batch got: its value, or its own error."""
+
+    value: T | None = None
+    error: BaseException | None = None
+
+    def get(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]  # set whenever error is None
+
+
+def own_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` belongs to the one write that raised it, so that the others may
+    still commit: revstore's verdicts on that write (conflicts, absent records, refused
+    values). A ``Retryable`` is the transaction's (a deadlock rolls it all back; a busy
+    or lost database fails every write alike), and so is anything unexpected."""
+    return isinstance(exc, RevstoreError) and not isinstance(exc, Retryable)
+
+
+def ordered(batch: Sequence[Pending[Any]]) -> list[int]:
+    """The order a batch runs in: by key, and in arrival order within a key.
+
+    Why by key: two processes' leaders then take the row locks of their batches in the
+    same order, so they wait for each other instead of deadlocking (which would roll
+    back a whole batch). Arrival order within a key is the "definite order" in which
+    concurrent writes to one record take their revisions."""
+    return sorted(range(len(batch)), key=lambda i: (str(batch[i].key), i))
+
+
+def each_in_savepoint(batch: Sequence[Pending[Any]]) -> Step[list[Outcome[Any]]]:
+    """The body of the batch's transaction: every write of ``batch`` in its own
+    savepoint, in ``ordered`` order; each one's outcome, in the batch's order."""
+    outcomes: list[Outcome[Any] | None] = [None] * len(batch)
+    for i in ordered(batch):
+        # One savepoint name for all: each is released (or rolled back to and
+        # released) before the next write opens its own.
+        yield SAVEPOINT
+        try:
+            value = yield from batch[i].step
+        except BaseException as exc:
+            if not own_failure(exc):
+                raise  # the whole batch: the executor rolls back, every write gets it
+            yield ROLLBACK_TO
+            yield RELEASE
+            outcomes[i] = Outcome(error=exc)
+        else:
+            yield RELEASE
+            outcomes[i] = Outcome(value)
+    return [o for o in outcomes if o is not None]
