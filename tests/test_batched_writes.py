@@ -2,11 +2,12 @@
 transactions of one process run in one transaction, each in its own savepoint, and each
 keeps its own outcome, evaluated at its turn.
 
-Every test builds one batch deterministically: another connection holds the database
-(SQLite: its write lock; MariaDB: the row of record ``blocker``), a first write to
-``blocker`` becomes the leader and waits behind it, the writes under test queue behind
-the leader one at a time (so their order is known), and then the hold is released: the
-leader's successor sends the whole queue as one batch.
+Both APIs: ``Store`` (threads, ``GroupCommit``) and ``AsyncStore`` (tasks,
+``AsyncGroupCommit``). Every test builds one batch deterministically: another
+connection holds the database (SQLite: its write lock; MariaDB: the row of record
+``blocker``), a first write to ``blocker`` becomes the leader and waits behind it, the
+writes under test queue behind the leader one at a time (so their order is known), and
+then the hold is released: the leader's successor sends the whole queue as one batch.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import pymysql
 import pytest
 from sqlalchemy.engine import make_url
 
+from apis import APIS, open_store
 from conftest import backend_url_for
 from revstore import Store
-from revstore.backends.groupcommit import GroupCommit
+from revstore.backends.groupcommit import _Batching
 from revstore.config import parse_url
 from revstore.errors import NotFound, VersionConflict
 from revstore.record import Record
@@ -32,9 +34,12 @@ from revstore.record import Record
 BATCHED = ("sqlite", "mysql")
 
 
-@pytest.fixture(params=BATCHED)
+@pytest.fixture(params=[(b, a) for b in BATCHED for a in APIS], ids="-".join)
 def batched_store(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[Store]:
-    s = Store(backend_url_for(request.param, sqlite_url))
+    """A ``Store``, or a blocking face of an ``AsyncStore`` (its batches are sent by
+    tasks of its event loop), on each backend that batches transactions."""
+    backend, api = request.param
+    s = open_store(api, backend_url_for(backend, sqlite_url))
     s.create_schema()
     assert s.backend.batches is not None, "group commit is on by default"
     yield s
@@ -89,7 +94,7 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
 def one_batch(store: Store, ns: str, calls: list[Callable[[], Any]]) -> list[Any]:
     """Run ``calls`` (writes) as one batch, in this order; each one's result or error."""
     gc = store.backend.batches
-    assert isinstance(gc, GroupCommit)
+    assert isinstance(gc, _Batching)
     before = (gc.stats.batches, gc.stats.batched_writes)
     results: list[Any] = [None] * len(calls)
 

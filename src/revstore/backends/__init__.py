@@ -57,6 +57,7 @@ def open_async_backend(
     strategy: str | None = None,
     pool_size: int = POOL_SIZE,
     max_overflow: int = MAX_OVERFLOW,
+    group_commit: bool = True,
     **options: Any,
 ) -> AsyncSqlBackend:
     """The asyncio executor for ``url``, on the database's native async driver."""
@@ -65,7 +66,7 @@ def open_async_backend(
     parsed = check_url(url)
     module = importlib.import_module(_MODULES[parsed.backend])
     dialect: Dialect = module.make_dialect(**options)
-    return AsyncSqlBackend(parsed, dialect, strategy, pool_size, max_overflow)
+    return AsyncSqlBackend(parsed, dialect, strategy, pool_size, max_overflow, group_commit)
 
 
 def open_backend(url: str, **options: Any) -> SqlBackend:

@@ -18,12 +18,14 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from revstore.backends.batch import Outcome, Pending, batch_begin, each_in_savepoint
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
+from revstore.backends.groupcommit import AsyncGroupCommit
 from revstore.backends.ops import Execute, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction, self_committing
 from revstore.backends.sql import ensure_schema
-from revstore.backends.strategy import Strategy, strategy_named
+from revstore.backends.strategy import Strategy, Tx, strategy_named
 from revstore.config import MAX_OVERFLOW, POOL_SIZE, DatabaseURL
 from revstore.idempotency import Claim
 from revstore.migrations import Migrator
@@ -47,6 +49,7 @@ class AsyncSqlBackend:
         strategy: str | None = None,
         pool_size: int = POOL_SIZE,
         max_overflow: int = MAX_OVERFLOW,
+        group_commit: bool = True,
     ) -> None:
         self.url = url
         self.dialect = dialect
@@ -57,6 +60,12 @@ class AsyncSqlBackend:
         self._engine_lock = asyncio.Lock()
         self.migrator = Migrator()
         self.schema_version: int | None = None
+        # As in SqlBackend: concurrent write transactions of this event loop share one.
+        self.batches: AsyncGroupCommit[Pending[Any], Outcome[Any]] | None = (
+            AsyncGroupCommit(self._commit_alone, self._commit_together, key=id)
+            if group_commit and dialect.batches_transactions
+            else None
+        )
 
     @property
     def name(self) -> str:
@@ -186,7 +195,7 @@ class AsyncSqlBackend:
                 if done is not None:
                     return done
         tx = self.strategy.record_write(self.protocol, intent, transform, claim)
-        return await self.transaction(tx.step, tx.begin)
+        return await self.commit(tx, (intent.namespace, intent.id))
 
     async def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
         if batch.item_ids is not None and claim is None:
@@ -201,4 +210,20 @@ class AsyncSqlBackend:
                 if done_append is not None:
                     return done_append
         tx = self.strategy.stream_append(self.protocol, batch, claim)
-        return await self.transaction(tx.step, tx.begin)
+        return await self.commit(tx, (batch.namespace, batch.stream_id))
+
+    async def commit(self, tx: Tx[T], key: tuple[str, str]) -> T:
+        """As ``SqlBackend.commit``."""
+        begin = batch_begin(tx, self.dialect.begin_write)
+        if self.batches is None or begin is None:
+            return await self.transaction(tx.step, tx.begin)
+        outcome: Outcome[T] = await self.batches.submit(Pending(key, tx.step, begin))
+        return outcome.get()
+
+    async def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
+        return Outcome(await self.transaction(pending.step, pending.begin))
+
+    async def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any]]:
+        if len(batch) == 1:
+            return [await self._commit_alone(batch[0])]
+        return await self.transaction(each_in_savepoint(batch), batch[0].begin)

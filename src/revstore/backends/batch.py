@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from revstore.backends.ops import Raw, Step
+from revstore.backends.strategy import Tx
 from revstore.errors import RevstoreError
 from revstore.failures import Retryable
 
@@ -61,6 +62,12 @@ class Outcome(Generic[T]):
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]  # set whenever error is None
+
+
+def batch_begin(tx: Tx[Any], begin_write: str) -> str | None:
+    """The ``BEGIN`` a write transaction shares a batch under, or None when it runs
+    alone (its strategy says it must: ``Tx.batchable``)."""
+    return (tx.begin or begin_write) if tx.batchable else None
 
 
 def own_failure(exc: BaseException) -> bool:

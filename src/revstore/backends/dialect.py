@@ -42,6 +42,9 @@ class Dialect:
     """Whether ``bump_head`` exists (a put takes its numbers in one statement)."""
     counter_appends: ClassVar[bool] = False
     """Whether ``bump_stream`` exists (an append takes its sequences in one statement)."""
+    batches_transactions: ClassVar[bool] = True
+    """Whether group commit runs concurrent write transactions in one (``batch``).
+    PostgreSQL batches its one-statement writes instead (``PostgresBackend``)."""
 
     def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
         """The engine: driver autocommit (the executor issues BEGIN / COMMIT itself)."""

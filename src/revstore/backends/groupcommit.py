@@ -36,12 +36,13 @@ This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many``
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
-from typing import Final, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -69,24 +70,47 @@ def _every_failure_is_shared(exc: BaseException) -> bool:
 
 
 class _Slot(Generic[Req, Res]):
-    __slots__ = ("_done", "error", "key", "lead", "request", "result")
+    __slots__ = ("error", "key", "lead", "request", "result", "signal")
 
-    def __init__(self, request: Req, key: Hashable) -> None:
+    def __init__(self, request: Req, key: Hashable, signal: _Signal) -> None:
         self.request = request
         self.key = key
-        # A lock taken at birth and released when the slot is served: the cheapest
-        # one-shot signal between two threads (an Event builds a Condition per wait).
-        self._done = threading.Lock()
-        self._done.acquire()
+        self.signal = signal  # set when the slot is served (or, sync, handed the lead)
         self.lead = False  # set when a finishing leader hands the lead to this slot
         self.result: Res | Locked | None = None
         self.error: BaseException | None = None
 
+
+class _Signal(Protocol):
+    def set(self) -> None: ...
+
+
+class _ThreadSignal:
+    """A lock taken at birth and released when set: the cheapest one-shot signal
+    between two threads (an Event builds a Condition per wait)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
     def wait(self) -> None:
-        self._done.acquire()
+        self._lock.acquire()
 
     def set(self) -> None:
-        self._done.release()
+        self._lock.release()
+
+
+class _FutureSignal:
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        if not self.future.done():  # a cancelled waiter's future is done already
+            self.future.set_result(None)
 
 
 class GroupCommitStats:
@@ -103,8 +127,10 @@ class GroupCommitStats:
         self.splits = 0  # failed statements split for one write's failure
 
 
-class GroupCommit(Generic[Req, Res]):
-    """Batches concurrent ``submit`` calls on distinct keys into ``run_many`` calls.
+class _Batching(Generic[Req, Res]):
+    """The decisions of group commit, free of I/O and of any way of waiting: who leads,
+    what a leader takes, what a failed send becomes, who leads next. ``GroupCommit``
+    (threads) and ``AsyncGroupCommit`` (asyncio tasks) only send and wait.
 
     ``run_many`` takes one or more requests with distinct keys and returns, in order,
     each one's result or :data:`LOCKED`; it must never wait on a row lock. ``run_one``
@@ -123,8 +149,6 @@ class GroupCommit(Generic[Req, Res]):
 
     def __init__(
         self,
-        run_one: Callable[[Req], Res],
-        run_many: Callable[[list[Req]], Sequence[Res | Locked]],
         key: Callable[[Req], Hashable],
         *,
         shared: Callable[[BaseException], bool] = _every_failure_is_shared,
@@ -134,13 +158,12 @@ class GroupCommit(Generic[Req, Res]):
     ) -> None:
         if max_batch < 1 or max_leaders < 1:
             raise ValueError("max_batch and max_leaders must be at least 1")
-        self._run_one = run_one
-        self._run_many = run_many
         self._key = key
         self._shared = shared
         self._clock = clock
         self._max_batch = max_batch
         self._max_leaders = max_leaders
+        # Never held across a wait or a send: only around these decisions.
         self._lock = threading.Lock()
         self._queue: deque[_Slot[Req, Res]] = deque()
         self._busy: set[Hashable] = set()  # keys queued or in flight
@@ -148,47 +171,29 @@ class GroupCommit(Generic[Req, Res]):
         self._leaders = 0
         self.stats = GroupCommitStats()
 
-    def submit(self, request: Req) -> Res:
+    def _arrive(
+        self, request: Req, signal: Callable[[], _Signal]
+    ) -> tuple[_Slot[Req, Res] | None, bool]:
+        """The new request's slot (None: send it alone, see the module docstring) and
+        whether it leads; a slot that does not lead is queued."""
         key = self._key(request)
         with self._lock:
             # A key in flight or hot is sent alone (see the module docstring).
-            busy = key in self._busy or (key in self._hot and self._clock() < self._hot[key])
-            if not busy:
-                self._hot.pop(key, None)
-                slot: _Slot[Req, Res] = _Slot(request, key)
-                self._busy.add(key)
-                lead = self._leaders < self._max_leaders
-                if lead:
-                    self._leaders += 1
-                else:
-                    self._queue.append(slot)
-        if busy:
-            # Same key already queued or in flight, or hot: see the module docstring.
-            self.stats.solo_writes += 1
-            return self._run_one(request)
-        if not lead:
-            slot.wait()
-        if lead or slot.lead:
-            self._lead(slot)
-        if slot.error is not None:
-            raise slot.error
-        result = slot.result
-        if result is LOCKED:
-            # Another client holds the row. Wait for it here, in the server's lock
-            # queue, now that the leadership has been handed on; the key stays busy
-            # meanwhile, then hot, so writes to it go straight to that queue too.
-            self.stats.locked_writes += 1
-            try:
-                return self._run_one(request)
-            finally:
-                with self._lock:
-                    self._busy.discard(key)
-                    if len(self._hot) >= HOT_KEYS:
-                        self._hot.clear()
-                    self._hot[key] = self._clock() + HOT_SECONDS
-        return result  # type: ignore[return-value]  # set whenever error is None
+            if key in self._busy or (key in self._hot and self._clock() < self._hot[key]):
+                self.stats.solo_writes += 1
+                return None, False
+            self._hot.pop(key, None)
+            slot: _Slot[Req, Res] = _Slot(request, key, signal())
+            self._busy.add(key)
+            lead = self._leaders < self._max_leaders
+            if lead:
+                self._leaders += 1
+            else:
+                self._queue.append(slot)
+            return slot, lead
 
-    def _lead(self, own: _Slot[Req, Res]) -> None:
+    def _take(self, own: _Slot[Req, Res]) -> list[_Slot[Req, Res]]:
+        """What a leader sends: its own write and up to ``max_batch`` queued behind it."""
         with self._lock:
             batch = [own]
             while self._queue and len(batch) < self._max_batch:
@@ -199,7 +204,34 @@ class GroupCommit(Generic[Req, Res]):
             self.stats.batches += 1
             self.stats.batched_writes += len(batch)
             self.stats.largest = max(self.stats.largest, len(batch))
-        self._send(batch)
+        return batch
+
+    def _settle(
+        self, batch: list[_Slot[Req, Res]], results: Sequence[Res | Locked] | BaseException
+    ) -> list[list[_Slot[Req, Res]]]:
+        """Give each slot of a sent ``batch`` its outcome from ``results`` (or the
+        failure of the send); the parts to send again, in order."""
+        if not isinstance(results, BaseException) and len(results) != len(batch):
+            results = RuntimeError(f"run_many gave {len(results)} results for {len(batch)}")
+        if isinstance(results, BaseException):
+            if len(batch) > 1 and not self._shared(results):
+                # One write's failure, and the statement applied nothing: send each
+                # half again, so the guilty write gets its own error and the others
+                # land (a batch with one bad write costs about 2·log2(n) statements).
+                self.stats.splits += 1
+                half = len(batch) // 2
+                return [batch[:half], batch[half:]]
+            # Shared: nothing of the statement was applied (or, for a lost connection
+            # during its commit, all of it may have been), which every write reports.
+            for s in batch:
+                s.error = results
+            return []
+        for s, r in zip(batch, results, strict=True):
+            s.result = r
+        return []
+
+    def _finish(self, batch: list[_Slot[Req, Res]]) -> _Slot[Req, Res] | None:
+        """After a batch: free its keys and pick the next leader (None: nobody waits)."""
         with self._lock:
             for s in batch:
                 if s.error is not None or s.result is not LOCKED:
@@ -212,31 +244,134 @@ class GroupCommit(Generic[Req, Res]):
                 successor.lead = True
             else:
                 self._leaders -= 1
-        for s in batch[1:]:
-            s.set()
-        if successor is not None:
-            successor.set()
+        return successor
 
-    def _send(self, batch: list[_Slot[Req, Res]]) -> None:
-        """Send ``batch`` as one statement and give each slot its outcome."""
-        try:
-            results = self._run_many([s.request for s in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"run_many gave {len(results)} results for {len(batch)}")
-        except BaseException as exc:
-            if len(batch) > 1 and not self._shared(exc):
-                # One write's failure, and the statement applied nothing: send each
-                # half again, so the guilty write gets its own error and the others
-                # land (a batch with one bad write costs about 2·log2(n) statements).
-                self.stats.splits += 1
-                half = len(batch) // 2
-                self._send(batch[:half])
-                self._send(batch[half:])
-                return
-            # Shared: nothing of the statement was applied (or, for a lost connection
-            # during its commit, all of it may have been), which every write reports.
-            for s in batch:
-                s.error = exc
-            return
-        for s, r in zip(batch, results, strict=True):
-            s.result = r
+    def _outcome(self, slot: _Slot[Req, Res]) -> Res | Locked:
+        if slot.error is not None:
+            raise slot.error
+        if slot.result is LOCKED:
+            self.stats.locked_writes += 1
+        return slot.result  # type: ignore[return-value]  # set whenever error is None
+
+    def _unlock(self, key: Hashable) -> None:
+        """After a skipped write was sent alone: the key is free, and hot for a while."""
+        with self._lock:
+            self._busy.discard(key)
+            if len(self._hot) >= HOT_KEYS:
+                self._hot.clear()
+            self._hot[key] = self._clock() + HOT_SECONDS
+
+
+class GroupCommit(_Batching[Req, Res]):
+    """Batches concurrent ``submit`` calls of threads on distinct keys into
+    ``run_many`` calls (see ``_Batching``); the caller that leads sends the batch."""
+
+    def __init__(
+        self,
+        run_one: Callable[[Req], Res],
+        run_many: Callable[[list[Req]], Sequence[Res | Locked]],
+        key: Callable[[Req], Hashable],
+        **options: Any,
+    ) -> None:
+        super().__init__(key, **options)
+        self._run_one = run_one
+        self._run_many = run_many
+
+    def submit(self, request: Req) -> Res:
+        slot, lead = self._arrive(request, _ThreadSignal)
+        if slot is None:
+            return self._run_one(request)
+        if not lead:
+            assert isinstance(slot.signal, _ThreadSignal)
+            slot.signal.wait()
+        if lead or slot.lead:
+            self._lead(slot)
+        result = self._outcome(slot)
+        if result is LOCKED:
+            # Another client holds the row. Wait for it here, in the server's lock
+            # queue, now that the leadership has been handed on; the key stays busy
+            # meanwhile, then hot, so writes to it go straight to that queue too.
+            try:
+                return self._run_one(request)
+            finally:
+                self._unlock(slot.key)
+        return result
+
+    def _lead(self, own: _Slot[Req, Res]) -> None:
+        batch = self._take(own)
+        todo = [batch]
+        while todo:
+            part = todo.pop(0)
+            try:
+                results: Sequence[Res | Locked] | BaseException = self._run_many(
+                    [s.request for s in part]
+                )
+            except BaseException as exc:
+                results = exc
+            todo[:0] = self._settle(part, results)
+        successor = self._finish(batch)
+        for s in batch[1:]:
+            s.signal.set()
+        if successor is not None:
+            successor.signal.set()
+
+
+class AsyncGroupCommit(_Batching[Req, Res]):
+    """``GroupCommit`` for asyncio tasks of one event loop.
+
+    Every batch is sent by a task of its own, never by a caller's task: a caller
+    cancelled while its batch runs must not cancel (and fail) the other writes of the
+    batch. Its write then lands or not like a statement already sent, and the caller
+    just stops waiting for it."""
+
+    def __init__(
+        self,
+        run_one: Callable[[Req], Awaitable[Res]],
+        run_many: Callable[[list[Req]], Awaitable[Sequence[Res | Locked]]],
+        key: Callable[[Req], Hashable],
+        **options: Any,
+    ) -> None:
+        super().__init__(key, **options)
+        self._run_one = run_one
+        self._run_many = run_many
+        self._leading: set[asyncio.Task[None]] = set()  # strong references
+
+    async def submit(self, request: Req) -> Res:
+        slot, lead = self._arrive(request, _FutureSignal)
+        if slot is None:
+            return await self._run_one(request)
+        if lead:
+            self._spawn(slot)
+        assert isinstance(slot.signal, _FutureSignal)
+        await slot.signal.future
+        result = self._outcome(slot)
+        if result is LOCKED:
+            # As in GroupCommit.submit: wait for the row in the server's lock queue.
+            try:
+                return await self._run_one(request)
+            finally:
+                self._unlock(slot.key)
+        return result
+
+    def _spawn(self, own: _Slot[Req, Res]) -> None:
+        task = asyncio.get_running_loop().create_task(self._lead(own))
+        self._leading.add(task)
+        task.add_done_callback(self._leading.discard)
+
+    async def _lead(self, own: _Slot[Req, Res]) -> None:
+        batch = self._take(own)
+        todo = [batch]
+        while todo:
+            part = todo.pop(0)
+            try:
+                results: Sequence[Res | Locked] | BaseException = await self._run_many(
+                    [s.request for s in part]
+                )
+            except BaseException as exc:
+                results = exc
+            todo[:0] = self._settle(part, results)
+        successor = self._finish(batch)
+        for s in batch:
+            s.signal.set()
+        if successor is not None:
+            self._spawn(successor)

@@ -395,6 +395,7 @@ def _no_prepare_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
 class PostgresDialect(Dialect):
     name: ClassVar[str] = "postgresql"
     default_strategy: ClassVar[str] = "counter"
+    batches_transactions: ClassVar[bool] = False
 
     def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout

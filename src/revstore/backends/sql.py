@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
-from revstore.backends.batch import Outcome, Pending, each_in_savepoint
+from revstore.backends.batch import Outcome, Pending, batch_begin, each_in_savepoint
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import GroupCommit
@@ -294,11 +294,10 @@ class SqlBackend:
 
     def commit(self, tx: Tx[T], key: tuple[str, str]) -> T:
         """Run a write's transaction: alone, or with group commit in the transaction
-        of a batch (``batch``). Only the write ``BEGIN`` is batched: an optimistic
-        write reads without locks, and its compare-and-set must see other commits."""
-        begin = tx.begin or self.dialect.begin_write
-        if self.batches is None or begin != self.dialect.begin_write:
-            return self.transaction(tx.step, begin)
+        of a batch (``batch``)."""
+        begin = batch_begin(tx, self.dialect.begin_write)
+        if self.batches is None or begin is None:
+            return self.transaction(tx.step, tx.begin)
         outcome: Outcome[T] = self.batches.submit(Pending(key, tx.step, begin))
         return outcome.get()
 

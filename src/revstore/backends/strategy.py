@@ -36,10 +36,13 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Tx(Generic[T]):
     """A protocol to run in one transaction opened with ``begin`` (None: the
-    dialect's write ``BEGIN``)."""
+    dialect's write ``BEGIN``). ``batchable``: group commit may run it in one
+    transaction with others (``batch``); not an optimistic write, which reads without
+    locks so that it can race, and whose compare-and-set must see other commits."""
 
     step: Step[T]
     begin: str | None = None
+    batchable: bool = True
 
 
 class Strategy:
@@ -96,13 +99,16 @@ class Optimistic(Strategy):
         return Tx(
             p.settle_record(claim, intent, p.write_from_head(intent, transform, lock=False)),
             p.dialect.begin_optimistic,
+            batchable=False,
         )
 
     def stream_append(
         self, p: Protocol, batch: AppendBatch, claim: Claim | None
     ) -> Tx[AppendResult]:
         return Tx(
-            p.settle_append(claim, batch, p.append_optimistic(batch)), p.dialect.begin_optimistic
+            p.settle_append(claim, batch, p.append_optimistic(batch)),
+            p.dialect.begin_optimistic,
+            batchable=False,
         )
 
 
