@@ -62,7 +62,12 @@ class AsyncSqlBackend:
         self.schema_version: int | None = None
         # As in SqlBackend: concurrent write transactions of this event loop share one.
         self.batches: AsyncGroupCommit[Pending[Any], Outcome[Any]] | None = (
-            AsyncGroupCommit(self._commit_alone, self._commit_together, key=id)
+            AsyncGroupCommit(
+                self._commit_alone,
+                self._commit_together,
+                key=id,
+                max_leaders=dialect.batch_leaders,
+            )
             if group_commit and dialect.batches_transactions
             else None
         )

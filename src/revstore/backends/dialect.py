@@ -45,6 +45,9 @@ class Dialect:
     batches_transactions: ClassVar[bool] = True
     """Whether group commit runs concurrent write transactions in one (``batch``).
     PostgreSQL batches its one-statement writes instead (``PostgresBackend``)."""
+    batch_leaders: ClassVar[int] = 1
+    """How many batches of one process may be in flight at once (SQLite: one, it has
+    one writer at a time anyway)."""
 
     def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
         """The engine: driver autocommit (the executor issues BEGIN / COMMIT itself)."""

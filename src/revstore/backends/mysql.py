@@ -152,6 +152,7 @@ class MysqlDialect(Dialect):
     default_strategy: ClassVar[str] = "counter"
     counter_puts: ClassVar[bool] = True
     counter_appends: ClassVar[bool] = True
+    batch_leaders: ClassVar[int] = 4
 
     def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout

@@ -118,7 +118,14 @@ class SqlBackend:
         # commit (``batch``). Every request gets its own key: writes to one record are
         # batched too, and take their revisions one after the other inside it.
         self.batches: GroupCommit[Pending[Any], Outcome[Any]] | None = (
-            GroupCommit(self._commit_alone, self._commit_together, key=id) if group_commit else None
+            GroupCommit(
+                self._commit_alone,
+                self._commit_together,
+                key=id,
+                max_leaders=dialect.batch_leaders,
+            )
+            if group_commit
+            else None
         )
 
     # ---------------------------------------------------------------- plumbing
