@@ -58,6 +58,8 @@ class AsyncStore(Shell):
     One ``AsyncStore`` serves one event loop (its connections belong to that loop);
     open it inside the loop (e.g. in a FastAPI lifespan) and close it with
     ``await store.close()`` or ``async with``. Takes the same arguments as ``Store``.
+    ``group_commit`` batches the write transactions that tasks of the loop start at the
+    same moment (SQLite, MariaDB/MySQL), as ``Store`` does for threads.
     """
 
     backend: AsyncSqlBackend

@@ -57,10 +57,12 @@ class Store(Shell):
     Safe to share between threads; every process opens its own ``Store``. (From
     ``async def`` code, use :class:`revstore.AsyncStore`: the same operations.)
 
-    ``group_commit`` (PostgreSQL, ``counter`` strategy): puts, and appends without
-    item ids, that threads of this process make at the same moment on different
-    records or streams are sent as one statement with one commit; each keeps its own
-    result and errors. ``False`` sends every write alone.
+    ``group_commit``: writes that threads of this process make at the same moment share
+    one commit; each keeps its own result and errors. On PostgreSQL (``counter``
+    strategy), puts and appends without item ids on different records or streams are
+    sent as one statement; on SQLite and MariaDB/MySQL, write transactions (except
+    optimistic ones) run in one transaction, each in its own savepoint, writes to one
+    record included. ``False`` sends every write alone.
 
     ``max_page_bytes``: a page of ``history``, ``read`` or ``list`` holds at most
     ``limit`` items *and* stops before its content (canonical JSON, UTF-8 bytes) passes
