@@ -33,6 +33,12 @@ class Transient(Retryable):
     deadlock, lock timeout, SQLite busy, too many connections, a cancelled statement."""
 
 
+class LockWaitTimedOut(Transient):
+    """A statement waited longer than the lock wait timeout for a row lock. MariaDB and
+    MySQL roll back that statement only, so the transaction may go on: a batch rolls
+    that write back to its savepoint and hands it to its writer (``batch``)."""
+
+
 class Disconnected(Retryable):
     """The connection was lost (or could not be made). Before COMMIT nothing of the
     transaction stayed, so it is re-run; during COMMIT (or a one-statement write) the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from revstore.backends.batch import Outcome, Pending, batch_begin, each_in_savepoint
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
-from revstore.backends.groupcommit import AsyncGroupCommit
+from revstore.backends.groupcommit import LOCKED, AsyncGroupCommit, Locked
 from revstore.backends.ops import Execute, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction, self_committing
 from revstore.backends.sql import ensure_schema
@@ -199,8 +200,10 @@ class AsyncSqlBackend:
                 done = await self.run(self_committing(statement))
                 if done is not None:
                     return done
-        tx = self.strategy.record_write(self.protocol, intent, transform, claim)
-        return await self.commit(tx, (intent.namespace, intent.id))
+        return await self.commit(
+            lambda: self.strategy.record_write(self.protocol, intent, transform, claim),
+            (intent.namespace, intent.id),
+        )
 
     async def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
         if batch.item_ids is not None and claim is None:
@@ -214,21 +217,27 @@ class AsyncSqlBackend:
                 done_append = await self.run(self_committing(statement))
                 if done_append is not None:
                     return done_append
-        tx = self.strategy.stream_append(self.protocol, batch, claim)
-        return await self.commit(tx, (batch.namespace, batch.stream_id))
+        return await self.commit(
+            lambda: self.strategy.stream_append(self.protocol, batch, claim),
+            (batch.namespace, batch.stream_id),
+        )
 
-    async def commit(self, tx: Tx[T], key: tuple[str, str]) -> T:
+    async def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
         """As ``SqlBackend.commit``."""
+        tx = make()
         begin = batch_begin(tx, self.dialect.begin_write)
         if self.batches is None or begin is None:
             return await self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = await self.batches.submit(Pending(key, tx.step, begin))
+        outcome: Outcome[T] = await self.batches.submit(Pending(key, make, begin))
         return outcome.get()
 
     async def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
-        return Outcome(await self.transaction(pending.step, pending.begin))
+        return Outcome(await self.transaction(pending.make().step, pending.begin))
 
-    async def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any]]:
+    async def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any] | Locked]:
         if len(batch) == 1:
             return [await self._commit_alone(batch[0])]
-        return await self.transaction(each_in_savepoint(batch), batch[0].begin)
+        outcomes = await self.transaction(
+            each_in_savepoint(batch, self.dialect.batch_lock_wait), batch[0].begin
+        )
+        return [LOCKED if o.locked else o for o in outcomes]

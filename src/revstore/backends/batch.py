@@ -25,14 +25,15 @@ The executor's shell only queues the writes (``groupcommit``) and runs
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import contextlib
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from revstore.backends.ops import Raw, Step
 from revstore.backends.strategy import Tx
 from revstore.errors import RevstoreError
-from revstore.failures import Retryable
+from revstore.failures import LockWaitTimedOut, Retryable
 
 T = TypeVar("T")
 
@@ -44,19 +45,23 @@ ROLLBACK_TO = Raw("ROLLBACK TO SAVEPOINT revstore_write")
 @dataclass(slots=True)
 class Pending(Generic[T]):
     """One write waiting for a batch: its key (the record or stream it writes, which
-    orders the batch), the protocol its strategy picked, and the ``BEGIN`` it needs."""
+    orders the batch), its transaction as its strategy makes it (made anew for each
+    send: a protocol runs once), and the ``BEGIN`` it needs."""
 
     key: Hashable
-    step: Step[T]
+    make: Callable[[], Tx[T]]
     begin: str
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome(Generic[T]):
-    """What one write of a batch got: its value, or its own error."""
+    """What one write of a batch got: its value, or its own error, or ``locked``: it
+    waited too long for a row another client holds, and was rolled back to be sent
+    alone (``groupcommit.LOCKED``)."""
 
     value: T | None = None
     error: BaseException | None = None
+    locked: bool = False
 
     def get(self) -> T:
         if self.error is not None:
@@ -88,16 +93,45 @@ def ordered(batch: Sequence[Pending[Any]]) -> list[int]:
     return sorted(range(len(batch)), key=lambda i: (str(batch[i].key), i))
 
 
-def each_in_savepoint(batch: Sequence[Pending[Any]]) -> Step[list[Outcome[Any]]]:
+def each_in_savepoint(
+    batch: Sequence[Pending[Any]], lock_wait: tuple[str, str] | None = None
+) -> Step[list[Outcome[Any]]]:
     """The body of the batch's transaction: every write of ``batch`` in its own
-    savepoint, in ``ordered`` order; each one's outcome, in the batch's order."""
+    savepoint, in ``ordered`` order; each one's outcome, in the batch's order.
+    ``lock_wait``: the dialect's statements that shorten, then restore, row lock waits
+    (``Dialect.batch_lock_wait``)."""
+    if lock_wait is None:
+        return (yield from _each_in_savepoint(batch))
+    shorten, restore = lock_wait
+    yield Raw(shorten)
+    try:
+        outcomes = yield from _each_in_savepoint(batch)
+    except GeneratorExit:
+        raise  # abandoned with its connection: nothing more can be sent
+    except BaseException:
+        # The connection goes back to the pool: restore the setting unless the
+        # connection is gone (the executor then drops it), and report the failure.
+        with contextlib.suppress(RevstoreError):
+            yield Raw(restore)
+        raise
+    yield Raw(restore)
+    return outcomes
+
+
+def _each_in_savepoint(batch: Sequence[Pending[Any]]) -> Step[list[Outcome[Any]]]:
     outcomes: list[Outcome[Any] | None] = [None] * len(batch)
     for i in ordered(batch):
         # One savepoint name for all: each is released (or rolled back to and
         # released) before the next write opens its own.
         yield SAVEPOINT
         try:
-            value = yield from batch[i].step
+            value = yield from batch[i].make().step
+        except LockWaitTimedOut:
+            # A row held elsewhere: only this statement was rolled back. The write
+            # leaves the batch and waits alone (see ``Outcome``).
+            yield ROLLBACK_TO
+            yield RELEASE
+            outcomes[i] = Outcome(locked=True)
         except BaseException as exc:
             if not own_failure(exc):
                 raise  # the whole batch: the executor rolls back, every write gets it

@@ -45,6 +45,9 @@ class Dialect:
     batches_transactions: ClassVar[bool] = True
     """Whether group commit runs concurrent write transactions in one (``batch``).
     PostgreSQL batches its one-statement writes instead (``PostgresBackend``)."""
+    batch_lock_wait: ClassVar[tuple[str, str] | None] = None
+    """Statements that shorten, then restore, how long a batch's statements wait for a
+    row lock (None: the database has no row locks, or no such setting)."""
     batch_leaders: ClassVar[int] = 1
     """How many batches of one process may be in flight at once (SQLite: one, it has
     one writer at a time anyway)."""

@@ -36,13 +36,20 @@ from revstore.config import (
     with_query,
 )
 from revstore.errors import InvalidInput, RevstoreError, Unavailable
-from revstore.failures import Disconnected, Duplicate, Failure, Transient, classify
+from revstore.failures import (
+    Disconnected,
+    Duplicate,
+    Failure,
+    LockWaitTimedOut,
+    Transient,
+    classify,
+)
 from revstore.record import WriteIntent
 from revstore.stream import AppendBatch
 
 FAILURES: dict[int, Failure] = {
     1213: Failure(Transient, "deadlock"),
-    1205: Failure(Transient, "lock wait timeout"),
+    1205: Failure(LockWaitTimedOut, "lock wait timeout"),
     1040: Failure(Transient, "too many connections"),
     1062: Failure(Duplicate, "unique key violated"),
     # The session is gone: the work of any transaction not yet committed was rolled back.
@@ -153,6 +160,14 @@ class MysqlDialect(Dialect):
     counter_puts: ClassVar[bool] = True
     counter_appends: ClassVar[bool] = True
     batch_leaders: ClassVar[int] = 4
+    # A batch waits at most 1 s for a row another client holds (a long transaction
+    # elsewhere), then hands that write back to its writer to wait alone: one busy
+    # record must not stall the unrelated writes batched with it for the server's
+    # default 50 s. The session's default is restored before the batch commits.
+    batch_lock_wait: ClassVar[tuple[str, str] | None] = (
+        "SET SESSION innodb_lock_wait_timeout = 1",
+        "SET SESSION innodb_lock_wait_timeout = DEFAULT",
+    )
 
     def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout

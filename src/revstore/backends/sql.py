@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from revstore.backends.batch import Outcome, Pending, batch_begin, each_in_savepoint
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
-from revstore.backends.groupcommit import GroupCommit
+from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.ops import Execute, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction
 from revstore.backends.protocol import now as now
@@ -280,8 +280,10 @@ class SqlBackend:
             done = self.one_statement_put(intent)
             if done is not None:
                 return done
-        tx = self.strategy.record_write(self.protocol, intent, transform, claim)
-        return self.commit(tx, (intent.namespace, intent.id))
+        return self.commit(
+            lambda: self.strategy.record_write(self.protocol, intent, transform, claim),
+            (intent.namespace, intent.id),
+        )
 
     def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
         """One attempt at an append with this backend's strategy (the Store retries).
@@ -296,26 +298,32 @@ class SqlBackend:
             done = self.one_statement_append(batch)
             if done is not None:
                 return done
-        tx = self.strategy.stream_append(self.protocol, batch, claim)
-        return self.commit(tx, (batch.namespace, batch.stream_id))
+        return self.commit(
+            lambda: self.strategy.stream_append(self.protocol, batch, claim),
+            (batch.namespace, batch.stream_id),
+        )
 
-    def commit(self, tx: Tx[T], key: tuple[str, str]) -> T:
+    def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
         """Run a write's transaction: alone, or with group commit in the transaction
         of a batch (``batch``)."""
+        tx = make()
         begin = batch_begin(tx, self.dialect.begin_write)
         if self.batches is None or begin is None:
             return self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = self.batches.submit(Pending(key, tx.step, begin))
+        outcome: Outcome[T] = self.batches.submit(Pending(key, make, begin))
         return outcome.get()
 
     def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
-        return Outcome(self.transaction(pending.step, pending.begin))
+        return Outcome(self.transaction(pending.make().step, pending.begin))
 
-    def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any]]:
+    def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any] | Locked]:
         if len(batch) == 1:
             # Nobody to share with: no savepoint round trips.
             return [self._commit_alone(batch[0])]
-        return self.transaction(each_in_savepoint(batch), batch[0].begin)
+        outcomes = self.transaction(
+            each_in_savepoint(batch, self.dialect.batch_lock_wait), batch[0].begin
+        )
+        return [LOCKED if o.locked else o for o in outcomes]
 
     def one_statement_put(self, intent: WriteIntent) -> Record | None:
         """A put as one self-committing counter statement (PostgreSQL); None when this
