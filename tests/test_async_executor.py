@@ -1,7 +1,7 @@
 """The asyncio executor drives the same protocols and strategies as the sync one, on
-each database's native async driver (aiosqlite, psycopg async, asyncmy), and agrees
-with the sync Store on what it wrote. A cancelled caller never leaves its connection
-inside a transaction."""
+each server's native async driver (psycopg async, asyncmy; SQLite: the sync executor in
+threads), and agrees with the sync Store on what it wrote. A cancelled caller never
+leaves its connection inside a transaction."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from revstore.apikeys import ApiKeyOperations
 from revstore.backends import open_async_backend
 from revstore.backends.aio import AsyncSqlBackend
+from revstore.backends.threaded import ThreadedBackend
 from revstore.operations import (
     Call,
     Facade,
@@ -62,7 +63,7 @@ class AsyncStore(Shell):
     same moment (SQLite, MariaDB/MySQL), as ``Store`` does for threads.
     """
 
-    backend: AsyncSqlBackend
+    backend: AsyncSqlBackend | ThreadedBackend
 
     def _open(self, url: str, **options: Any) -> None:
         self.backend = open_async_backend(url, **options)

@@ -36,11 +36,11 @@ DRIVERS: Final[dict[BackendName, str]] = {
 """The sync DBAPI driver each backend runs on when the URL names none."""
 
 ASYNC_DRIVERS: Final[dict[BackendName, str]] = {
-    "sqlite": "aiosqlite",
     "postgresql": "psycopg",  # psycopg's async API: SQLAlchemy's psycopg_async dialect
     "mysql": "asyncmy",
 }
-"""The native asyncio driver each backend runs on in ``AsyncStore``."""
+"""The native asyncio driver each server backend runs on in ``AsyncStore`` (SQLite,
+which has no I/O to wait on, runs its sync driver in threads: ``backends.threaded``)."""
 
 DEFAULT_URL: Final = "sqlite:///revstore.db"
 ENV_URL: Final = "REVSTORE_URL"

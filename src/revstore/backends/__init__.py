@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from revstore.backends.aio import AsyncSqlBackend
     from revstore.backends.dialect import Dialect
     from revstore.backends.sql import SqlBackend
+    from revstore.backends.threaded import ThreadedBackend
 
 _MODULES = {
     "sqlite": "revstore.backends.sqlite",
@@ -59,13 +60,26 @@ def open_async_backend(
     max_overflow: int = MAX_OVERFLOW,
     group_commit: bool = True,
     **options: Any,
-) -> AsyncSqlBackend:
-    """The asyncio executor for ``url``, on the database's native async driver."""
+) -> AsyncSqlBackend | ThreadedBackend:
+    """The asyncio executor for ``url``: on the database's native async driver, or, for
+    SQLite (``Dialect.async_in_threads``), the sync executor in threads."""
     from revstore.backends.aio import AsyncSqlBackend
 
     parsed = check_url(url)
     module = importlib.import_module(_MODULES[parsed.backend])
     dialect: Dialect = module.make_dialect(**options)
+    if dialect.async_in_threads:
+        from revstore.backends.threaded import ThreadedBackend
+
+        sync = module.open_backend(
+            parsed,
+            strategy=strategy,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            group_commit=group_commit,
+            **options,
+        )
+        return ThreadedBackend(sync, threads=pool_size)
     return AsyncSqlBackend(parsed, dialect, strategy, pool_size, max_overflow, group_commit)
 
 

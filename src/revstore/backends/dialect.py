@@ -45,6 +45,9 @@ class Dialect:
     batches_transactions: ClassVar[bool] = True
     """Whether group commit runs concurrent write transactions in one (``batch``).
     PostgreSQL batches its one-statement writes instead (``PostgresBackend``)."""
+    async_in_threads: ClassVar[bool] = False
+    """Whether ``AsyncStore`` runs this database's sync executor in threads
+    (``threaded``) rather than an asyncio driver (SQLite: it has no I/O to wait on)."""
     batch_lock_wait: ClassVar[tuple[str, str] | None] = None
     """Statements that shorten, then restore, how long a batch's statements wait for a
     row lock (None: the database has no row locks, or no such setting)."""

@@ -28,7 +28,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -37,7 +36,6 @@ from revstore.backends.dialect import Bumped, Dialect
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend
 from revstore.config import (
-    ASYNC_DRIVERS,
     MAX_OVERFLOW,
     POOL_SIZE,
     SQLITE_BUSY_TIMEOUT_MS,
@@ -86,6 +84,7 @@ class SqliteDialect(Dialect):
     # Takes the file's write lock: schema creation is serialised with every writer.
     begin_schema: ClassVar[str] = "BEGIN IMMEDIATE"
     counter_puts: ClassVar[bool] = True
+    async_in_threads: ClassVar[bool] = True
 
     def __init__(self, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
         self.busy_timeout_ms = busy_timeout_ms
@@ -95,16 +94,6 @@ class SqliteDialect(Dialect):
             url.sqlalchemy(), **self._engine_options(url, pool_size, max_overflow)
         )
         event.listen(engine, "connect", self._on_connect)
-        return engine
-
-    async def create_async_engine(
-        self, url: DatabaseURL, pool_size: int, max_overflow: int
-    ) -> AsyncEngine:
-        engine = create_async_engine(
-            url.sqlalchemy(driver=ASYNC_DRIVERS["sqlite"]),
-            **self._engine_options(url, pool_size, max_overflow),
-        )
-        event.listen(engine.sync_engine, "connect", self._on_connect)
         return engine
 
     def _engine_options(
@@ -122,7 +111,7 @@ class SqliteDialect(Dialect):
         }
 
     def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
-        """Every new connection, sqlite3's or aiosqlite's (through SQLAlchemy's adapter)."""
+        """Every new sqlite3 connection."""
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         # WAL: readers never block the writer and the writer never blocks readers.
@@ -179,7 +168,7 @@ class SqliteDialect(Dialect):
         # journal_mode cannot change inside a transaction: switched before BEGIN
         # IMMEDIATE (every new connection has done it already; this covers a file
         # switched back by someone else meanwhile).
-        # The DBAPI connection: sqlite3's, or SQLAlchemy's sync adapter of aiosqlite's.
+        # The DBAPI connection: sqlite3's.
         driver = conn.connection.dbapi_connection
         if driver is None:
             return

@@ -1,0 +1,106 @@
+"""The asyncio face of a sync backend, for SQLite: each operation runs whole on the
+sync executor (``sql.SqlBackend``) in a thread of a pool of this backend's own.
+
+Why not an async driver: SQLite has no network I/O to wait on, and its async drivers
+(aiosqlite) run sqlite3 in a thread anyway, with one thread hop per statement. Here an
+operation (a read, a whole write transaction, or a batch of them through the sync
+group commit) costs one hop, on SQLAlchemy's sync engine, which is also cheaper per
+statement than its asyncio layer. Measured in-process: see the closing note of issue 9
+and ``benchmarks/results``.
+
+Cancellation: a cancelled caller stops waiting; its operation runs to its end in its
+thread (it commits or rolls back there), so no connection is ever left inside a
+transaction, and a write may land after its caller was cancelled, as a statement
+already sent may.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from revstore.backends.dialect import Dialect
+from revstore.backends.groupcommit import GroupCommit
+from revstore.backends.ops import Step
+from revstore.backends.protocol import Protocol, Transform
+from revstore.backends.sql import SqlBackend
+from revstore.backends.strategy import Strategy
+from revstore.idempotency import Claim
+from revstore.record import Record, WriteIntent
+from revstore.stream import AppendBatch, AppendResult
+
+T = TypeVar("T")
+
+
+class ThreadedBackend:
+    """``AsyncSqlBackend``'s methods, each one call of ``sync``'s in a thread."""
+
+    def __init__(self, sync: SqlBackend, threads: int) -> None:
+        self.sync = sync
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="revstore")
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        # The caller's context (the request's log fields) goes with the call.
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    @property
+    def name(self) -> str:
+        return self.sync.name
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.sync.dialect
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.sync.strategy
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.sync.protocol
+
+    @property
+    def batches(self) -> GroupCommit[Any, Any] | None:
+        return self.sync.batches
+
+    @property
+    def schema_version(self) -> int | None:
+        return self.sync.schema_version
+
+    @property
+    def reconnect_seconds(self) -> float:
+        return self.sync.reconnect_seconds
+
+    @reconnect_seconds.setter
+    def reconnect_seconds(self, seconds: float) -> None:
+        self.sync.reconnect_seconds = seconds
+
+    async def run(self, step: Step[T], wait: bool = True) -> T:
+        return await self._in_thread(self.sync.run, step, wait)
+
+    async def transaction(self, step: Step[T], begin: str | None = None) -> T:
+        return await self._in_thread(self.sync.transaction, step, begin)
+
+    async def write_record(
+        self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
+    ) -> Record:
+        return await self._in_thread(self.sync.write_record, intent, transform, claim)
+
+    async def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
+        return await self._in_thread(self.sync.append, batch, claim)
+
+    async def ping(self) -> None:
+        await self._in_thread(self.sync.ping)
+
+    async def create_schema(self) -> int:
+        return await self._in_thread(self.sync.create_schema)
+
+    async def dispose(self) -> None:
+        # Operations still running in the pool finish first (none are cut off mid-way).
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
+        self.sync.dispose()
