@@ -26,10 +26,15 @@ from sqlalchemy.engine import make_url
 from apis import APIS, open_store
 from conftest import backend_url_for
 from revstore import Store
+from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
 from revstore.backends.groupcommit import _Batching
+from revstore.backends.ops import Raw, Step
+from revstore.backends.strategy import Tx
 from revstore.config import parse_url
-from revstore.errors import NotFound, VersionConflict
-from revstore.record import Record
+from revstore.content import Canonical
+from revstore.errors import InvalidInput, NotFound, VersionConflict
+from revstore.operations import write_intent
+from revstore.record import Mode, Record
 
 BATCHED = ("sqlite", "mysql")
 
@@ -291,3 +296,82 @@ def test_a_row_held_elsewhere_does_not_stall_its_batch(batched_store: Store, ns:
     assert [getattr(r, "revision", r) for r in out] == [2, 2, 2]
     assert s.get("x", namespace=ns).content == {"v": 1}
     assert gc.stats.locked_writes == locked_before + 1
+
+
+def test_a_write_failing_after_it_changed_rows_is_taken_out(batched_store: Store, ns: str) -> None:
+    """No savepoints: a write that fails for its own reason after it changed rows (rare:
+    a refused value, a lost claim) rolls the batch back; the others are sent again
+    without it and commit, and it gets its error with none of its changes kept."""
+    s = batched_store
+    for r in ("a", "victim", "b"):
+        s.put(r, {"v": 0}, namespace=ns)
+    # AsyncStore on SQLite batches on its sync executor (backends/threaded.py).
+    backend = getattr(s.backend, "sync", s.backend)
+
+    def tainted() -> Tx[None]:
+        def step() -> Step[None]:
+            yield Raw(
+                "UPDATE revstore_records SET revision = revision + 100 "
+                f"WHERE namespace = '{ns}' AND id = 'victim'"
+            )
+            raise InvalidInput("refused after a change")
+
+        return Tx(step())
+
+    def put(record: str) -> Callable[[], Tx[Record]]:
+        intent = write_intent(
+            Mode.PUT, ns, record, None, True, None, None, Canonical({"v": 1}, max_bytes=99)
+        )
+        return lambda: backend.strategy.record_write(backend.protocol, intent, None, None)
+
+    begin = backend.dialect.begin_write
+    out = backend._commit_together(
+        [
+            Pending(("a",), put("a"), begin),
+            Pending(("victim",), tainted, begin),
+            Pending(("b",), put("b"), begin),
+        ]
+    )
+    assert out[0].get().revision == 2 and out[2].get().revision == 2
+    with pytest.raises(InvalidInput, match="refused after a change"):
+        out[1].get()
+    assert s.get("victim", namespace=ns).revision == 1
+    assert s.get("a", namespace=ns).content == s.get("b", namespace=ns).content == {"v": 1}
+
+
+def test_a_write_failing_before_it_changed_rows_costs_no_resend() -> None:
+    """The protocol alone (no database): a conflict decided on a read is that write's
+    outcome, the batch goes on; after an UPDATE the same failure taints the batch."""
+
+    def write(fail_after_change: bool) -> Callable[[], Tx[int]]:
+        def step() -> Step[int]:
+            yield Raw("SELECT 1")
+            if fail_after_change:
+                yield Raw("UPDATE t SET x = 1")
+            raise InvalidInput("no")
+
+        return lambda: Tx(step())
+
+    def ok() -> Tx[int]:
+        def step() -> Step[int]:
+            yield Raw("UPDATE t SET x = 2")
+            return 7
+
+        return Tx(step())
+
+    def drive(batch: list[Pending[Any]]) -> list[Outcome[Any]]:
+        gen = one_by_one(batch)
+        sent: list[str] = []
+        try:
+            op = next(gen)
+            while True:
+                sent.append(op.sql)
+                op = gen.send(None)
+        except StopIteration as done:
+            return list(done.value)
+
+    outcomes = drive([Pending("k", ok, "BEGIN"), Pending("k", write(False), "BEGIN")])
+    assert outcomes[0].get() == 7 and isinstance(outcomes[1].error, InvalidInput)
+    with pytest.raises(Tainted) as tainted:
+        drive([Pending("k", ok, "BEGIN"), Pending("k", write(True), "BEGIN")])
+    assert tainted.value.index == 1

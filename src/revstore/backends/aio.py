@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from revstore.backends.batch import Outcome, Pending, batch_begin, each_in_savepoint
+from revstore.backends.batch import Outcome, Pending, Tainted, batch_begin, one_by_one
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, AsyncGroupCommit, Locked
@@ -237,7 +237,18 @@ class AsyncSqlBackend:
     async def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any] | Locked]:
         if len(batch) == 1:
             return [await self._commit_alone(batch[0])]
-        outcomes = await self.transaction(
-            each_in_savepoint(batch, self.dialect.batch_lock_wait), batch[0].begin
-        )
+        try:
+            outcomes = await self.transaction(
+                one_by_one(batch, self.dialect.batch_lock_wait), batch[0].begin
+            )
+        except Tainted as tainted:
+            # Rolled back: the others again, then the tainted write alone.
+            i = tainted.index
+            results = await self._commit_together([p for k, p in enumerate(batch) if k != i])
+            try:
+                alone: Outcome[Any] | Locked = await self._commit_alone(batch[i])
+            except Exception as exc:
+                alone = Outcome(error=exc)
+            results.insert(i, alone)
+            return results
         return [LOCKED if o.locked else o for o in outcomes]

@@ -10,17 +10,18 @@ all of them. Each write keeps its own outcome:
   writes to the same record take consecutive revisions in queue order, and an
   ``expected_revision`` that is not the head at its turn is a ``VersionConflict``
   carrying that head, exactly as if it had run alone just after them.
-- Each write runs inside its own ``SAVEPOINT``. A write that fails for its own reason
-  (a conflict, an absent record, a value the database refuses) is rolled back to its
-  savepoint and gets its error; the writes around it still commit.
+- A write that fails for its own reason (a conflict, an absent record, a value the
+  database refuses) gets its error; the writes around it still commit. Failing before
+  it changed anything, it leaves nothing to undo; failing after (rare), it is taken
+  out and the batch is sent again without it (``one_by_one``).
 - A failure that belongs to the whole transaction (a lost connection, a deadlock, a
   busy database: every ``Retryable``, and anything that is not revstore's) ends the
   batch: nothing of it committed, and every write gets that error, which its caller's
   retry policy handles as for its own transaction. A lost COMMIT is an
   ``AmbiguousCommit`` for every write, as for one.
 
-The executor's shell only queues the writes (``groupcommit``) and runs
-``each_in_savepoint`` as the body of one transaction on one connection.
+The executor's shell only queues the writes (``groupcommit``) and runs ``one_by_one``
+as the body of one transaction on one connection.
 """
 
 from __future__ import annotations
@@ -28,18 +29,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from revstore.backends.ops import Raw, Step
+from sqlalchemy import TextClause
+
+from revstore.backends.ops import Op, Raw, Step
 from revstore.backends.strategy import Tx
-from revstore.errors import RevstoreError
+from revstore.errors import (
+    DuplicateItem,
+    NotFound,
+    RevstoreError,
+    SequenceConflict,
+    VersionConflict,
+)
 from revstore.failures import LockWaitTimedOut, Retryable
 
 T = TypeVar("T")
-
-SAVEPOINT = Raw("SAVEPOINT revstore_write")
-RELEASE = Raw("RELEASE SAVEPOINT revstore_write")
-ROLLBACK_TO = Raw("ROLLBACK TO SAVEPOINT revstore_write")
 
 
 @dataclass(slots=True)
@@ -93,19 +98,40 @@ def ordered(batch: Sequence[Pending[Any]]) -> list[int]:
     return sorted(range(len(batch)), key=lambda i: (str(batch[i].key), i))
 
 
-def each_in_savepoint(
+DECIDED_ON_READS = (VersionConflict, SequenceConflict, DuplicateItem, NotFound)
+"""Failures decided on what a write read (``plan_write``, the stream rules), before it
+sends any change: the only statements it sent before are reads, or a counter bump
+that matched no row. Any other failure after a statement that may change rows
+taints the batch."""
+
+
+class Tainted(Exception):
+    """Write ``index`` of a batch failed for its own reason after it had changed rows:
+    the batch's transaction must be rolled back and sent again without it."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"write {index} of the batch failed after changing rows")
+        self.index = index
+
+
+def one_by_one(
     batch: Sequence[Pending[Any]], lock_wait: tuple[str, str] | None = None
 ) -> Step[list[Outcome[Any]]]:
-    """The body of the batch's transaction: every write of ``batch`` in its own
-    savepoint, in ``ordered`` order; each one's outcome, in the batch's order.
-    ``lock_wait``: the dialect's statements that shorten, then restore, row lock waits
-    (``Dialect.batch_lock_wait``)."""
+    """The body of the batch's transaction: every write of ``batch``, in ``ordered``
+    order; each one's outcome, in the batch's order. ``lock_wait``: the dialect's
+    statements that shorten, then restore, row lock waits (``Dialect.batch_lock_wait``).
+
+    No savepoints (each would cost two round trips per write): a write that fails for
+    its own reason before it changed anything (a conflict, an absent record: the
+    common failures, decided on what it read) just gets its error; one that fails
+    after it changed rows (rare: a refused value, a lost idempotency claim) raises
+    ``Tainted``, and the executor's shell sends the batch again without it."""
     if lock_wait is None:
-        return (yield from _each_in_savepoint(batch))
+        return (yield from _one_by_one(batch))
     shorten, restore = lock_wait
     yield Raw(shorten)
     try:
-        outcomes = yield from _each_in_savepoint(batch)
+        outcomes = yield from _one_by_one(batch)
     except GeneratorExit:
         raise  # abandoned with its connection: nothing more can be sent
     except BaseException:
@@ -118,27 +144,64 @@ def each_in_savepoint(
     return outcomes
 
 
-def _each_in_savepoint(batch: Sequence[Pending[Any]]) -> Step[list[Outcome[Any]]]:
+def _one_by_one(batch: Sequence[Pending[Any]]) -> Step[list[Outcome[Any]]]:
     outcomes: list[Outcome[Any] | None] = [None] * len(batch)
     for i in ordered(batch):
-        # One savepoint name for all: each is released (or rolled back to and
-        # released) before the next write opens its own.
-        yield SAVEPOINT
+        watch = _Watch(batch[i].make().step)
         try:
-            value = yield from batch[i].make().step
+            value = yield from watch.run()
         except LockWaitTimedOut:
-            # A row held elsewhere: only this statement was rolled back. The write
-            # leaves the batch and waits alone (see ``Outcome``).
-            yield ROLLBACK_TO
-            yield RELEASE
+            # A row held elsewhere: the database rolled back only the waiting
+            # statement. The write leaves the batch and waits alone (``Outcome``).
+            if watch.changed:
+                raise Tainted(i) from None
             outcomes[i] = Outcome(locked=True)
         except BaseException as exc:
             if not own_failure(exc):
                 raise  # the whole batch: the executor rolls back, every write gets it
-            yield ROLLBACK_TO
-            yield RELEASE
+            if watch.changed and not isinstance(exc, DECIDED_ON_READS):
+                raise Tainted(i) from exc
             outcomes[i] = Outcome(error=exc)
         else:
-            yield RELEASE
             outcomes[i] = Outcome(value)
     return [o for o in outcomes if o is not None]
+
+
+class _Watch(Generic[T]):
+    """Runs a write's protocol, noting whether a statement that changes rows (an
+    INSERT, UPDATE or DELETE; a locking read does not count) succeeded."""
+
+    __slots__ = ("_step", "changed")
+
+    def __init__(self, step: Step[T]) -> None:
+        self._step = step
+        self.changed = False
+
+    def run(self) -> Step[T]:
+        step = self._step
+        try:
+            op = next(step)
+            while True:
+                try:
+                    result = yield op
+                except BaseException as exc:  # the statement's error, thrown in
+                    # A failed statement changed nothing: the database rolls back the
+                    # statement alone (SQLite, InnoDB), the transaction goes on.
+                    op = step.throw(exc)
+                else:
+                    self.changed = self.changed or _changes_rows(op)
+                    op = step.send(result)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+
+_DML = ("INSERT", "UPDATE", "DELETE", "REPLACE", "WITH")
+
+
+def _changes_rows(op: Op) -> bool:
+    if isinstance(op, Raw):
+        return op.sql.lstrip()[:7].upper().startswith(_DML)
+    statement = op.statement
+    if isinstance(statement, TextClause):
+        return statement.text.lstrip()[:7].upper().startswith(_DML)
+    return bool(getattr(statement, "is_dml", False))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
-from revstore.backends.batch import Outcome, Pending, batch_begin, each_in_savepoint
+from revstore.backends.batch import Outcome, Pending, Tainted, batch_begin, one_by_one
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
@@ -320,9 +320,20 @@ class SqlBackend:
         if len(batch) == 1:
             # Nobody to share with: no savepoint round trips.
             return [self._commit_alone(batch[0])]
-        outcomes = self.transaction(
-            each_in_savepoint(batch, self.dialect.batch_lock_wait), batch[0].begin
-        )
+        try:
+            outcomes = self.transaction(
+                one_by_one(batch, self.dialect.batch_lock_wait), batch[0].begin
+            )
+        except Tainted as tainted:
+            # Rolled back: the others again, then the tainted write alone.
+            i = tainted.index
+            results = self._commit_together([p for k, p in enumerate(batch) if k != i])
+            try:
+                alone: Outcome[Any] | Locked = self._commit_alone(batch[i])
+            except Exception as exc:
+                alone = Outcome(error=exc)
+            results.insert(i, alone)
+            return results
         return [LOCKED if o.locked else o for o in outcomes]
 
     def one_statement_put(self, intent: WriteIntent) -> Record | None:
