@@ -123,6 +123,7 @@ class RunResult:
 
     ops: int = 0
     items: int = 0
+    acked: int = 0  # every operation that succeeded, in the window or not (--check)
     errors: Counter[str] = field(default_factory=Counter)
     warmup_errors: Counter[str] = field(default_factory=Counter)
     warmup_ops: int = 0
@@ -552,7 +553,7 @@ def _writer(
     rng = random.Random(seed)
     keys, batch = task["keys"], task["batch"]
     start, measure, end = task["start"], task["measure"], task["end"]
-    ops = items = warm_ops = 0
+    ops = items = warm_ops = acked = 0
     errors: Counter[str] = Counter()
     warm_errors: Counter[str] = Counter()
     latencies: list[float] = []
@@ -572,6 +573,8 @@ def _writer(
         except Exception as exc:
             error = type(exc).__name__
         t1 = time.time()
+        if error is None:
+            acked += 1
         if t1 < measure:
             if error is None:
                 warm_ops += 1
@@ -586,6 +589,7 @@ def _writer(
                 errors[error] += 1
     with lock:
         out.ops += ops
+        out.acked += acked
         out.items += items
         out.warmup_ops += warm_ops
         out.errors.update(errors)
@@ -913,6 +917,8 @@ class Row:
     batch); None when the Store has no group commit."""
     writes_per_batch: float | None = None
     """Mean writes per commit (or per statement on PostgreSQL), solo writes included."""
+    history: str | None = None
+    """``ok``, or what the check of the rows written found wrong (see check_history)."""
 
     @property
     def client_us(self) -> float | None:
@@ -941,6 +947,7 @@ class Settings:
     quiet_wait: float
     checkpoints: bool = True
     round: int = 1
+    check: bool = True
 
     @property
     def prefix(self) -> str:
@@ -974,7 +981,9 @@ def run_revstore(
 ) -> Row:
     code = f"-{hashlib.sha1(label.encode()).hexdigest()[:4]}" if label else ""
     short = strategy[:3] + ("-solo" if strategy.endswith(SOLO) else "")
-    ns = f"{cfg.prefix}-r{cfg.round}-{backend[:2]}-{short}{code}-{sc.name}-{attempt}"
+    # The layout too: each layout's runs start from fresh rows (and --check sees its own).
+    layout = f"{pool.procs}x{pool.threads}"
+    ns = f"{cfg.prefix}-r{cfg.round}-{layout}-{backend[:2]}-{short}{code}-{sc.name}-{attempt}"
     task: dict[str, Any] = {
         "url": url,
         "strategy": strategy,
@@ -1021,6 +1030,9 @@ def run_revstore(
         latencies.extend(r.latencies)
     warm_errors = sum(sum(r.warmup_errors.values()) for r in results)
     p99 = percentile(latencies, 0.99)
+    history = None
+    if cfg.check:
+        history = check_history(url, ns, sc, sum(r.acked for r in results))
     batch_stats: dict[str, int] | None = None
     for r in results:
         if r.batch_stats is not None:
@@ -1049,7 +1061,61 @@ def run_revstore(
         note=f"{warm_errors} errors during warm-up" if warm_errors else "",
         batch_stats=batch_stats,
         writes_per_batch=writes_per_batch(batch_stats),
+        history=history,
     )
+
+
+_RECORDS_CHECK = """
+SELECT COUNT(*), COALESCE(SUM(r.revision), 0),
+       COALESCE(SUM(CASE WHEN v.n IS NULL OR v.n <> r.revision OR v.top <> r.revision
+                          OR v.low <> 1 OR r.version <> r.revision
+                         THEN 1 ELSE 0 END), 0)
+  FROM revstore_records r
+  LEFT JOIN (SELECT record_id, COUNT(*) AS n, MAX(revision) AS top, MIN(revision) AS low
+               FROM revstore_versions WHERE namespace = :ns GROUP BY record_id) v
+    ON v.record_id = r.id
+ WHERE r.namespace = :ns
+"""
+_STREAMS_CHECK = """
+SELECT COUNT(*), COALESCE(SUM(s.last_sequence), 0),
+       COALESCE(SUM(CASE WHEN i.n IS NULL OR i.n <> s.last_sequence OR i.top <> s.last_sequence
+                          OR i.low <> 1 OR s.item_count <> s.last_sequence
+                         THEN 1 ELSE 0 END), 0)
+  FROM revstore_streams s
+  LEFT JOIN (SELECT stream_id, COUNT(*) AS n, MAX(sequence) AS top, MIN(sequence) AS low
+               FROM revstore_stream_items WHERE namespace = :ns GROUP BY stream_id) i
+    ON i.stream_id = s.id
+ WHERE s.namespace = :ns
+"""
+
+
+def check_history(url: str, ns: str, sc: Scenario, acked: int) -> str:
+    """Whether the rows of a run hold every acknowledged write exactly once, without
+    gaps: per record, versions 1..revision (every write here makes a snapshot, so
+    version = revision); per stream, items 1..last_sequence; in all, one revision (or
+    ``batch`` items) per acknowledged operation beyond what the preparation made (one
+    put / one item per key). Unique keys rule out duplicates. Returns "ok" or what is
+    wrong; a write whose outcome was unknown (an error after its commit) shows here."""
+    from sqlalchemy import text
+
+    from revstore import Store
+
+    store = Store(url)
+    try:
+        with store.backend.engine.connect() as conn:
+            query = _RECORDS_CHECK if sc.kind == "records" else _STREAMS_CHECK
+            keys, total, broken = conn.execute(text(query), {"ns": ns}).one()
+    finally:
+        store.close()
+    problems = []
+    if keys != sc.keys:
+        problems.append(f"{keys} of {sc.keys} keys")
+    if broken:
+        problems.append(f"{broken} with gaps or mismatched heads")
+    expected = sc.keys + acked * (sc.batch if sc.kind == "streams" else 1)
+    if total != expected:
+        problems.append(f"{total - sc.keys} writes stored, {expected - sc.keys} acknowledged")
+    return "; ".join(problems) or "ok"
 
 
 # ------------------------------------------------------------------------- pgbench
@@ -1129,7 +1195,7 @@ def run_pgbench(
     nice: int = 0,
     attempt: int = 1,
 ) -> Row:
-    ns = f"{cfg.prefix}-r{cfg.round}-pgbench-{sc.name}-{attempt}"
+    ns = f"{cfg.prefix}-r{cfg.round}-{pool.procs}x{pool.threads}-pgbench-{sc.name}-{attempt}"
     script, defines = pgbench_defines(sc, ns)
     # The rows pgbench updates are created by revstore itself, as for the revstore runs.
     pool.call(
@@ -1247,8 +1313,8 @@ def markdown(rows: list[Row]) -> str:
     head = (
         "| scenario | backend | strategy | writers | rate | ops/s | mean ms | p99 ms "
         "| errors | retries | client µs/op | server µs/op | busy cores | other cores "
-        "| vs pgbench | ÷ raw | writes/batch |\n"
-        "|---|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| vs pgbench | ÷ raw | writes/batch | history |\n"
+        "|---|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n"
     )
     lines = []
     for r in rows:
@@ -1261,7 +1327,7 @@ def markdown(rows: list[Row]) -> str:
             f"| {_fmt(r.p99_ms, 2)} | {errors} | {'' if r.retries is None else r.retries} "
             f"| {_fmt(r.client_us, 0)} | {_fmt(r.server_us, 0)} "
             f"| {_fmt(r.busy_cores, 2)} | {_fmt(r.other_cores, 2)} | {ratio} | {raw_ratio} "
-            f"| {_batches(r)} |"
+            f"| {_batches(r)} | {r.history or ''} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -1309,6 +1375,8 @@ def _progress(row: Row, prefix: str = "") -> None:
         ratio += f" ({row.raw_ratio:.2f}x raw)"
     if row.writes_per_batch is not None:
         ratio += f" [{_batches(row)} writes/batch]"
+    if row.history not in (None, "ok"):
+        ratio += f" HISTORY: {row.history}"
     other = f", other load {row.other_cores:.2f} cores" if row.other_cores is not None else ""
     print(
         f"  {prefix}{row.scenario:<20} {row.backend:<10} {row.strategy:<16} {row.layout:<6} "
@@ -1513,6 +1581,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pg_checkpoint)",
     )
     p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check, after each revstore / raw run, that its rows hold every "
+        "acknowledged write once, without gaps (the 'history' column)",
+    )
+    p.add_argument(
         "--keep-data",
         action="store_true",
         help="keep the rows written (namespaces bstore-<run id>-*) instead of deleting them",
@@ -1552,6 +1626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_threshold=args.max_other_load,
         quiet_wait=args.quiet_wait,
         checkpoints=not args.no_checkpoint,
+        check=not args.no_check,
     )
     attempts = max(1, args.attempts)
 
