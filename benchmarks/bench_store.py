@@ -7,6 +7,12 @@ on 1,000 records ("spread"). Streams: items/s of ``Store.append`` in batches of 
 revstore write sends (benchmarks/pgbench/*.sql): the database's own ceiling for that
 work. Every revstore figure on PostgreSQL is reported as a ratio to it.
 
+``--raw`` adds, on each backend, the loop a user writes by hand with the same driver
+(sqlite3, PyMySQL, psycopg: one write per transaction, same durability) on the same
+tables, and reports every revstore rate divided by it; ``counter-solo`` is the counter
+strategy with ``group_commit=False``. With group commit, the batch sizes of the window
+are reported too; after each run its rows are checked for gaps and lost writes.
+
 The writers are worker processes (``--layouts``, PROCSxTHREADS), each with its own
 ``Store``: Python's GIL would cap a single process far below what the database can
 take. Each scenario creates its records/streams under a fresh namespace, warms up,
@@ -1336,7 +1342,9 @@ def _batches(r: Row) -> str:
     """Mean writes per commit and the largest batch, e.g. ``5.3 (max 16)``."""
     if r.batch_stats is None or r.writes_per_batch is None:
         return ""
-    return f"{r.writes_per_batch:.1f} (max {r.batch_stats['largest']})"
+    # GroupCommitStats.largest counts batches of two or more; a solo write is one.
+    largest = max(r.batch_stats["largest"], 1 if r.batch_stats["solo_writes"] else 0)
+    return f"{r.writes_per_batch:.1f} (max {largest})"
 
 
 def medians(rows: list[Row]) -> str:
