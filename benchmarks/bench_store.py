@@ -7,6 +7,12 @@ on 1,000 records ("spread"). Streams: items/s of ``Store.append`` in batches of 
 revstore write sends (benchmarks/pgbench/*.sql): the database's own ceiling for that
 work. Every revstore figure on PostgreSQL is reported as a ratio to it.
 
+``--raw`` adds, on each backend, the loop a user writes by hand with the same driver
+(sqlite3, PyMySQL, psycopg: one write per transaction, same durability) on the same
+tables, and reports every revstore rate divided by it; ``counter-solo`` is the counter
+strategy with ``group_commit=False``. With group commit, the batch sizes of the window
+are reported too; after each run its rows are checked for gaps and lost writes.
+
 The writers are worker processes (``--layouts``, PROCSxTHREADS), each with its own
 ``Store``: Python's GIL would cap a single process far below what the database can
 take. Each scenario creates its records/streams under a fresh namespace, warms up,
@@ -61,7 +67,13 @@ DEFAULT_MYSQL_URL = os.environ.get("REVSTORE_BENCH_MYSQL_URL", "mysql://root@127
 BACKENDS = ("sqlite", "postgresql", "mysql")
 STRATEGIES = ("counter", "lock", "optimistic")
 FLOOR = "psycopg-only"
-"""Pseudo-strategy of --floor: the fast-path statements through psycopg alone."""
+"""Pseudo-strategy of --raw on PostgreSQL: the fast-path statements through psycopg alone."""
+RAW = {"postgresql": FLOOR, "sqlite": "sqlite3-only", "mysql": "pymysql-only"}
+"""The raw loop per backend (--raw, alias --floor): the write a user codes by hand with
+the same Python driver revstore uses, one write per transaction, the same durability."""
+SOLO = "-solo"
+"""Strategy suffix: that strategy with ``Store(..., group_commit=False)`` (e.g.
+``counter-solo``), the code before group commit, beside it in the same run."""
 
 # Payloads: a record of ~190 bytes of canonical JSON, stream items of ~90 bytes. The
 # pgbench scripts are given the same texts (with the per-write counter at 0).
@@ -117,18 +129,61 @@ class RunResult:
 
     ops: int = 0
     items: int = 0
+    acked: int = 0  # every operation that succeeded, in the window or not (--check)
     errors: Counter[str] = field(default_factory=Counter)
     warmup_errors: Counter[str] = field(default_factory=Counter)
     warmup_ops: int = 0
     latencies: list[float] = field(default_factory=list)
     retries: int = 0
+    # Group-commit counters inside the window (GroupCommitStats), None without it.
+    batch_stats: dict[str, int] | None = None
 
 
 def _open_store(url: str, strategy: str | None, threads: int) -> Any:
     from revstore import Store  # imported in the worker, after the spawn
 
+    options: dict[str, Any] = {}
+    if strategy is not None and strategy.endswith(SOLO):
+        # Only passed when asked: older trees (--baseline) may not know the option.
+        strategy, options["group_commit"] = strategy.removesuffix(SOLO), False
     # One pooled connection per thread (the default pool is larger than needed).
-    return Store(url, strategy=strategy, pool_size=max(threads, 1), max_overflow=threads)
+    return Store(url, strategy=strategy, pool_size=max(threads, 1), max_overflow=threads, **options)
+
+
+BATCH_FIELDS = ("batches", "batched_writes", "solo_writes", "locked_writes", "splits")
+
+
+def _batchers(store: Any) -> list[Any]:
+    """The store's group-commit instances: SqlBackend.batches (SQLite, MariaDB) and the
+    PostgreSQL backend's puts / appends; none with group_commit=False or older code."""
+    found = []
+    for name in ("batches", "_puts", "_appends"):
+        stats = getattr(getattr(store.backend, name, None), "stats", None)
+        if stats is not None:
+            found.append(stats)
+    return found
+
+
+def _batch_counts(store: Any, reset_largest: bool = False) -> dict[str, int] | None:
+    """The summed counters now (read without the library's lock: indicative, as its
+    docstring says). ``reset_largest`` starts a new maximum, for the measured window."""
+    batchers = _batchers(store) if store is not None else []
+    if not batchers:
+        return None
+    counts = {f: sum(getattr(b, f, 0) for b in batchers) for f in BATCH_FIELDS}
+    counts["largest"] = max(getattr(b, "largest", 0) for b in batchers)
+    if reset_largest:
+        for b in batchers:
+            b.largest = 0
+    return counts
+
+
+def writes_per_batch(stats: dict[str, int] | None) -> float | None:
+    """Mean writes per group commit: a write sent alone is a batch of one."""
+    if not stats:
+        return None
+    commits = stats["batches"] + stats["solo_writes"]
+    return (stats["batched_writes"] + stats["solo_writes"]) / commits if commits else None
 
 
 def _prepare(store: Any, task: dict[str, Any], index: int, procs: int) -> int:
@@ -172,12 +227,34 @@ def _store_op(store: Any, task: dict[str, Any], tag: str) -> Op:
     )
 
 
-class RawPostgres:
+class RawLoop:
+    """A raw loop (--raw): one driver connection per writer thread, no revstore."""
+
+    def __init__(self, threads: int) -> None:
+        # Retries per thread (each thread writes only its own slot).
+        self.retried = [0] * threads
+
+    @property
+    def retries(self) -> int:
+        return sum(self.retried)
+
+    def pids(self) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def op(self, task: dict[str, Any], thread: int, tag: str) -> Op:
+        raise NotImplementedError
+
+
+class RawPostgres(RawLoop):
     """The floor: the very statements of the PostgreSQL fast paths sent with psycopg
     alone (no revstore, no SQLAlchemy), one connection per thread, with only the work
     any client must do per write: canonical JSON, SHA-256, one execute."""
 
     def __init__(self, conninfo: str, threads: int) -> None:
+        super().__init__(threads)
         import psycopg
 
         from revstore.backends.postgresql import _APPEND, _PUT
@@ -236,6 +313,242 @@ class RawPostgres:
         return put if task["kind"] == "records" else append
 
 
+RAW_SQLITE_PUT = """
+UPDATE revstore_records
+   SET revision = revision + 1, version = version + 1,
+       content = ?, content_hash = ?, updated_at = ?
+ WHERE namespace = ? AND id = ?
+RETURNING revision, version
+"""
+RAW_SQLITE_APPEND = """
+UPDATE revstore_streams
+   SET last_sequence = last_sequence + ?, item_count = item_count + ?, updated_at = ?
+ WHERE namespace = ? AND id = ?
+RETURNING last_sequence
+"""
+RAW_SQLITE_VERSION = """
+INSERT INTO revstore_versions
+    (namespace, record_id, version, revision, content, content_hash, author, summary,
+     created_at)
+VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)
+"""
+RAW_SQLITE_ITEM = """
+INSERT INTO revstore_stream_items
+    (namespace, stream_id, sequence, item_id, body, body_hash, created_at)
+VALUES (?, ?, ?, NULL, ?, ?, ?)
+"""
+RAW_MYSQL_PUT = """
+UPDATE revstore_records
+   SET revision = LAST_INSERT_ID(revision + 1), version = version + 1,
+       content = %s, content_hash = %s, updated_at = %s
+ WHERE namespace = %s AND id = %s
+"""
+RAW_MYSQL_APPEND = """
+UPDATE revstore_streams
+   SET last_sequence = LAST_INSERT_ID(last_sequence + %s), item_count = item_count + %s,
+       updated_at = %s
+ WHERE namespace = %s AND id = %s
+"""
+# PyMySQL's executemany sends "INSERT … VALUES (…)" as one multi-row INSERT.
+RAW_MYSQL_VERSION = (
+    "INSERT INTO revstore_versions (namespace, record_id, version, revision, content, "
+    "content_hash, author, summary, created_at) VALUES (%s, %s, %s, %s, %s, %s, NULL, NULL, %s)"
+)
+RAW_MYSQL_ITEM = (
+    "INSERT INTO revstore_stream_items (namespace, stream_id, sequence, item_id, body, "
+    "body_hash, created_at) VALUES (%s, %s, %s, NULL, %s, %s, %s)"
+)
+RAW_MAX_TRIES = 1000
+"""A hand-written loop retries a lost lock race until it wins; this only bounds it."""
+
+
+def _hashed(texts: list[str]) -> list[tuple[str, str]]:
+    return [(t, hashlib.sha256(t.encode()).hexdigest()) for t in texts]
+
+
+def _sqlite_now() -> str:
+    # The text SQLAlchemy stores for revstore's timestamps on SQLite (naive UTC), so
+    # that revstore (and the lab's checker) read these rows like its own.
+    return f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S.%f}"
+
+
+class RawSqlite(RawLoop):
+    """The SQLite raw loop: sqlite3 alone, one connection per thread, WAL,
+    ``synchronous=FULL`` and revstore's busy timeout; per write ``BEGIN IMMEDIATE``,
+    ``UPDATE … RETURNING``, ``INSERT``, ``COMMIT``. A lock not obtained within the busy
+    timeout ('database is locked') is rolled back and retried, and counted."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        import sqlite3
+
+        from revstore.config import SQLITE_BUSY_TIMEOUT_MS
+
+        super().__init__(threads)
+        self.sqlite3 = sqlite3
+        self.conns = []
+        for _ in range(threads):
+            # isolation_level=None: the driver never opens transactions by itself.
+            conn = sqlite3.connect(
+                path,
+                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+    def op(self, task: dict[str, Any], thread: int, tag: str) -> Op:
+        conn = self.conns[thread]
+        cur = conn.cursor()
+        ns, batch = task["namespace"], task["batch"]
+        locked = self.sqlite3.OperationalError
+
+        def transaction(body: Callable[[], None]) -> None:
+            for _ in range(RAW_MAX_TRIES):
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                    body()
+                    cur.execute("COMMIT")
+                    return
+                except locked as exc:
+                    if conn.in_transaction:
+                        cur.execute("ROLLBACK")
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    self.retried[thread] += 1
+                except BaseException:
+                    if conn.in_transaction:
+                        cur.execute("ROLLBACK")
+                    raise
+            raise TimeoutError(f"database still locked after {RAW_MAX_TRIES} tries")
+
+        def put(key: str, n: int) -> None:
+            ((text, digest),) = _hashed([canonical(record_content(n, tag))])
+            now = _sqlite_now()
+
+            def body() -> None:
+                row = cur.execute(RAW_SQLITE_PUT, (text, digest, now, ns, key)).fetchone()
+                if row is None:
+                    raise LookupError("no row updated")
+                revision, version = row
+                cur.execute(RAW_SQLITE_VERSION, (ns, key, version, revision, text, digest, now))
+
+            transaction(body)
+
+        def append(key: str, n: int) -> None:
+            items = _hashed([canonical(item_content(n * batch + j, tag)) for j in range(batch)])
+            now = _sqlite_now()
+
+            def body() -> None:
+                row = cur.execute(RAW_SQLITE_APPEND, (batch, batch, now, ns, key)).fetchone()
+                if row is None:
+                    raise LookupError("no row updated")
+                first = int(row[0]) - batch + 1
+                cur.executemany(
+                    RAW_SQLITE_ITEM,
+                    [(ns, key, first + j, t, h, now) for j, (t, h) in enumerate(items)],
+                )
+
+            transaction(body)
+
+        return put if task["kind"] == "records" else append
+
+
+class RawMysql(RawLoop):
+    """The MariaDB/MySQL raw loop: PyMySQL alone (revstore's driver), one connection per
+    thread, the server's default isolation, autocommit off; per write ``UPDATE …
+    LAST_INSERT_ID(n + 1)`` (the new number comes back in the OK packet, as
+    ``cursor.lastrowid``), ``INSERT``, ``COMMIT``. Deadlocks (1213) and lock wait
+    timeouts (1205) are rolled back and retried, and counted."""
+
+    RETRIED = (1205, 1213)
+
+    def __init__(self, url: str, threads: int) -> None:
+        import pymysql
+        from sqlalchemy.engine import make_url
+
+        super().__init__(threads)
+        self.pymysql = pymysql
+        u = make_url(url)
+        self.conns = [
+            pymysql.connect(
+                host=u.host or "127.0.0.1",
+                port=u.port or 3306,
+                user=u.username or "root",
+                password=u.password or "",
+                database=u.database,
+                charset="utf8mb4",  # as revstore: every code point
+                autocommit=False,
+            )
+            for _ in range(threads)
+        ]
+
+    def close(self) -> None:
+        for c in self.conns:
+            with contextlib.suppress(Exception):
+                c.close()
+
+    def op(self, task: dict[str, Any], thread: int, tag: str) -> Op:
+        conn = self.conns[thread]
+        cur = conn.cursor()
+        ns, batch = task["namespace"], task["batch"]
+        failed = self.pymysql.err.OperationalError
+
+        def transaction(body: Callable[[], None]) -> None:
+            for _ in range(RAW_MAX_TRIES):
+                try:
+                    body()
+                    conn.commit()
+                    return
+                except failed as exc:
+                    conn.rollback()
+                    if not exc.args or exc.args[0] not in self.RETRIED:
+                        raise
+                    self.retried[thread] += 1
+                except BaseException:
+                    conn.rollback()
+                    raise
+            raise TimeoutError(f"still deadlocked after {RAW_MAX_TRIES} tries")
+
+        def put(key: str, n: int) -> None:
+            ((text, digest),) = _hashed([canonical(record_content(n, tag))])
+            now = datetime.now(UTC)
+
+            def body() -> None:
+                if cur.execute(RAW_MYSQL_PUT, (text, digest, now, ns, key)) != 1:
+                    raise LookupError("no row updated")
+                # version = revision: these rows were made by one put (1, 1) and every
+                # write since bumps both, so one number is all a hand-written loop
+                # tracks (were it wrong, the versions table's keys would refuse it).
+                revision = cur.lastrowid
+                cur.execute(RAW_MYSQL_VERSION, (ns, key, revision, revision, text, digest, now))
+
+            transaction(body)
+
+        def append(key: str, n: int) -> None:
+            items = _hashed([canonical(item_content(n * batch + j, tag)) for j in range(batch)])
+            now = datetime.now(UTC)
+
+            def body() -> None:
+                if cur.execute(RAW_MYSQL_APPEND, (batch, batch, now, ns, key)) != 1:
+                    raise LookupError("no row updated")
+                first = int(cur.lastrowid) - batch + 1
+                cur.executemany(
+                    RAW_MYSQL_ITEM,
+                    [(ns, key, first + j, t, h, now) for j, (t, h) in enumerate(items)],
+                )
+
+            transaction(body)
+
+        return put if task["kind"] == "records" else append
+
+
 def _writer(
     op: Op,
     task: dict[str, Any],
@@ -246,7 +559,7 @@ def _writer(
     rng = random.Random(seed)
     keys, batch = task["keys"], task["batch"]
     start, measure, end = task["start"], task["measure"], task["end"]
-    ops = items = warm_ops = 0
+    ops = items = warm_ops = acked = 0
     errors: Counter[str] = Counter()
     warm_errors: Counter[str] = Counter()
     latencies: list[float] = []
@@ -266,6 +579,8 @@ def _writer(
         except Exception as exc:
             error = type(exc).__name__
         t1 = time.time()
+        if error is None:
+            acked += 1
         if t1 < measure:
             if error is None:
                 warm_ops += 1
@@ -280,6 +595,7 @@ def _writer(
                 errors[error] += 1
     with lock:
         out.ops += ops
+        out.acked += acked
         out.items += items
         out.warmup_ops += warm_ops
         out.errors.update(errors)
@@ -288,17 +604,22 @@ def _writer(
 
 
 def _run(
-    store: Any, raw: RawPostgres | None, task: dict[str, Any], index: int, threads: int
+    store: Any, raw: RawLoop | None, task: dict[str, Any], index: int, threads: int
 ) -> RunResult:
     out = RunResult()
     lock = threading.Lock()
     retries: dict[str, int] = {}
+    batches: dict[str, dict[str, int] | None] = {}
 
     def retries_at(when: float, name: str) -> None:
         delay = when - time.time()
         if delay > 0:
             time.sleep(delay)
-        retries[name] = store.stats.retries if store is not None else 0
+        if store is not None:
+            retries[name] = store.stats.retries
+        else:
+            retries[name] = raw.retries if raw is not None else 0
+        batches[name] = _batch_counts(store, reset_largest=name == "measure")
 
     def op(t: int) -> Op:
         tag = f"{os.getpid()}-{t}"
@@ -320,6 +641,10 @@ def _run(
     for th in meters + writers:
         th.join()
     out.retries = retries["end"] - retries["measure"]
+    first, last = batches["measure"], batches["end"]
+    if first is not None and last is not None:
+        out.batch_stats = {f: last[f] - first[f] for f in BATCH_FIELDS}
+        out.batch_stats["largest"] = last["largest"]
     return out
 
 
@@ -347,7 +672,7 @@ def worker_main(
 
         assert revstore.__file__ is not None and revstore.__file__.startswith(code_path)
     store: Any = None
-    raw: RawPostgres | None = None
+    raw: RawLoop | None = None
     parent = os.getppid()
     while True:
         try:
@@ -369,9 +694,15 @@ def worker_main(
                     made = _prepare(maker, task, index, procs)
                 finally:
                     maker.close()
-                if task["strategy"] == FLOOR:
+                if task["strategy"] == RAW["postgresql"]:
                     raw = RawPostgres(task["conninfo"], threads)
                     result: Any = (made, raw.pids())
+                elif task["strategy"] == RAW["sqlite"]:
+                    raw = RawSqlite(task["path"], threads)
+                    result = (made, [])
+                elif task["strategy"] == RAW["mysql"]:
+                    raw = RawMysql(task["url"], threads)
+                    result = (made, [])
                 else:
                     store = _open_store(task["url"], task["strategy"], threads)
                     result = (made, _server_pids(store, threads))
@@ -585,6 +916,15 @@ class Row:
     round: int = 1
     ratio: float | None = None
     note: str = ""
+    raw_ratio: float | None = None
+    """This rate ÷ the raw loop's (same backend, scenario, layout and round)."""
+    batch_stats: dict[str, int] | None = None
+    """Group-commit counters of all workers inside the window (``largest``: the largest
+    batch); None when the Store has no group commit."""
+    writes_per_batch: float | None = None
+    """Mean writes per commit (or per statement on PostgreSQL), solo writes included."""
+    history: str | None = None
+    """``ok``, or what the check of the rows written found wrong (see check_history)."""
 
     @property
     def client_us(self) -> float | None:
@@ -613,6 +953,7 @@ class Settings:
     quiet_wait: float
     checkpoints: bool = True
     round: int = 1
+    check: bool = True
 
     @property
     def prefix(self) -> str:
@@ -645,7 +986,10 @@ def run_revstore(
     attempt: int = 1,
 ) -> Row:
     code = f"-{hashlib.sha1(label.encode()).hexdigest()[:4]}" if label else ""
-    ns = f"{cfg.prefix}-r{cfg.round}-{backend[:2]}-{strategy[:3]}{code}-{sc.name}-{attempt}"
+    short = strategy[:3] + ("-solo" if strategy.endswith(SOLO) else "")
+    # The layout too: each layout's runs start from fresh rows (and --check sees its own).
+    layout = f"{pool.procs}x{pool.threads}"
+    ns = f"{cfg.prefix}-r{cfg.round}-{layout}-{backend[:2]}-{short}{code}-{sc.name}-{attempt}"
     task: dict[str, Any] = {
         "url": url,
         "strategy": strategy,
@@ -656,6 +1000,8 @@ def run_revstore(
     }
     if strategy == FLOOR:
         task["conninfo"] = pg_conninfo(url)[3]
+    if strategy == RAW["sqlite"]:
+        task["path"] = url.removeprefix("sqlite:///")
     opened = pool.call("open", task, timeout=300)
     server_pids = [pid for _, pids in opened for pid in pids]
     if backend == "mysql":
@@ -690,6 +1036,16 @@ def run_revstore(
         latencies.extend(r.latencies)
     warm_errors = sum(sum(r.warmup_errors.values()) for r in results)
     p99 = percentile(latencies, 0.99)
+    history = None
+    if cfg.check:
+        history = check_history(url, ns, sc, sum(r.acked for r in results))
+    batch_stats: dict[str, int] | None = None
+    for r in results:
+        if r.batch_stats is not None:
+            batch_stats = batch_stats or dict.fromkeys((*BATCH_FIELDS, "largest"), 0)
+            for f in BATCH_FIELDS:
+                batch_stats[f] += r.batch_stats[f]
+            batch_stats["largest"] = max(batch_stats["largest"], r.batch_stats["largest"])
     return Row(
         scenario=sc.name,
         unit=sc.unit,
@@ -709,7 +1065,63 @@ def run_revstore(
         seconds=cfg.seconds,
         attempt=attempt,
         note=f"{warm_errors} errors during warm-up" if warm_errors else "",
+        batch_stats=batch_stats,
+        writes_per_batch=writes_per_batch(batch_stats),
+        history=history,
     )
+
+
+_RECORDS_CHECK = """
+SELECT COUNT(*), COALESCE(SUM(r.revision), 0),
+       COALESCE(SUM(CASE WHEN v.n IS NULL OR v.n <> r.revision OR v.top <> r.revision
+                          OR v.low <> 1 OR r.version <> r.revision
+                         THEN 1 ELSE 0 END), 0)
+  FROM revstore_records r
+  LEFT JOIN (SELECT record_id, COUNT(*) AS n, MAX(revision) AS top, MIN(revision) AS low
+               FROM revstore_versions WHERE namespace = :ns GROUP BY record_id) v
+    ON v.record_id = r.id
+ WHERE r.namespace = :ns
+"""
+_STREAMS_CHECK = """
+SELECT COUNT(*), COALESCE(SUM(s.last_sequence), 0),
+       COALESCE(SUM(CASE WHEN i.n IS NULL OR i.n <> s.last_sequence OR i.top <> s.last_sequence
+                          OR i.low <> 1 OR s.item_count <> s.last_sequence
+                         THEN 1 ELSE 0 END), 0)
+  FROM revstore_streams s
+  LEFT JOIN (SELECT stream_id, COUNT(*) AS n, MAX(sequence) AS top, MIN(sequence) AS low
+               FROM revstore_stream_items WHERE namespace = :ns GROUP BY stream_id) i
+    ON i.stream_id = s.id
+ WHERE s.namespace = :ns
+"""
+
+
+def check_history(url: str, ns: str, sc: Scenario, acked: int) -> str:
+    """Whether the rows of a run hold every acknowledged write exactly once, without
+    gaps: per record, versions 1..revision (every write here makes a snapshot, so
+    version = revision); per stream, items 1..last_sequence; in all, one revision (or
+    ``batch`` items) per acknowledged operation beyond what the preparation made (one
+    put / one item per key). Unique keys rule out duplicates. Returns "ok" or what is
+    wrong; a write whose outcome was unknown (an error after its commit) shows here."""
+    from sqlalchemy import text
+
+    from revstore import Store
+
+    store = Store(url)
+    try:
+        with store.backend.engine.connect() as conn:
+            query = _RECORDS_CHECK if sc.kind == "records" else _STREAMS_CHECK
+            keys, total, broken = conn.execute(text(query), {"ns": ns}).one()
+    finally:
+        store.close()
+    problems = []
+    if keys != sc.keys:
+        problems.append(f"{keys} of {sc.keys} keys")
+    if broken:
+        problems.append(f"{broken} with gaps or mismatched heads")
+    expected = sc.keys + acked * (sc.batch if sc.kind == "streams" else 1)
+    if total != expected:
+        problems.append(f"{total - sc.keys} writes stored, {expected - sc.keys} acknowledged")
+    return "; ".join(problems) or "ok"
 
 
 # ------------------------------------------------------------------------- pgbench
@@ -789,7 +1201,7 @@ def run_pgbench(
     nice: int = 0,
     attempt: int = 1,
 ) -> Row:
-    ns = f"{cfg.prefix}-r{cfg.round}-pgbench-{sc.name}-{attempt}"
+    ns = f"{cfg.prefix}-r{cfg.round}-{pool.procs}x{pool.threads}-pgbench-{sc.name}-{attempt}"
     script, defines = pgbench_defines(sc, ns)
     # The rows pgbench updates are created by revstore itself, as for the revstore runs.
     pool.call(
@@ -907,21 +1319,32 @@ def markdown(rows: list[Row]) -> str:
     head = (
         "| scenario | backend | strategy | writers | rate | ops/s | mean ms | p99 ms "
         "| errors | retries | client µs/op | server µs/op | busy cores | other cores "
-        "| vs pgbench |\n"
-        "|---|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|\n"
+        "| vs pgbench | ÷ raw | writes/batch | history |\n"
+        "|---|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n"
     )
     lines = []
     for r in rows:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) if r.errors else "0"
         ratio = f"**{r.ratio:.2f}**" if r.ratio is not None else ""
+        raw_ratio = f"**{r.raw_ratio:.2f}**" if r.raw_ratio is not None else ""
         lines.append(
             f"| {r.scenario} | {r.backend} | {r.strategy} | {r.layout} "
             f"| {r.rate:,.0f} {r.unit} | {r.ops_per_s:,.0f} | {_fmt(r.mean_ms, 2)} "
             f"| {_fmt(r.p99_ms, 2)} | {errors} | {'' if r.retries is None else r.retries} "
             f"| {_fmt(r.client_us, 0)} | {_fmt(r.server_us, 0)} "
-            f"| {_fmt(r.busy_cores, 2)} | {_fmt(r.other_cores, 2)} | {ratio} |"
+            f"| {_fmt(r.busy_cores, 2)} | {_fmt(r.other_cores, 2)} | {ratio} | {raw_ratio} "
+            f"| {_batches(r)} | {r.history or ''} |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def _batches(r: Row) -> str:
+    """Mean writes per commit and the largest batch, e.g. ``5.3 (max 16)``."""
+    if r.batch_stats is None or r.writes_per_batch is None:
+        return ""
+    # GroupCommitStats.largest counts batches of two or more; a solo write is one.
+    largest = max(r.batch_stats["largest"], 1 if r.batch_stats["solo_writes"] else 0)
+    return f"{r.writes_per_batch:.1f} (max {largest})"
 
 
 def medians(rows: list[Row]) -> str:
@@ -931,8 +1354,8 @@ def medians(rows: list[Row]) -> str:
         groups.setdefault((r.scenario, r.backend, r.strategy, r.layout), []).append(r)
     lines = [
         "| scenario | backend | strategy | writers | median rate | rounds | errors "
-        "| ratios to pgbench | median ratio |",
-        "|---|---|---|---|--:|--:|---|---|--:|",
+        "| ratios to pgbench | median ratio | ratios to raw | median ÷ raw |",
+        "|---|---|---|---|--:|--:|---|---|--:|---|--:|",
     ]
     for (scenario, backend, strategy, layout), group in groups.items():
         errors: Counter[str] = Counter()
@@ -941,11 +1364,14 @@ def medians(rows: list[Row]) -> str:
         ratios = [r.ratio for r in group if r.ratio is not None]
         shown = ", ".join(f"{x:.2f}" for x in ratios)
         median_ratio = f"**{statistics.median(ratios):.2f}**" if ratios else ""
+        raws = [r.raw_ratio for r in group if r.raw_ratio is not None]
+        raw_shown = ", ".join(f"{x:.2f}" for x in raws)
+        median_raw = f"**{statistics.median(raws):.2f}**" if raws else ""
         error_text = ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "0"
         lines.append(
             f"| {scenario} | {backend} | {strategy} | {layout} "
             f"| {statistics.median(r.rate for r in group):,.0f} {group[0].unit} | {len(group)} "
-            f"| {error_text} | {shown} | {median_ratio} |"
+            f"| {error_text} | {shown} | {median_ratio} | {raw_shown} | {median_raw} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -953,6 +1379,12 @@ def medians(rows: list[Row]) -> str:
 def _progress(row: Row, prefix: str = "") -> None:
     errors = sum(row.errors.values())
     ratio = f" ({row.ratio:.2f}x pgbench)" if row.ratio is not None else ""
+    if row.raw_ratio is not None:
+        ratio += f" ({row.raw_ratio:.2f}x raw)"
+    if row.writes_per_batch is not None:
+        ratio += f" [{_batches(row)} writes/batch]"
+    if row.history not in (None, "ok"):
+        ratio += f" HISTORY: {row.history}"
     other = f", other load {row.other_cores:.2f} cores" if row.other_cores is not None else ""
     print(
         f"  {prefix}{row.scenario:<20} {row.backend:<10} {row.strategy:<16} {row.layout:<6} "
@@ -1055,7 +1487,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="smoke run: --seconds 2 --warmup 1 --attempts 1 --quiet-wait 0 unless given",
     )
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma list of backends")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list of strategies")
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=(
+            "comma list of strategies; NAME-solo (e.g. counter-solo) runs NAME with "
+            "Store(group_commit=False), the code before group commit, in the same run"
+        ),
+    )
     p.add_argument(
         "--scenarios",
         default=",".join(s.name for s in scenarios(1000)),
@@ -1131,11 +1570,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
+        "--raw",
         "--floor",
+        dest="raw",
         action="store_true",
         help=(
-            f"also run '{FLOOR}' on PostgreSQL: the counter statements sent by bare psycopg "
-            "from the same worker processes (what any Python client could reach here)"
+            "also run the raw loop on every backend chosen, from the same worker processes, "
+            "and report each revstore rate divided by it (÷ raw): "
+            f"'{RAW['sqlite']}' (BEGIN IMMEDIATE, UPDATE … RETURNING, INSERT, COMMIT), "
+            f"'{RAW['mysql']}' (UPDATE … LAST_INSERT_ID(n + 1), INSERT, COMMIT), "
+            f"'{RAW['postgresql']}' (the counter statement through bare psycopg)"
         ),
     )
     p.add_argument(
@@ -1143,6 +1587,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not issue CHECKPOINT before each PostgreSQL run (it needs superuser or "
         "pg_checkpoint)",
+    )
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check, after each revstore / raw run, that its rows hold every "
+        "acknowledged write once, without gaps (the 'history' column)",
     )
     p.add_argument(
         "--keep-data",
@@ -1173,7 +1623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if f"--{name.replace('_', '-')}" not in given:
                 setattr(args, name, value)
     backends = choose(args.backends, BACKENDS, "backend")
-    strategies = choose(args.strategies, STRATEGIES, "strategy")
+    strategies = choose(args.strategies, [*STRATEGIES, *(s + SOLO for s in STRATEGIES)], "strategy")
     all_scenarios = {s.name: s for s in scenarios(args.spread)}
     chosen = [all_scenarios[n] for n in choose(args.scenarios, list(all_scenarios), "scenario")]
     layouts = parse_layouts(args.layouts)
@@ -1184,6 +1634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_threshold=args.max_other_load,
         quiet_wait=args.quiet_wait,
         checkpoints=not args.no_checkpoint,
+        check=not args.no_check,
     )
     attempts = max(1, args.attempts)
 
@@ -1248,9 +1699,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     every_try += tries
                     _progress(reference)
                 for backend in backends:
-                    chosen_strategies = list(strategies)
-                    if backend == "postgresql" and args.floor:
-                        chosen_strategies.append(FLOOR)
+                    # The raw loop first: every row after it gets its ratio at once.
+                    chosen_strategies = ([RAW[backend]] if args.raw else []) + strategies
+                    raw_row: Row | None = None
                     for strategy in chosen_strategies:
                         runs = [(pool, "")]
                         if backend == "postgresql" and strategy == "counter":
@@ -1270,6 +1721,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             )
                             if backend == "postgresql" and reference is not None:
                                 row.ratio = row.rate / reference.rate if reference.rate else None
+                            if strategy == RAW[backend]:
+                                raw_row = row
+                            elif raw_row is not None and raw_row.rate:
+                                row.raw_ratio = row.rate / raw_row.rate
                             row.round = round_
                             rows.append(row)
                             every_try += tries
