@@ -4,9 +4,13 @@ How a revision is taken (docs/sqlalchemy.md): ``before_flush`` sets the head's
 ``revision`` (and ``version``) of each changed object to the SQL expression
 ``revision + 1``, so the UPDATE the unit of work sends anyway computes the number in the
 database, under the row lock that UPDATE takes (SQLite: the writer lock). ``after_flush``
-then re-reads the rows, still under that lock, and writes the snapshots in the same
-transaction. No number is ever computed from a value read earlier in Python, so any
-number of sessions writing one row get consecutive revisions without a conflict.
+then writes the snapshots in the same transaction, from the row as that UPDATE left it:
+returned by the UPDATE itself where the database has ``UPDATE … RETURNING`` (PostgreSQL,
+SQLite ≥ 3.35), else re-read under the lock — except on MariaDB/MySQL when the UPDATE's
+``LAST_INSERT_ID(revision + 1)`` shows that no one wrote the row since this session
+loaded it, so the loaded values are the row. No number is ever computed from a value
+read earlier in Python, so any number of sessions writing one row get consecutive
+revisions without a conflict.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     ColumnElement,
     Connection,
     DateTime,
+    Engine,
+    Integer,
     MetaData,
     String,
     Table,
@@ -37,6 +44,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import (
     InstanceState,
     Mapped,
@@ -49,6 +58,8 @@ from sqlalchemy.orm import (
     mapped_column,
 )
 from sqlalchemy.orm import object_mapper as _object_mapper
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.types import CHAR, NCHAR
 
 from revstore.config import MAX_AUTHOR, MAX_SUMMARY
 from revstore.content import canonical_json, content_hash, optional_text
@@ -62,6 +73,9 @@ _CHUNK = 500
 """Primary keys per ``IN (…)`` when rows are re-read after a flush."""
 _CHANGE = "_revstore_change"
 _PENDING = "revstore.versioned.pending"
+_MARK = "_revstore_pending"
+"""Attribute of the ``revision + 1`` expression of one object's UPDATE: its _Pending, so
+the engine hooks below can tell that UPDATE (and which object it writes) apart."""
 
 
 class BulkWriteRefused(RevstoreError, TypeError):
@@ -160,6 +174,7 @@ class VersionedInfo:
     meta: dict[str, str]
     """Meta column (``version``, ``revision``, …, ``collections``) → its name in ``history``."""
     _columns: list[tuple[str, Column[Any]]] | None = None
+    _plain: list[tuple[str, str | None, Column[Any]]] | None = None
     _m2m: list[RelationshipProperty[Any]] | None = None
     _mapper: Mapper[Any] | None = field(default=None)
 
@@ -189,6 +204,23 @@ class VersionedInfo:
                         break
             self._columns = found
         return self._columns
+
+    @property
+    def plain(self) -> list[tuple[str, str | None, Column[Any]]]:
+        """(column name, attribute key or None when unmapped, column) of every column of
+        the table but revision/version."""
+        if self._plain is None:
+            found: list[tuple[str, str | None, Column[Any]]] = []
+            for col in self.table.columns:
+                if col.name in ("revision", "version"):
+                    continue
+                try:
+                    key: str | None = self.mapper.get_property_by_column(col).key
+                except Exception:  # an unmapped (excluded) column
+                    key = None
+                found.append((col.name, key, col))
+            self._plain = found
+        return self._plain
 
     @property
     def m2m(self) -> list[RelationshipProperty[Any]]:
@@ -356,6 +388,15 @@ class _Pending:
     insert: bool
     snapshot: bool
     change: Change
+    info: VersionedInfo | None = None
+    loaded: tuple[int, int] | None = None
+    """MariaDB/MySQL: the (revision, version) this session held before the flush."""
+    saved: dict[str, Any] | None = None
+    """UPDATE … RETURNING: the attribute values before the flush (restored after it)."""
+    returned: dict[str, Any] | None = None
+    """The row as this object's UPDATE left it (RETURNING), by column name."""
+    bumped: int | None = None
+    """MariaDB/MySQL: the revision the UPDATE set, from its ``LAST_INSERT_ID(…)``."""
 
 
 def _is_mysql(conn: Connection) -> bool:
@@ -416,6 +457,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
     # Rows are locked in one order (table, key), so two flushes never wait on each other
     # crosswise here.
     dirty.sort(key=lambda d: (d[2].table.name, repr(d[1].identity)))
+    dialects: dict[int, Any] = {}
     for obj, state, info in dirty:
         change = _change(obj)
         if not _has_changes(state, info):
@@ -427,18 +469,96 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
             if not _has_changes(state, info):  # another writer had set the same already
                 unchanged.append(obj)
                 continue
+        dialect = dialects.get(id(info))
+        if dialect is None:
+            dialect = dialects[id(info)] = session.get_bind(mapper=info.mapper).dialect
+        p = _Pending(obj, state, False, change.create_version, change, info)
         # The number is computed by the UPDATE itself, under its row lock: never
         # from the revision this session loaded, which another writer may have passed.
-        obj.revision = info.table.c.revision + 1
+        obj.revision = _bump(dialect, info, p)
         if change.create_version:
             obj.version = info.table.c.version + 1
-        pending.append(_Pending(obj, state, False, change.create_version, change))
+        pending.append(p)
     for obj in unchanged:
         exp = _change(obj).expected_revision
         if exp is not None:
             _check_unchanged(session, obj, versioned_info(type(obj)), exp)
     if pending:
         session.info[_PENDING] = pending
+
+
+def _bump(dialect: Any, info: VersionedInfo, p: _Pending) -> ColumnElement[Any]:
+    """``revision + 1`` for one object's UPDATE, marked with its _Pending so that the
+    engine hooks below know the statement and the object it writes."""
+    bump: ColumnElement[Any] = info.table.c.revision + 1
+    state_dict = p.state.dict
+    if dialect.update_returning and info.table.implicit_returning:
+        # _add_returning makes the UPDATE return the whole row, which the ORM also puts
+        # into the object: keep the caller's values, to give them back after the flush.
+        p.saved = {key: state_dict[key] for key, _ in info.columns if key in state_dict}
+    elif dialect.name in ("mysql", "mariadb"):
+        revision, version = state_dict.get("revision"), state_dict.get("version")
+        if type(revision) is int and type(version) is int:
+            p.loaded = (revision, version)
+            # LAST_INSERT_ID(expr) is expr, and the server sends it back in the UPDATE's
+            # own reply (cursor.lastrowid): the new revision without another statement.
+            bump = func.last_insert_id(bump)
+    setattr(bump, _MARK, p)
+    return bump
+
+
+def _marked(stmt: Update) -> _Pending | None:
+    """The object a flush's UPDATE writes, when before_flush marked its revision. Read
+    from the statement's SET values (not public API: when they move, the hooks find
+    nothing and after_flush re-reads the rows, as before)."""
+    values = getattr(stmt, "_values", None)
+    if not values:
+        return None
+    for value in values.values():
+        found = getattr(value, _MARK, None)
+        if isinstance(found, _Pending):
+            return found
+    return None
+
+
+@event.listens_for(Engine, "before_execute", retval=True)
+def _add_returning(
+    conn: Connection, elem: Any, multiparams: Any, params: Any, execution_options: Any
+) -> tuple[Any, Any, Any]:
+    if type(elem) is Update and conn.dialect.update_returning:
+        p = _marked(elem)
+        if p is not None and p.saved is not None and p.info is not None:
+            # The whole row as this UPDATE leaves it, in the UPDATE's own round trip:
+            # the snapshot needs no re-read. return_defaults (not returning) keeps the
+            # ORM's own handling of the statement: rowcount check, one row back.
+            elem = elem.return_defaults(supplemental_cols=list(p.info.table.columns))
+    return elem, multiparams, params
+
+
+@event.listens_for(Engine, "after_execute")
+def _capture(
+    conn: Connection,
+    elem: Any,
+    multiparams: Any,
+    params: Any,
+    execution_options: Any,
+    result: CursorResult[Any],
+) -> None:
+    if type(elem) is not Update:
+        return
+    p = _marked(elem)
+    if p is None:
+        return
+    if p.saved is not None:
+        row = result.returned_defaults
+        cols = getattr(result.context.compiled, "effective_returning", None) or []
+        names = [c.name for c in cols if isinstance(c, Column)]
+        if row is not None and names and len(names) == len(row):
+            p.returned = dict(zip(names, row, strict=True))
+    elif p.loaded is not None:
+        bumped = getattr(result.context.cursor, "lastrowid", None)
+        if type(bumped) is int and bumped > 0:
+            p.bumped = bumped
 
 
 def _rebase_collections(
@@ -529,8 +649,14 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
     keys = [_identity(p) for p in items]
     if any(p.insert for p in items):
         _continue_history(conn, info, [p for p in items if p.insert])
-    rows = _reread(conn, info, keys)
-    collections = _read_collections(conn, info, keys)
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for p, key in zip(items, keys, strict=True):
+        known = _row_of(info, p)
+        if known is not None:
+            rows[key] = known
+    if len(rows) < len(keys):
+        rows.update(_reread(conn, info, [k for k in keys if k not in rows]))
+    collections = _read_collections(conn, info, keys) if info.m2m else {}
     meta = info.meta
     snapshots: list[dict[str, Any]] = []
     for p, key in zip(items, keys, strict=True):
@@ -570,6 +696,54 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         snapshots.append(values)
     if snapshots:
         conn.execute(info.history.insert(), snapshots)
+
+
+def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
+    """The row as this flush's UPDATE left it, when known without reading it again;
+    None: re-read it (still under the UPDATE's lock)."""
+    if p.insert:
+        return None
+    if p.returned is not None:
+        if p.saved is not None:
+            # The ORM put the returned row into the object: give back the caller's
+            # values, as after a re-read (the numbers are set from the row).
+            p.state.dict.update(p.saved)
+        return p.returned
+    if p.bumped is None or p.loaded is None:
+        return None
+    revision, version = p.loaded
+    if p.bumped != revision + 1:
+        return None  # another writer came in between: its values are not ours to know
+    # The row had the revision this session loaded when the UPDATE locked it, and every
+    # change of it takes a new revision: its other columns are the ones loaded, and ours
+    # are the ones just written, as long as the server stores them as given.
+    state_dict = p.state.dict
+    row: dict[str, Any] = {}
+    for name, key, col in info.plain:
+        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
+            return None
+        row[name] = state_dict[key]
+    row["revision"] = p.bumped
+    row["version"] = version + (1 if p.snapshot else 0)
+    return row
+
+
+def _stored_as_given(col: Column[Any], value: object) -> bool:
+    """Whether MariaDB/MySQL reads ``value`` back unchanged from ``col`` (in strict mode,
+    its default), so the snapshot and its hash are what a re-read would give. Anything
+    else (dates, decimals, floats, JSON, CHAR, enums, custom types) is re-read."""
+    if value is None:
+        return True
+    kind = col.type
+    if isinstance(kind, Boolean):
+        return type(value) is bool
+    if isinstance(kind, Integer):
+        return type(value) is int
+    if isinstance(kind, String) and not isinstance(kind, (CHAR, NCHAR, SAEnum)):
+        # CHAR drops trailing spaces; a longer value than the column is an error in
+        # strict mode, but cut short without it.
+        return type(value) is str and (kind.length is None or len(value) <= kind.length)
+    return False
 
 
 def _identity(p: _Pending) -> tuple[Any, ...]:
