@@ -36,11 +36,14 @@ DRIVERS: Final[dict[BackendName, str]] = {
 """The sync DBAPI driver each backend runs on when the URL names none."""
 
 ASYNC_DRIVERS: Final[dict[BackendName, str]] = {
+    "sqlite": "aiosqlite",
     "postgresql": "psycopg",  # psycopg's async API: SQLAlchemy's psycopg_async dialect
     "mysql": "asyncmy",
 }
-"""The native asyncio driver each server backend runs on in ``AsyncStore`` (SQLite,
-which has no I/O to wait on, runs its sync driver in threads: ``backends.threaded``)."""
+"""The native asyncio driver of each backend: what ``AsyncStore`` runs on for the
+servers, and what an ``AsyncSession`` over ``revstore.sqlalchemy`` models uses.
+(``AsyncStore`` on SQLite, which has no I/O to wait on, runs sqlite3 in threads:
+``backends.threaded``.)"""
 
 DEFAULT_URL: Final = "sqlite:///revstore.db"
 ENV_URL: Final = "REVSTORE_URL"
