@@ -26,6 +26,7 @@ from testdbs import (
     POOLED_BACKENDS,
     REQUIRE,
     _required,
+    backend_url_for,
     require_server,
 )
 
@@ -34,13 +35,6 @@ from testdbs import (
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path: Path = tmp_path_factory.mktemp("sqlite") / "revstore-test.db"
     return f"sqlite:///{path}"
-
-
-def backend_url_for(name: str, sqlite_url: str) -> str:
-    """The URL of backend ``name`` (one of POOLED_BACKENDS), or skip/fail if it is down."""
-    if name == "sqlite":
-        return sqlite_url
-    return require_server(name)
 
 
 @pytest.fixture(params=BACKENDS)

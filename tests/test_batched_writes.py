@@ -24,12 +24,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from apis import APIS, open_store
-from conftest import backend_url_for
 from revstore import Store
 from revstore.backends.groupcommit import _Batching
 from revstore.config import parse_url
 from revstore.errors import NotFound, VersionConflict
 from revstore.record import Record
+from testdbs import backend_url_for
 
 BATCHED = ("sqlite", "mysql")
 
