@@ -32,8 +32,10 @@ browser:
 ## The whole suite on SQLite, PostgreSQL and MariaDB (slow concurrency tests included).
 ## The contract suites also run through PgBouncer when `make pgbouncer` has started it
 ## (skipped loudly otherwise, unless REVSTORE_TEST_REQUIRE=all or pgbouncer).
+## Two pytest-xdist workers, each on databases of its own (tests/testdbs.py: <db>_gw0,
+## <db>_gw1, created on the servers); loadgroup keeps each xdist_group on one worker.
 test: venv browser
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=15
 
 ## The quick subset while developing.
 test-fast: venv

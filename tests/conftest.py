@@ -26,6 +26,7 @@ from testdbs import (
     POOLED_BACKENDS,
     REQUIRE,
     _required,
+    backend_url_for,
     require_server,
 )
 
@@ -34,13 +35,6 @@ from testdbs import (
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path: Path = tmp_path_factory.mktemp("sqlite") / "revstore-test.db"
     return f"sqlite:///{path}"
-
-
-def backend_url_for(name: str, sqlite_url: str) -> str:
-    """The URL of backend ``name`` (one of POOLED_BACKENDS), or skip/fail if it is down."""
-    if name == "sqlite":
-        return sqlite_url
-    return require_server(name)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,6 +58,50 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.definition.add_marker(
             pytest.mark.parametrize("backend_url", POOLED_BACKENDS, indirect=True)
         )
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    """Give ``item`` the node id ``nodeid``: pytest >= 9.2 keeps structured ids in
+    ``_id`` (its ``nodeid`` is ``str(_id)``); earlier ones kept the string in ``_nodeid``."""
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(nodeid)
+    else:
+        item._nodeid = nodeid
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Schemathesis makes one item per API operation, named test[GET /path]; on pytest 9.2
+    # they all get the function's bare node id. xdist sends tests by node id (loadgroup
+    # keys its work by it): one of the 18 would run. The id pytest 8 gave them instead.
+    for item in items:
+        if not item.nodeid.endswith(f"::{item.name}") and item.parent is not None:
+            _set_nodeid(item, f"{item.parent.nodeid}::{item.name}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker sends the collected ids
+def pytest_collection_finish(session: pytest.Session) -> None:
+    items = session.items
+    # pytest-xdist <= 3.8 groups (--dist loadgroup) by writing "@<group>" into
+    # item._nodeid, which pytest 9.2 no longer reads (pytest-xdist#1386): the groups
+    # would be scattered over the workers. Write the id xdist meant.
+    for item in items:
+        meant = getattr(item, "_nodeid", None)
+        if isinstance(meant, str) and meant != item.nodeid:
+            _set_nodeid(item, meant)
+    # Loudly, not silently: a test sharing its node id with another is not run by xdist,
+    # and a grouped test without its group may run beside a sibling it must follow.
+    seen: set[str] = set()
+    for item in items:
+        if item.nodeid in seen:
+            raise pytest.UsageError(f"two tests with the node id {item.nodeid}")
+        seen.add(item.nodeid)
+        grouped = any(item.iter_markers("xdist_group"))
+        loadgroup = session.config.getoption("dist", None) == "loadgroup"
+        if grouped and loadgroup and "@" not in item.nodeid:
+            raise pytest.UsageError(f"{item.nodeid}: xdist_group without its @group")
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from apis import APIS, open_store
-from conftest import backend_url_for
 from revstore import Store
 from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
 from revstore.backends.groupcommit import _Batching
@@ -35,6 +34,7 @@ from revstore.content import Canonical
 from revstore.errors import InvalidInput, NotFound, VersionConflict
 from revstore.operations import write_intent
 from revstore.record import Mode, Record
+from testdbs import backend_url_for
 
 BATCHED = ("sqlite", "mysql")
 

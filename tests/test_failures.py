@@ -29,14 +29,17 @@ def test_unreachable_server_is_unavailable(url: str) -> None:
 
 
 def _kill_sessions(url: str, name: str) -> int:
-    """Terminate every revstore session on the server, as an operator or a failover
-    would, and wait until they are gone (termination is asynchronous)."""
+    """Terminate every revstore session of the store's database, as an operator or a
+    failover would, and wait until they are gone (termination is asynchronous). Only
+    that database's: other tests (another xdist worker's) use databases of their own
+    on the same server, and their sessions must live."""
     if name == "postgresql":
         kill = "SELECT pg_terminate_backend(pid) FROM unnest(CAST(:ids AS int[])) AS pid"
         alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:ids AS int[]))"
         listing = (
             "SELECT pid FROM pg_stat_activity "
-            "WHERE application_name = 'revstore' AND pid <> pg_backend_pid()"
+            "WHERE application_name = 'revstore' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()"
         )
     else:
         kill = ""

@@ -204,6 +204,8 @@ def _check_round(url: str, ns: str, kind: str, outcomes: list[Outcome]) -> None:
 
 
 @pytest.mark.slow
+# One xdist worker runs every backend's case: they share the module's 8 processes.
+@pytest.mark.xdist_group("first-callers")
 def test_many_processes_first_call_on_fresh_database(
     fresh_db: FreshDb, ns: str, callers: FirstCallers
 ) -> None:

@@ -19,8 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from revstore.lab.runner import LabConfig, LabResult, run
 
-LAB_DATABASE = "revstore_lab"
-
 
 def assert_clean(result: LabResult) -> None:
     failed = [(c.name, c.count, c.example) for c in result.report.failed]
@@ -29,14 +27,17 @@ def assert_clean(result: LabResult) -> None:
 
 
 def lab_database(url: str) -> str:
-    """The same server, database ``revstore_lab`` (created when absent).
+    """The same server, database ``<the test database>_lab`` (created when absent).
 
     Chaos kills every revstore session of its database: run it where no other test's
-    sessions live. If the database cannot be created, skip rather than kill theirs.
+    sessions live (nor another xdist worker's: each has its own test database, so its
+    own lab database). If the database cannot be created, skip rather than kill theirs.
     """
     rest, _, query = url.partition("?")
-    base = rest.rsplit("/", 1)[0]
-    lab_url = f"{base}/{LAB_DATABASE}" + (f"?{query}" if query else "")
+    base, _, database = rest.rpartition("/")
+    lab = f"{database}_lab"
+    assert lab.replace("_", "").isalnum(), lab  # spliced into DDL below
+    lab_url = f"{base}/{lab}" + (f"?{query}" if query else "")
     scheme = url.split("://", 1)[0]
     driver = "postgresql+psycopg" if scheme.startswith("postgres") else "mysql+pymysql"
     engine = create_engine(f"{driver}://{url.split('://', 1)[1]}", isolation_level="AUTOCOMMIT")
@@ -44,16 +45,14 @@ def lab_database(url: str) -> str:
         with engine.connect() as conn:
             if driver.startswith("postgresql"):
                 exists = conn.execute(
-                    text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": LAB_DATABASE}
+                    text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": lab}
                 ).first()
                 if exists is None:
-                    conn.execute(text(f"CREATE DATABASE {LAB_DATABASE}"))
+                    conn.execute(text(f"CREATE DATABASE {lab}"))
             else:
-                conn.execute(
-                    text(f"CREATE DATABASE IF NOT EXISTS {LAB_DATABASE} CHARACTER SET utf8mb4")
-                )
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {lab} CHARACTER SET utf8mb4"))
     except SQLAlchemyError as exc:
-        pytest.skip(f"cannot create database {LAB_DATABASE} for chaos runs: {exc}")
+        pytest.skip(f"cannot create database {lab} for chaos runs: {exc}")
     finally:
         engine.dispose()
     return lab_url

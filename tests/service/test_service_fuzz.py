@@ -24,6 +24,10 @@ _dir = Path(tempfile.mkdtemp(prefix="revstore-fuzz-"))
 _store = Store(f"sqlite:///{_dir / 'fuzz.db'}")
 schema = app_schema(_store, idempotency_wait=0.5)
 
+# One xdist worker runs the whole module (``--dist loadgroup``): the module's store is
+# closed and its folder removed when its fixture ends, which must be after the last case.
+pytestmark = pytest.mark.xdist_group("fuzz")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _seeded() -> Iterator[None]:

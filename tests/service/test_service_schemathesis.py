@@ -38,6 +38,10 @@ _dir = Path(tempfile.mkdtemp(prefix="revstore-schemathesis-", dir=_shm if _shm.i
 _store = Store(f"sqlite:///{_dir / 'fuzz.db'}")
 schema = app_schema(_store, idempotency_wait=0.2)
 
+# One xdist worker runs the whole module (``--dist loadgroup``): test_zz counts the cases
+# run in its own process, and the module's store is closed when its fixture ends.
+pytestmark = pytest.mark.xdist_group("schemathesis")
+
 _cases: Counter[str] = Counter()
 _statuses: Counter[int] = Counter()
 
