@@ -172,12 +172,12 @@ def compare(conn: Connection, cache: StatementCache, op: Op) -> tuple[Any, BaseE
             else:
                 cur.execute(sql, params)
             desc = cur.description
-            rows = None if desc is None else shape.rows(cache.dialect, desc, cur.fetchall())
+            rows = None if desc is None else shape.rows(cache.dialect, cur, cur.fetchall())
         else:
             sql, params = op.sql, op.params
             cur.execute(sql, params)
             desc = cur.description
-            rows = None if desc is None else driver_rows(desc, cur.fetchall())
+            rows = None if desc is None else driver_rows(sql, cur, cur.fetchall())
         mine = Rows(rows, cur.rowcount)
     except psycopg.Error as exc:
         my_error = wrapped(cache.dialect, exc, driver, sql, params)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ server receives what it did through SQLAlchemy.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Executable
@@ -86,15 +86,16 @@ class Shape:
             for k, v in compiled_params.items()
         }
 
-    def rows(self, dialect: SADialect, description: Sequence[Any], data: list[Any]) -> list[Any]:
+    def rows(self, dialect: SADialect, cursor: Any, data: list[Any]) -> list[Any]:
         """``data`` (the driver's tuples) as SQLAlchemy ``Row`` objects, through the
         result processors of the columns' types (none for revstore's types on psycopg:
-        it returns aware datetimes, bools, ints and strs itself)."""
+        it returns aware datetimes, bools, ints and strs itself), chosen once from the
+        first result's column types."""
         processors = self.result_processors
         if processors is None:
             found = [
                 rc.type._cached_result_processor(dialect, d[1])
-                for rc, d in zip(self.compiled._result_columns, description, strict=False)
+                for rc, d in zip(self.compiled._result_columns, cursor.description, strict=False)
             ]
             processors = self.result_processors = found if any(found) else []
         metadata, key_to_index = self.metadata, self.key_to_index
@@ -167,18 +168,17 @@ class StatementCache:
         return sets[0][0], sets[0][1], False, shape
 
 
-_DRIVER_SHAPES: dict[tuple[str, ...], SimpleResultMetaData] = {}
+_DRIVER_SHAPES: dict[str, SimpleResultMetaData] = {}
 
 
-def driver_rows(description: Sequence[Any], data: list[Any]) -> list[Any]:
+def driver_rows(sql: str, cursor: Any, data: list[Any]) -> list[Any]:
     """Rows of driver SQL (``Raw``) as ``Row`` objects keyed by the column names the
-    server sent, as ``exec_driver_sql`` keys them."""
-    names = tuple(d.name for d in description)
-    metadata = _DRIVER_SHAPES.get(names)
+    server sent (``cursor.description``), as ``exec_driver_sql`` keys them."""
+    metadata = _DRIVER_SHAPES.get(sql)
     if metadata is None:
-        metadata = SimpleResultMetaData(list(names))
+        metadata = SimpleResultMetaData([d.name for d in cursor.description])
         if len(_DRIVER_SHAPES) < 64:  # a few fixed statements: it never grows further
-            _DRIVER_SHAPES[names] = metadata
+            _DRIVER_SHAPES[sql] = metadata
     key_to_index = metadata._key_to_index
     return [Row(metadata, None, key_to_index, t) for t in data]
 

@@ -49,6 +49,7 @@ log = logging.getLogger("revstore.backend")
 
 Connect = Callable[[], Awaitable["psycopg.AsyncConnection[Any]"]]
 ROLLBACK = Raw("ROLLBACK")
+TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
 def wrapped(
@@ -95,8 +96,10 @@ class PsycopgLink:
                 await cur.executemany(sql, params)
             else:
                 await cur.execute(sql, params)
-            description = cur.description
-            data = None if description is None else await cur.fetchall()
+            # Not ``cur.description``: it builds a column object per column each time.
+            result = cur.pgresult
+            rows = result is not None and result.status == TUPLES_OK
+            data = await cur.fetchall() if rows else None
         except psycopg.Error as exc:
             err = wrapped(pool.dialect, exc, self.conn, sql, params, many)
             if isinstance(err, DBAPIError) and err.connection_invalidated:
@@ -107,10 +110,9 @@ class PsycopgLink:
             raise err from exc
         if data is None:
             return Rows(None, cur.rowcount)
-        assert description is not None
         if shape is not None:
-            return Rows(shape.rows(pool.dialect, description, data), cur.rowcount)
-        return Rows(driver_rows(description, data), cur.rowcount)
+            return Rows(shape.rows(pool.dialect, cur, data), cur.rowcount)
+        return Rows(driver_rows(sql, cur, data), cur.rowcount)
 
     async def rollback(self) -> None:
         await self.send(ROLLBACK)
@@ -153,6 +155,7 @@ class PsycopgPool:
         self._invalid_before = 0.0
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._closed = False
 
     # ---------------------------------------------------------------- checkout
 
@@ -250,6 +253,8 @@ class PsycopgPool:
             # is never lent to another caller.
             and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         )
+        if self._closed:
+            reusable = False
         if reusable and self._wake(link):
             return
         if reusable and len(self._idle) < self.pool_size:
@@ -291,6 +296,8 @@ class PsycopgPool:
         await self._engine.dispose()
 
     async def close(self) -> None:
+        # Connections still checked out are closed when they come back.
+        self._closed = True
         while self._idle:
             link = self._idle.pop()
             self._close_now(link)
