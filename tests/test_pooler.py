@@ -82,10 +82,19 @@ def _async_threshold(url: str) -> object:
     async def main() -> object:
         backend = open_async_backend(url)
         try:
+            # AsyncStore's own psycopg connections (backends.pgaio), and those of the
+            # asyncio engine that creates the schema.
+            link = await backend._connect(backend._checkout)
+            try:
+                ours = link.conn.prepare_threshold  # type: ignore[attr-defined]
+            finally:
+                await link.release()
             engine = await backend.engine()
             async with engine.connect() as conn:
                 raw = await conn.get_raw_connection()
-                return raw.driver_connection.prepare_threshold  # type: ignore[union-attr]
+                theirs = raw.driver_connection.prepare_threshold  # type: ignore[union-attr]
+            assert ours == theirs
+            return ours
         finally:
             await backend.dispose()
 
@@ -93,7 +102,8 @@ def _async_threshold(url: str) -> object:
 
 
 def test_the_asyncio_engine_detects_the_pooler_too(server_url: Callable[[str], str]) -> None:
-    """Same decision on psycopg's async connections (AsyncStore's executor)."""
+    """Same decision on psycopg's async connections (AsyncStore's executor and the
+    asyncio engine it creates the schema with)."""
     assert _async_threshold(server_url("pgbouncer")) is None
     assert _async_threshold(server_url("postgresql")) == 5
     assert _async_threshold(server_url("postgresql") + "?prepare_threshold=none") is None

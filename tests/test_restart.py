@@ -70,3 +70,41 @@ def test_a_throwaway_server_is_removed_after_use(throwaway_kind: Callable[[str],
         folder = server.dir
         assert folder.exists() and server.running
     assert not folder.exists() and not server.running
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_async_writes_wait_for_a_restarting_postgresql_and_land(
+    throwaway_kind: Callable[[str], str], ns: str
+) -> None:
+    """The same through AsyncStore's own psycopg connections (``backends.pgaio``): a
+    write made while the server is down waits (ConnectWait) and lands; the connections
+    pooled before a restart are dropped at checkout, never written on."""
+    import asyncio
+
+    from revstore import AsyncStore
+
+    with throwaway_server(throwaway_kind("postgresql")) as server:
+
+        async def main() -> None:
+            async with AsyncStore(server.url) as store:
+                store.backend.reconnect_seconds = 120
+                await asyncio.gather(
+                    *(store.put(f"r{k}", {"n": 0}, namespace=ns) for k in range(4))
+                )
+                await asyncio.to_thread(server.stop, "fast")
+                write = asyncio.ensure_future(store.put("r0", {"n": 1}, namespace=ns))
+                await asyncio.sleep(3.0)
+                assert not write.done()
+                await asyncio.to_thread(server.start)
+                put = await asyncio.wait_for(write, 150)
+                assert (put.revision, put.version) == (2, 2)
+
+                await asyncio.to_thread(server.restart, 0.2, "fast")
+                done = await asyncio.gather(
+                    *(store.put(f"r{k}", {"n": 2}, namespace=ns) for k in range(4))
+                )
+                assert [r.revision for r in done] == [3, 2, 2, 2]
+                assert (await store.get("r0", namespace=ns)).content == {"n": 2}
+
+        asyncio.run(main())

@@ -247,6 +247,9 @@ def test_a_session_killed_mid_write_writes_once(
         victims: list[int] = []
         for _ in range(400):
             victims = [int(r[0]) for r in killer.execute(text(find), {"holder": holder_id})]
+            # A new transaction per look: PostgreSQL's pg_stat_activity is a snapshot
+            # taken once per transaction, and the app may connect after the first look.
+            killer.rollback()
             if victims:
                 break
             time.sleep(0.05)

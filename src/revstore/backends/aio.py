@@ -1,6 +1,11 @@
 """The asyncio executor: drives the same protocols (``protocol``) and strategies as
-the sync ``SqlBackend``, on SQLAlchemy's asyncio engine over each dialect's native
-async driver (``config.ASYNC_DRIVERS``). It only sends statements and waits.
+the sync ``SqlBackend``, on each dialect's native async driver (``config.ASYNC_DRIVERS``).
+It only sends statements and waits.
+
+Its connections (``Link``) come from ``Links``: SQLAlchemy's asyncio engine
+(``EngineLinks``: SQLite, MariaDB), or, where the dialect offers its own
+(``create_async_links``: PostgreSQL, ``pgaio``), driver connections running the
+statements directly. The schema is created through the engine in both cases.
 
 Cancellation: a caller cancelled while its connection is inside a transaction (or
 while a statement runs) never hands that connection back to the pool as it is: the
@@ -13,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, runtime_checkable
+from typing import Protocol as Interface
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,7 +29,7 @@ from revstore.backends.batch import Outcome, Pending, Tainted, batch_begin, one_
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, AsyncGroupCommit, Locked
-from revstore.backends.ops import Execute, Step
+from revstore.backends.ops import Execute, Op, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction, self_committing
 from revstore.backends.sql import ensure_schema
 from revstore.backends.strategy import Strategy, Tx, strategy_named
@@ -34,8 +40,92 @@ from revstore.record import Record, WriteIntent
 from revstore.stream import AppendBatch, AppendResult
 
 T = TypeVar("T")
+L = TypeVar("L", bound="Link")
 
 log = logging.getLogger("revstore.backend")
+
+
+class Link(Interface):
+    """One checked-out connection, in driver autocommit."""
+
+    @property
+    def invalidated(self) -> bool: ...
+
+    async def send(self, op: Op) -> Any:
+        """Run one statement; its buffered result (the ``Result`` API the protocols
+        use). Raises what ``translate_any`` maps (SQLAlchemy's errors)."""
+
+    async def rollback(self) -> None: ...
+
+    async def invalidate(self) -> None:
+        """Close the connection for good: the server ends its session."""
+
+    async def release(self) -> None:
+        """Back to the pool (pool_reset_on_return=None, as in sync: every transaction
+        here ends in its own COMMIT or ROLLBACK)."""
+
+
+class Links(Interface):
+    """Where a backend's connections come from."""
+
+    async def checkout(self) -> Link: ...
+
+    async def schema_done(self) -> None:
+        """The schema exists: the engine's connections may go if they are not used."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class OwnAsyncLinks(Interface):
+    """A dialect with asyncio connections of its own (PostgreSQL)."""
+
+    def create_async_links(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int, engine: AsyncEngine
+    ) -> Links: ...
+
+
+class EngineLink:
+    """A connection of SQLAlchemy's asyncio engine."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    @property
+    def invalidated(self) -> bool:
+        return self.conn.invalidated
+
+    async def send(self, op: Op) -> Any:
+        if isinstance(op, Execute):
+            return await self.conn.execute(op.statement, op.params)
+        return await self.conn.exec_driver_sql(op.sql, op.params)
+
+    async def rollback(self) -> None:
+        await self.conn.exec_driver_sql("ROLLBACK")
+
+    async def invalidate(self) -> None:
+        await self.conn.invalidate()
+
+    async def release(self) -> None:
+        await self.conn.close()
+
+
+class EngineLinks:
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def checkout(self) -> EngineLink:
+        return EngineLink(await self.engine.connect())
+
+    async def schema_done(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
 class AsyncSqlBackend:
@@ -58,6 +148,7 @@ class AsyncSqlBackend:
         self.protocol = Protocol(dialect)
         self._pool = (pool_size, max_overflow)
         self._engine: AsyncEngine | None = None
+        self._links: Links | None = None
         self._engine_lock = asyncio.Lock()
         self.migrator = Migrator()
         self.schema_version: int | None = None
@@ -85,58 +176,72 @@ class AsyncSqlBackend:
                     self._engine = await self.dialect.create_async_engine(self.url, *self._pool)
         return self._engine
 
+    async def links(self) -> Links:
+        if self._links is None:
+            engine = await self.engine()
+            if self._links is None:
+                own = self.dialect
+                self._links = (
+                    own.create_async_links(self.url, *self._pool, engine)
+                    if isinstance(own, OwnAsyncLinks)
+                    else EngineLinks(engine)
+                )
+        return self._links
+
     async def dispose(self) -> None:
+        if self._links is not None:
+            await self._links.close()
         if self._engine is not None:
             await self._engine.dispose()
 
     # ---------------------------------------------------------------- plumbing
 
-    async def _connect(self, wait: bool = True) -> AsyncConnection:
-        engine = await self.engine()
+    async def _connect(self, checkout: Callable[[], Awaitable[L]], wait: bool = True) -> L:
         waiting = ConnectWait(self.reconnect_seconds, wait)
         while True:
             try:
-                return await engine.connect()
+                return await checkout()
             except (TypeError, ValueError, SQLAlchemyError) as exc:
                 await asyncio.sleep(waiting.after(self.dialect, exc))
 
+    async def _checkout(self) -> Link:
+        return await (await self.links()).checkout()
+
+    async def _engine_checkout(self) -> EngineLink:
+        return EngineLink(await (await self.engine()).connect())
+
     @staticmethod
-    async def _release(conn: AsyncConnection) -> None:
-        # pool_reset_on_return=None, as in sync: every transaction ends in its own
-        # COMMIT or ROLLBACK here.
+    async def _release(link: Link) -> None:
         try:
-            await conn.close()
+            await link.release()
         except SQLAlchemyError:
             log.warning("could not return a connection to the pool", exc_info=True)
 
     @staticmethod
-    async def _abandon(conn: AsyncConnection, exc: BaseException) -> None:
-        """End whatever ``conn`` is in after ``exc``: roll back, or, when the caller was
+    async def _abandon(link: Link, exc: BaseException) -> None:
+        """End whatever ``link`` is in after ``exc``: roll back, or, when the caller was
         cancelled (the statement may still run) or the rollback fails, invalidate the
         connection so that the server ends the session and its transaction."""
-        if conn.invalidated:
+        if link.invalidated:
             return
         if not isinstance(exc, asyncio.CancelledError):
             try:
-                await conn.exec_driver_sql("ROLLBACK")
+                await link.rollback()
                 return
             except (SQLAlchemyError, OSError):
                 pass
         try:
-            await conn.invalidate()
+            await link.invalidate()
         except BaseException:
             log.warning("could not drop a connection", exc_info=True)
 
-    async def drive(self, conn: AsyncConnection, step: Step[T]) -> T:
+    async def drive(self, link: Link, step: Step[T]) -> T:
         """As ``SqlBackend.drive``, awaiting each statement."""
         stepper = Stepper(self.dialect, step)
         op = stepper.feed()
         while op is not None:
             try:
-                if isinstance(op, Execute):
-                    result: Any = await conn.execute(op.statement, op.params)
-                else:
-                    result = await conn.exec_driver_sql(op.sql, op.params)
+                result = await link.send(op)
             except DB_ERRORS as exc:
                 op = stepper.feed(error=exc)
             else:
@@ -145,25 +250,25 @@ class AsyncSqlBackend:
 
     async def run(self, step: Step[T], wait: bool = True) -> T:
         """A protocol with no transaction around it (reads, re-runnable statements)."""
-        conn = await self._connect(wait)
+        link = await self._connect(self._checkout, wait)
         try:
-            return await self.drive(conn, step)
+            return await self.drive(link, step)
         except asyncio.CancelledError as exc:
             # The statement may still be running on this connection: never reuse it.
-            await self._abandon(conn, exc)
+            await self._abandon(link, exc)
             raise
         finally:
-            await self._release(conn)
+            await self._release(link)
 
     async def transaction(self, step: Step[T], begin: str | None = None) -> T:
-        conn = await self._connect()
+        link = await self._connect(self._checkout)
         try:
-            return await self.drive(conn, in_transaction(step, begin or self.dialect.begin_write))
+            return await self.drive(link, in_transaction(step, begin or self.dialect.begin_write))
         except BaseException as exc:
-            await self._abandon(conn, exc)
+            await self._abandon(link, exc)
             raise
         finally:
-            await self._release(conn)
+            await self._release(link)
 
     async def ping(self) -> None:
         # A readiness probe answers at once: it never waits for a server that is down.
@@ -171,20 +276,21 @@ class AsyncSqlBackend:
 
     async def create_schema(self) -> int:
         """As ``SqlBackend.create_schema``: the same sync schema code, run on an asyncio
-        connection (``AsyncConnection.run_sync``)."""
+        engine connection (``AsyncConnection.run_sync``)."""
         if self.schema_version is not None:
             return self.schema_version
-        conn = await self._connect()
+        link = await self._connect(self._engine_checkout)
         try:
-            version = await conn.run_sync(ensure_schema, self.dialect, self.migrator)
+            version = await link.conn.run_sync(ensure_schema, self.dialect, self.migrator)
         except DB_ERRORS as exc:
             raise translate_any(self.dialect, exc) from exc
         except asyncio.CancelledError as exc:
-            await self._abandon(conn, exc)
+            await self._abandon(link, exc)
             raise
         finally:
-            await self._release(conn)
+            await self._release(link)
         self.schema_version = version
+        await (await self.links()).schema_done()
         return version
 
     # ---------------------------------------------------------------- writes

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import Cursor, pq
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql.psycopg import _log_notices
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
@@ -32,6 +33,7 @@ from sqlalchemy.sql.dml import Insert
 from revstore.backends.dialect import Dialect
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.ops import Raw, Step
+from revstore.backends.pgaio import PsycopgPool, wrapped
 from revstore.backends.protocol import appended, written_head
 from revstore.backends.sql import SqlBackend, install_liveness_probe, now
 from revstore.config import (
@@ -380,7 +382,18 @@ def _behind_pooler(dbapi_conn: Any) -> bool:
         # The driver may not be in autocommit yet when this runs.
         # Never leave a transaction open: behind a pooler it would pin a server connection.
         dbapi_conn.rollback()
+    return _another_backend(row, info)
+
+
+def _another_backend(row: Any, info: Any) -> bool:
+    """``pg_backend_pid()`` (``row``) is not the id the connection start-up reported."""
     return row is None or int(row[0]) != int(info.backend_pid)
+
+
+async def _behind_pooler_async(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """``_behind_pooler`` on a psycopg asyncio connection in autocommit (AsyncStore)."""
+    cur = await conn.execute("SELECT pg_backend_pid()")
+    return _another_backend(await cur.fetchone(), conn.info)
 
 
 def _no_prepare_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
@@ -436,6 +449,40 @@ class PostgresDialect(Dialect):
             engine.sync_engine, lambda conn: int(conn.driver_connection.fileno())
         )
         return engine
+
+    def create_async_links(
+        self, url: DatabaseURL, pool_size: int, max_overflow: int, engine: AsyncEngine
+    ) -> PsycopgPool:
+        """AsyncStore's data connections: psycopg asyncio connections in revstore's own
+        pool (``pgaio``), opened with exactly the arguments ``engine`` (from
+        ``create_async_engine``, which keeps creating the schema) would use."""
+        _, threshold = prepare_threshold(url.url)
+        dialect = engine.sync_engine.dialect
+        cargs, cparams = dialect.create_connect_args(engine.url)
+        options = self._engine_options(
+            pool_size, max_overflow, _prepare_after(threshold, PREPARE_AFTER)
+        )
+        cparams.update(options["connect_args"])
+        # The engine's isolation_level AUTOCOMMIT: the executor issues BEGIN / COMMIT.
+        cparams["autocommit"] = True
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            try:
+                conn = await psycopg.AsyncConnection.connect(*cargs, **cparams)
+            except psycopg.Error as exc:
+                raise wrapped(dialect, exc, None) from exc
+            try:
+                conn.add_notice_handler(_log_notices)  # as SQLAlchemy's on_connect
+                if threshold == AUTO and await _behind_pooler_async(conn):
+                    conn.prepare_threshold = None
+            except BaseException as exc:
+                await conn.close()
+                if isinstance(exc, psycopg.Error):
+                    raise wrapped(dialect, exc, None) from exc
+                raise
+            return conn
+
+        return PsycopgPool(connect, engine, pool_size, max_overflow)
 
     def create_engine(self, url: DatabaseURL, pool_size: int, max_overflow: int) -> Engine:
         plain, threshold = prepare_threshold(url.url)

@@ -21,7 +21,18 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, and_, case, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from revstore import config, schema
 from revstore.apikeys import ApiKey
@@ -200,8 +211,55 @@ def appended(batch: AppendBatch, first: int, ts: datetime) -> AppendResult:
 _INSERT_VERSION = insert(V)
 
 
-def _pk(namespace: str, record_id: str) -> Any:
-    return and_(R.c.namespace == namespace, R.c.id == record_id)
+# ---------------------------------------------------------------- prebuilt statements
+# The hot reads are built once, with bind parameters, and executed with a dict of values:
+# building a statement costs more than running it through a warm compiled cache, and a
+# reused statement object keeps its cache key (SQLAlchemy memoizes it), so the sync and
+# the asyncio executors find the compiled form without walking the statement again.
+
+
+def _pk(table: Any, id_column: str = "id") -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """``namespace = :ns AND <id_column> = :id``."""
+    return (table.c.namespace == bindparam("ns"), table.c[id_column] == bindparam("id"))
+
+
+_RECORD = select(R).where(*_pk(R))
+_RECORD_LOCKED = _RECORD.with_for_update()
+_RECORD_REVISION = select(R.c.revision).where(*_pk(R))
+_RECORD_DELETED = select(R.c.deleted).where(*_pk(R))
+_VERSION = select(V).where(*_pk(V, "record_id"), V.c.version == bindparam("number"))
+_FIRST_KEPT = select(CP.c.first_version).where(*_pk(CP, "record_id"))
+_STREAM = select(S).where(*_pk(S))
+_STREAM_LAST = select(S.c.last_sequence).where(*_pk(S))
+_STREAM_LAST_LOCKED = _STREAM_LAST.with_for_update()
+_STORED_ITEMS = select(I.c.sequence, I.c.item_id, I.c.body_hash, I.c.created_at).where(
+    *_pk(I, "stream_id"), I.c.item_id.in_(bindparam("ids", expanding=True))
+)
+_KEY = select(K).where(K.c.key == bindparam("key"))
+_API_KEY = select(A).where(A.c.id == bindparam("id"))
+
+
+def _pk_of(namespace: str, record_id: str) -> dict[str, Any]:
+    return {"ns": namespace, "id": record_id}
+
+
+class _Pages:
+    """A history or stream page's two reads (see ``Protocol._measured_page``), built
+    once per dialect (the size of a content is the dialect's expression): the sizes
+    after the cursor, and the rows up to the last one that fits."""
+
+    __slots__ = ("rows", "sizes")
+
+    def __init__(self, table: Any, owner: str, position: str, content: ColumnElement[int]) -> None:
+        where = (*_pk(table, owner), table.c[position] > bindparam("after"))
+        order = table.c[position]
+        self.sizes = (
+            select(order, content)
+            .where(*where)
+            .order_by(order)
+            .limit(bindparam("n", type_=Integer))
+        )
+        self.rows = select(table).where(*where, order <= bindparam("last")).order_by(order)
 
 
 # ---------------------------------------------------------------- transactions
@@ -235,6 +293,8 @@ class Protocol:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
+        self._history = _Pages(V, "record_id", "version", dialect.content_bytes(V.c.content))
+        self._items = _Pages(I, "stream_id", "sequence", dialect.content_bytes(I.c.body))
 
     # ---------------------------------------------------------------- records: reads
 
@@ -242,7 +302,7 @@ class Protocol:
         yield Raw("SELECT 1")
 
     def get_record(self, namespace: str, record_id: str) -> Step[Record]:
-        row = (yield Execute(select(R).where(_pk(namespace, record_id)))).first()
+        row = (yield Execute(_RECORD, _pk_of(namespace, record_id))).first()
         if row is None or row._mapping["deleted"]:
             raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
         return record_of(row)
@@ -250,19 +310,12 @@ class Protocol:
     def history(
         self, namespace: str, record_id: str, after: int, limit: int, max_bytes: int
     ) -> Step[HistoryPage]:
-        where = (V.c.namespace == namespace, V.c.record_id == record_id, V.c.version > after)
         # Versions never change: the rows read are exactly the ones measured.
         page = yield from self._measured_page(
-            select(V.c.version, self.dialect.content_bytes(V.c.content))
-            .where(*where)
-            .order_by(V.c.version)
-            .limit(limit + 1),
-            lambda last: select(V).where(*where, V.c.version <= last).order_by(V.c.version),
-            limit,
-            max_bytes,
+            self._history, {**_pk_of(namespace, record_id), "after": after}, limit, max_bytes
         )
         if page is None:
-            head = (yield Execute(select(R.c.revision).where(_pk(namespace, record_id)))).first()
+            head = (yield Execute(_RECORD_REVISION, _pk_of(namespace, record_id))).first()
             if head is None:
                 raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
             return HistoryPage([], None)
@@ -272,38 +325,26 @@ class Protocol:
 
     @staticmethod
     def _measured_page(
-        sizes: Select[Any], rows: Callable[[int], Select[Any]], limit: int, max_bytes: int
+        pages: _Pages, where: dict[str, Any], limit: int, max_bytes: int
     ) -> Step[tuple[list[Row[Any]], bool] | None]:
         """Sizes first, contents second: a page over the byte budget is cut before its
-        contents leave the database. ``sizes`` gives (position, size) rows after the
-        cursor (limit + 1 of them); ``rows(last)`` the page's rows up to ``last``.
+        contents leave the database. ``pages.sizes`` gives (position, size) rows after
+        the cursor (limit + 1 of them); ``pages.rows`` the page's rows up to ``last``.
         None when nothing follows the cursor."""
-        measured = list((yield Execute(sizes)))
+        measured = list((yield Execute(pages.sizes, {**where, "n": limit + 1})))
         if not measured:
             return None
         count, more = page_cut([int(r[1]) for r in measured], limit, max_bytes)
         last = int(measured[count - 1][0])
-        return list((yield Execute(rows(last)))), more
+        return list((yield Execute(pages.rows, {**where, "last": last}))), more
 
     def get_version(self, namespace: str, record_id: str, number: int) -> Step[Version]:
-        head = (yield Execute(select(R.c.deleted).where(_pk(namespace, record_id)))).first()
-        row = (
-            yield Execute(
-                select(V).where(
-                    V.c.namespace == namespace, V.c.record_id == record_id, V.c.version == number
-                )
-            )
-        ).first()
+        head = (yield Execute(_RECORD_DELETED, _pk_of(namespace, record_id))).first()
+        row = (yield Execute(_VERSION, {**_pk_of(namespace, record_id), "number": number})).first()
         if head is None or head._mapping["deleted"]:
             raise NotFound(f"record {record_id!r} does not exist in namespace {namespace!r}")
         if row is None:
-            first = (
-                yield Execute(
-                    select(CP.c.first_version).where(
-                        CP.c.namespace == namespace, CP.c.record_id == record_id
-                    )
-                )
-            ).scalar()
+            first = (yield Execute(_FIRST_KEPT, _pk_of(namespace, record_id))).scalar()
             if first is not None and number < first:
                 raise VersionCompacted(
                     f"version {number} of record {record_id!r} was removed by the retention "
@@ -365,12 +406,10 @@ class Protocol:
         self, intent: WriteIntent, transform: Transform | None, lock: bool
     ) -> Step[Record]:
         """The portable write: read the head (locked or not), let the core plan, apply."""
-        query = select(R).where(_pk(intent.namespace, intent.id))
-        if lock:
-            # Row lock until COMMIT: every other writer of this record waits here, so
-            # the numbers computed below cannot be taken twice.
-            query = query.with_for_update()
-        row: Row[Any] | None = (yield Execute(query)).first()
+        # Locked: a row lock until COMMIT; every other writer of this record waits
+        # here, so the numbers computed below cannot be taken twice.
+        query = _RECORD_LOCKED if lock else _RECORD
+        row: Row[Any] | None = (yield Execute(query, _pk_of(intent.namespace, intent.id))).first()
         head = None
         if row is not None:
             m = row._mapping
@@ -474,7 +513,9 @@ class Protocol:
             # Optimistic: the history key (record, version) is the race detector here; a
             # writer that read the same head fails on it and re-runs.
             yield self._insert_version(intent, plan, ts)
-        stmt = update(R).where(_pk(intent.namespace, intent.id)).values(**values)
+        stmt = (
+            update(R).where(R.c.namespace == intent.namespace, R.c.id == intent.id).values(**values)
+        )
         if cas is not None:
             # Compare-and-set on the revision read without a lock (optimistic strategy).
             stmt = stmt.where(R.c.revision == cas)
@@ -512,23 +553,12 @@ class Protocol:
     def read_stream(
         self, namespace: str, stream_id: str, after: int, limit: int, max_bytes: int
     ) -> Step[ReadPage]:
-        where = (I.c.namespace == namespace, I.c.stream_id == stream_id, I.c.sequence > after)
         # Stored items never change (see history).
         page = yield from self._measured_page(
-            select(I.c.sequence, self.dialect.content_bytes(I.c.body))
-            .where(*where)
-            .order_by(I.c.sequence)
-            .limit(limit + 1),
-            lambda last: select(I).where(*where, I.c.sequence <= last).order_by(I.c.sequence),
-            limit,
-            max_bytes,
+            self._items, {**_pk_of(namespace, stream_id), "after": after}, limit, max_bytes
         )
         if page is None:
-            found = (
-                yield Execute(
-                    select(S.c.last_sequence).where(S.c.namespace == namespace, S.c.id == stream_id)
-                )
-            ).first()
+            found = (yield Execute(_STREAM_LAST, _pk_of(namespace, stream_id))).first()
             if found is None:
                 raise NotFound(f"stream {stream_id!r} does not exist in namespace {namespace!r}")
             return ReadPage([], None)
@@ -537,9 +567,7 @@ class Protocol:
         return ReadPage(items, items[-1].sequence if more and items else None)
 
     def stream_info(self, namespace: str, stream_id: str) -> Step[StreamInfo]:
-        row = (
-            yield Execute(select(S).where(S.c.namespace == namespace, S.c.id == stream_id))
-        ).first()
+        row = (yield Execute(_STREAM, _pk_of(namespace, stream_id))).first()
         if row is None:
             raise NotFound(f"stream {stream_id!r} does not exist in namespace {namespace!r}")
         return stream_info_of(row)
@@ -569,11 +597,7 @@ class Protocol:
         # text); one with another hash is refused as DuplicateItem without its body.
         sent = {i: b for i, b in zip(batch.item_ids, batch.bodies, strict=True)}
         rows = yield Execute(
-            select(I.c.sequence, I.c.item_id, I.c.body_hash, I.c.created_at).where(
-                I.c.namespace == batch.namespace,
-                I.c.stream_id == batch.stream_id,
-                I.c.item_id.in_(batch.item_ids),
-            )
+            _STORED_ITEMS, {**_pk_of(batch.namespace, batch.stream_id), "ids": batch.item_ids}
         )
         return {
             r.item_id: StoredItem(
@@ -589,13 +613,9 @@ class Protocol:
     def append_locked(self, batch: AppendBatch) -> Step[AppendResult]:
         """Lock the stream row (creating it if absent), then write after its last sequence."""
         ts = now()
-        query = (
-            select(S.c.last_sequence)
-            .where(S.c.namespace == batch.namespace, S.c.id == batch.stream_id)
-            # Row lock until COMMIT: appenders to this stream queue here, one at a time.
-            .with_for_update()
-        )
-        last = (yield Execute(query)).scalar()
+        # Row lock until COMMIT: appenders to this stream queue here, one at a time.
+        stream = _pk_of(batch.namespace, batch.stream_id)
+        last = (yield Execute(_STREAM_LAST_LOCKED, stream)).scalar()
         if last is None:
             # First append: create the row if absent (a concurrent creator makes this a
             # no-op), then lock it like any other.
@@ -609,18 +629,12 @@ class Protocol:
                     updated_at=ts,
                 )
             )
-            last = (yield Execute(query)).scalar()
+            last = (yield Execute(_STREAM_LAST_LOCKED, stream)).scalar()
         return (yield from self._append_after(batch, int(last or 0), ts, cas=False))
 
     def append_optimistic(self, batch: AppendBatch) -> Step[AppendResult]:
         ts = now()
-        last = (
-            yield Execute(
-                select(S.c.last_sequence).where(
-                    S.c.namespace == batch.namespace, S.c.id == batch.stream_id
-                )
-            )
-        ).scalar()
+        last = (yield Execute(_STREAM_LAST, _pk_of(batch.namespace, batch.stream_id))).scalar()
         if last is None:
             yield Execute(
                 insert(S).values(
@@ -762,7 +776,7 @@ class Protocol:
         return bool(result.rowcount == 1)
 
     def key_get(self, key: str) -> Step[KeyRow | None]:
-        row = (yield Execute(select(K).where(K.c.key == key))).first()
+        row = (yield Execute(_KEY, {"key": key})).first()
         if row is None:
             return None
         m = row._mapping
@@ -852,7 +866,7 @@ class Protocol:
 
     def apikey_get(self, key_id: str) -> Step[tuple[ApiKey, str] | None]:
         """A key and its token hash, revoked or not."""
-        row = (yield Execute(select(A).where(A.c.id == key_id))).first()
+        row = (yield Execute(_API_KEY, {"id": key_id})).first()
         if row is None:
             return None
         return apikey_of(row), str(row._mapping["token_hash"])

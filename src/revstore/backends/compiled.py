@@ -1,0 +1,231 @@
+"""SQLAlchemy Core statements run on a driver cursor without SQLAlchemy's ``Connection``:
+compiled once per statement shape, their parameters and results processed as
+SQLAlchemy does, and a small result offering the ``Result`` API the protocols use.
+
+Why: on asyncio, ``AsyncConnection.execute`` costs a greenlet switch per statement and
+SQLAlchemy's execution context and ``CursorResult`` per call, together more CPU than the
+driver itself on a one-row read. The steps here are the ones of
+``Connection._execute_clauseelement`` and ``DefaultExecutionContext._init_compiled``
+that apply to revstore's statements (no schema translation, no RETURNING with
+executemany, no insertmanyvalues: the psycopg dialect sends executemany as it is): the
+same compiled cache key, the same compiled text, the same bound values and types, so the
+server receives what it did through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Executable
+from sqlalchemy.engine import Dialect as SADialect
+from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.engine.row import Row
+from sqlalchemy.exc import InvalidRequestError, ResourceClosedError
+from sqlalchemy.sql import compiler
+from sqlalchemy.util import LRUCache
+
+Params = dict[str, Any] | list[dict[str, Any]] | None
+
+
+class Shape:
+    """What a compiled statement always needs: its text unless it has parameters
+    expanded per call (``IN``), how to turn its values into the driver's, and its
+    result columns. Worked out once per compiled form."""
+
+    __slots__ = (
+        "compiled",
+        "escaped",
+        "expanding",
+        "key_to_index",
+        "keys",
+        "metadata",
+        "prefetch",
+        "processors",
+        "result_processors",
+        "sql",
+    )
+
+    def __init__(self, compiled: compiler.SQLCompiler) -> None:
+        if compiled.positional:
+            raise NotImplementedError("only named parameter styles are supported")
+        self.compiled = compiled
+        self.sql: str = compiled.string
+        self.expanding = bool(compiled.literal_execute_params or compiled.post_compile_params)
+        self.processors: dict[str, Any] = dict(compiled._bind_processors)
+        self.escaped: dict[str, str] = dict(compiled.escaped_bind_names or {})
+        prefetch = compiled.insert_prefetch or compiled.update_prefetch
+        self.prefetch: list[tuple[str, Any]] = []
+        for column in prefetch:
+            key_of = compiled._within_exec_param_key_getter
+            default: Any = column.default if compiled.insert_prefetch else column.onupdate
+            if default is None or not default.is_scalar:
+                # revstore's schema has scalar defaults only (``deleted``).
+                raise NotImplementedError(f"column default of {column} is not a constant")
+            self.prefetch.append((key_of(column), default.arg))
+        self.keys = [c.keyname for c in compiled._result_columns]
+        self.metadata = SimpleResultMetaData(self.keys)
+        self.key_to_index: dict[Any, int] = self.metadata._key_to_index
+        self.result_processors: list[Any] | None = None
+
+    def driver_params(self, compiled_params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The text and the driver's values for one set of compiled parameters."""
+        for key, value in self.prefetch:
+            compiled_params[key] = value
+        sql, processors = self.sql, self.processors
+        if self.expanding:
+            expanded = self.compiled._process_parameters_for_postcompile(compiled_params)
+            sql = expanded.statement
+            processors = {**processors, **expanded.processors}
+        if not processors and not self.escaped:
+            return sql, compiled_params
+        escaped = self.escaped
+        return sql, {
+            escaped.get(k, k): (processors[k](v) if k in processors else v)
+            for k, v in compiled_params.items()
+        }
+
+    def rows(self, dialect: SADialect, cursor: Any, data: list[Any]) -> list[Any]:
+        """``data`` (the driver's tuples) as SQLAlchemy ``Row`` objects, through the
+        result processors of the columns' types (none for revstore's types on psycopg:
+        it returns aware datetimes, bools, ints and strs itself), chosen once from the
+        first result's column types."""
+        processors = self.result_processors
+        if processors is None:
+            found = [
+                rc.type._cached_result_processor(dialect, d[1])
+                for rc, d in zip(self.compiled._result_columns, cursor.description, strict=False)
+            ]
+            processors = self.result_processors = found if any(found) else []
+        metadata, key_to_index = self.metadata, self.key_to_index
+        procs = processors or None
+        return [Row(metadata, procs, key_to_index, t) for t in data]
+
+
+class StatementCache:
+    """Compiled statements of one (initialised) SQLAlchemy dialect, cached as SQLAlchemy's
+    engine caches them: by the statement's cache key (memoized on a statement object that
+    is reused, so a prebuilt statement costs a dictionary lookup), the parameter names
+    and whether it is an executemany."""
+
+    def __init__(self, dialect: SADialect, size: int = 500) -> None:
+        self.dialect = dialect
+        self._compiled: LRUCache[Any, Any] = LRUCache(size)
+        self._shapes: weakref.WeakKeyDictionary[Any, Shape] = weakref.WeakKeyDictionary()
+        self._linting = dialect.compiler_linting | compiler.WARN_LINTING
+
+    def prepare(self, statement: Executable, params: Params) -> tuple[str, Any, bool, Shape]:
+        """The text, the driver's parameters (a list for an executemany), whether it is
+        one, and the statement's shape (for its result)."""
+        distilled: list[dict[str, Any]]
+        if params is None:
+            distilled = []
+        elif isinstance(params, list):
+            distilled = params
+        else:
+            distilled = [params]
+        many = len(distilled) > 1
+        compiled: Any
+        compiled, extracted, collected, _ = statement._compile_w_cache(
+            dialect=self.dialect,
+            compiled_cache=self._compiled,
+            column_keys=sorted(distilled[0]) if distilled else [],
+            for_executemany=many,
+            schema_translate_map=None,
+            linting=self._linting,
+        )
+        shape = self._shapes.get(compiled)
+        if shape is None:
+            shape = self._shapes[compiled] = Shape(compiled)
+        if not distilled:
+            sql, one = shape.driver_params(
+                compiled.construct_params(
+                    extracted_parameters=extracted,
+                    escape_names=False,
+                    _collected_params=collected,
+                )
+            )
+            return sql, one, False, shape
+        sets = [
+            shape.driver_params(
+                compiled.construct_params(
+                    m,
+                    escape_names=False,
+                    _group_number=group,
+                    extracted_parameters=extracted,
+                    _collected_params=collected,
+                )
+            )
+            for group, m in enumerate(distilled)
+        ]
+        if many:
+            if shape.expanding:
+                raise InvalidRequestError(
+                    "'literal_execute' or 'expanding' parameters can't be used with executemany()"
+                )
+            return sets[0][0], [p for _, p in sets], True, shape
+        return sets[0][0], sets[0][1], False, shape
+
+
+_DRIVER_SHAPES: dict[str, SimpleResultMetaData] = {}
+
+
+def driver_rows(sql: str, cursor: Any, data: list[Any]) -> list[Any]:
+    """Rows of driver SQL (``Raw``) as ``Row`` objects keyed by the column names the
+    server sent (``cursor.description``), as ``exec_driver_sql`` keys them."""
+    metadata = _DRIVER_SHAPES.get(sql)
+    if metadata is None:
+        metadata = SimpleResultMetaData([d.name for d in cursor.description])
+        if len(_DRIVER_SHAPES) < 64:  # a few fixed statements: it never grows further
+            _DRIVER_SHAPES[sql] = metadata
+    key_to_index = metadata._key_to_index
+    return [Row(metadata, None, key_to_index, t) for t in data]
+
+
+class Rows:
+    """A statement's buffered result: the part of SQLAlchemy's ``Result`` the protocols
+    use (``first``, ``fetchone``, ``fetchall``, ``all``, ``scalar``, iteration,
+    ``rowcount``). Rows are SQLAlchemy ``Row`` objects (``row[i]``, ``row._mapping[k]``,
+    ``row.name``). A statement that returns no rows raises ``ResourceClosedError`` on
+    a fetch, as SQLAlchemy does."""
+
+    __slots__ = ("_pos", "_rows", "rowcount")
+
+    def __init__(self, rows: list[Any] | None, rowcount: int) -> None:
+        self._rows = rows
+        self._pos = 0
+        self.rowcount = rowcount
+
+    def _data(self) -> list[Any]:
+        if self._rows is None:
+            raise ResourceClosedError("This result object does not return rows.")
+        return self._rows
+
+    def first(self) -> Any:
+        rows = self._data()
+        row = rows[self._pos] if self._pos < len(rows) else None
+        self._pos = len(rows)
+        return row
+
+    def fetchone(self) -> Any:
+        rows = self._data()
+        if self._pos >= len(rows):
+            return None
+        self._pos += 1
+        return rows[self._pos - 1]
+
+    def fetchall(self) -> list[Any]:
+        rows = self._data()
+        rest = rows[self._pos :]
+        self._pos = len(rows)
+        return rest
+
+    all = fetchall
+
+    def scalar(self) -> Any:
+        row = self.first()
+        return None if row is None else row[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
