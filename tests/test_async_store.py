@@ -83,3 +83,34 @@ def test_a_cancelled_put_waiting_on_a_lock_leaves_the_store_usable(
         asyncio.run(asyncio.wait_for(main(), timeout=60))
     finally:
         holder.close()
+
+
+def test_concurrent_puts_and_appends_share_statements_on_postgresql(
+    server_url: object, ns: str
+) -> None:
+    """Group commit in AsyncStore: tasks of one loop writing distinct records (streams)
+    at once are sent as one statement; each gets its own result."""
+    url = server_url("postgresql")  # type: ignore[operator]
+
+    async def main() -> None:
+        async with AsyncStore(url) as store:
+            await store.create_schema()
+            for k in range(32):
+                await store.put(f"r{k}", {"k": k}, namespace=ns)
+                await store.append(f"s{k}", [{"k": k}], namespace=ns)
+            backend = store.backend
+            puts = await asyncio.gather(
+                *(store.put(f"r{k}", {"k": k, "n": 2}, namespace=ns) for k in range(32))
+            )
+            appends = await asyncio.gather(
+                *(store.append(f"s{k}", [{"n": 2}, {"n": 3}], namespace=ns) for k in range(32))
+            )
+            assert [(p.id, p.revision, p.content) for p in puts] == [
+                (f"r{k}", 2, {"k": k, "n": 2}) for k in range(32)
+            ]
+            assert [(a.first_sequence, a.last_sequence) for a in appends] == [(2, 3)] * 32
+            stats = backend._puts.stats, backend._appends.stats  # type: ignore[union-attr]
+            assert all(s.batches >= 1 and s.batched_writes >= 16 for s in stats)
+            assert (await store.get("r7", namespace=ns)).content == {"k": 7, "n": 2}
+
+    asyncio.run(main())

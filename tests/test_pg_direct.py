@@ -57,9 +57,9 @@ def scenario(p: Protocol, ns: str) -> Iterator[Step[Any]]:
     yield p.write_from_head(put(ns, "a", {"n": 1}), None, lock=True)  # insert
     yield p.write_from_head(put(ns, "a", {"n": 2}), None, lock=False)  # compare-and-set
     yield p.write_from_head(put(ns, "a", {"n": 2}), None, lock=True)  # unchanged
-    put_statement = d.put_statement(put(ns, "a", {"n": 3}))
-    assert put_statement is not None
-    yield self_committing(put_statement)  # driver SQL
+    yield self_committing(d.put_one(put(ns, "a", {"n": 3})))  # driver SQL
+    yield self_committing(d.put_many([put(ns, "a", {"n": 4})]))  # a batch of one
+    yield self_committing(d.put_many([put(ns, "a", {"n": 5}), put(ns, "b", {"n": 0})]))
     yield p.write_from_head(put(ns, "b", {"n": 1}), lambda v: Canonical(v, max_bytes=99), True)
     yield p.write_from_head(  # a patch: its content computed from the head's
         put(ns, "b", {"n": 9}), lambda v: Canonical({**v, "q": 2}, max_bytes=99), lock=True
@@ -91,9 +91,9 @@ def scenario(p: Protocol, ns: str) -> Iterator[Step[Any]]:
     yield p.append_locked(batch(ns, "s", ["x", "y"], ["i1", "i2"]))
     yield p.resent(batch(ns, "s", ["x", "y"], ["i1", "i2"]))
     yield p.resent(batch(ns, "s", ["x"], ["i9"]))
-    append_statement = d.append_statement(batch(ns, "s", [4, 5]))
-    assert append_statement is not None
-    yield self_committing(append_statement)
+    yield self_committing(d.append_one(batch(ns, "s", [4, 5])))
+    yield self_committing(d.append_many([batch(ns, "s", [6])]))
+    yield self_committing(d.append_many([batch(ns, "s", [7]), batch(ns, "t", [2, 3])]))
     yield p.read_stream(ns, "s", 0, 10, 1 << 20)
     yield p.read_stream(ns, "s", 2, 2, 5)
     yield p.read_stream(ns, "nope", 0, 10, 1 << 20)
@@ -351,8 +351,7 @@ def test_a_connection_lost_in_a_write_is_an_ambiguous_commit(
 
         link = await pool.checkout()
         await asyncio.to_thread(kill, url, link.conn.info.backend_pid)
-        statement = b.dialect.put_statement(put(ns, "r", {"n": 1}))
-        assert statement is not None
+        statement = b.dialect.put_one(put(ns, "r", {"n": 1}))
         with pytest.raises(AmbiguousCommit) as lost_write:
             await b.drive(link, self_committing(statement))
         raised.append(type(lost_write.value))

@@ -26,11 +26,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from revstore.backends.batch import Outcome, Pending, Tainted, batch_begin, one_by_one
-from revstore.backends.dialect import Dialect
+from revstore.backends.dialect import Appended, Dialect, Put
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, AsyncGroupCommit, Locked
 from revstore.backends.ops import Execute, Op, Step
-from revstore.backends.protocol import Protocol, Transform, in_transaction, self_committing
+from revstore.backends.protocol import (
+    Protocol,
+    Transform,
+    appended,
+    in_transaction,
+    self_committing,
+    written_head,
+)
 from revstore.backends.sql import ensure_schema
 from revstore.backends.strategy import Strategy, Tx, strategy_named
 from revstore.config import MAX_OVERFLOW, POOL_SIZE, DatabaseURL
@@ -152,6 +159,29 @@ class AsyncSqlBackend:
         self._engine_lock = asyncio.Lock()
         self.migrator = Migrator()
         self.schema_version: int | None = None
+        # As in PostgresBackend: concurrent one-statement writes to distinct records
+        # (streams) of this event loop share one statement and one commit.
+        one = group_commit and dialect.one_statement_writes
+        self._puts: AsyncGroupCommit[WriteIntent, Put | None] | None = (
+            AsyncGroupCommit(
+                self._put_one,
+                self._put_many,
+                key=lambda i: (i.namespace, i.id),
+                shared=dialect.shared_failure,
+            )
+            if one
+            else None
+        )
+        self._appends: AsyncGroupCommit[AppendBatch, Appended | None] | None = (
+            AsyncGroupCommit(
+                self._append_one,
+                self._append_many,
+                key=lambda b: (b.namespace, b.stream_id),
+                shared=dialect.shared_failure,
+            )
+            if one
+            else None
+        )
         # As in SqlBackend: concurrent write transactions of this event loop share one.
         self.batches: AsyncGroupCommit[Pending[Any], Outcome[Any]] | None = (
             AsyncGroupCommit(
@@ -298,14 +328,14 @@ class AsyncSqlBackend:
     async def write_record(
         self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
     ) -> Record:
-        if self.strategy.one_statement_put(intent, transform, claim):
-            statement = self.dialect.put_statement(intent)
-            if statement is not None:
-                # One round trip and no transaction around it: its row lock is held
-                # only while the statement runs. A lost connection is ambiguous.
-                done = await self.run(self_committing(statement))
-                if done is not None:
-                    return done
+        if self.dialect.one_statement_writes and self.strategy.one_statement_put(
+            intent, transform, claim
+        ):
+            # One round trip and no transaction around it: its row lock is held only
+            # while the statement runs. A lost connection is ambiguous.
+            put = await (self._puts.submit(intent) if self._puts else self._put_one(intent))
+            if put is not None:
+                return written_head(intent, *put)
         return await self.commit(
             lambda: self.strategy.record_write(self.protocol, intent, transform, claim),
             (intent.namespace, intent.id),
@@ -317,16 +347,26 @@ class AsyncSqlBackend:
             resent = await self.run(self.protocol.resent(batch))
             if resent is not None:
                 return resent
-        if self.strategy.one_statement_append(batch, claim):
-            statement = self.dialect.append_statement(batch)
-            if statement is not None:
-                done_append = await self.run(self_committing(statement))
-                if done_append is not None:
-                    return done_append
+        if self.dialect.one_statement_writes and self.strategy.one_statement_append(batch, claim):
+            done = await (self._appends.submit(batch) if self._appends else self._append_one(batch))
+            if done is not None:
+                return appended(batch, *done)
         return await self.commit(
             lambda: self.strategy.stream_append(self.protocol, batch, claim),
             (batch.namespace, batch.stream_id),
         )
+
+    async def _put_one(self, intent: WriteIntent) -> Put | None:
+        return await self.run(self_committing(self.dialect.put_one(intent)))
+
+    async def _put_many(self, intents: list[WriteIntent]) -> list[Put | Locked | None]:
+        return await self.run(self_committing(self.dialect.put_many(intents)))
+
+    async def _append_one(self, batch: AppendBatch) -> Appended | None:
+        return await self.run(self_committing(self.dialect.append_one(batch)))
+
+    async def _append_many(self, batches: list[AppendBatch]) -> list[Appended | Locked | None]:
+        return await self.run(self_committing(self.dialect.append_many(batches)))
 
     async def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
         """As ``SqlBackend.commit``."""

@@ -17,12 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
+from revstore.backends.groupcommit import Locked
 from revstore.backends.ops import Step
 from revstore.config import DatabaseURL
 from revstore.errors import RevstoreError
-from revstore.record import Record, WriteIntent
-from revstore.stream import AppendBatch, AppendResult
+from revstore.record import WriteIntent
+from revstore.stream import AppendBatch
 
+Put = tuple[int, int, Any, datetime]
+"""What a one-statement put took: revision, version, the record's ``created_at`` (as
+the driver returns it) and the write's time."""
+Appended = tuple[int, datetime]
+"""What a one-statement append took: its first sequence and the write's time."""
 Bumped = tuple[int, int, datetime | str]
 """What a counter statement took for a record: revision, version and the record's
 ``created_at`` (as the driver returns it)."""
@@ -116,17 +122,33 @@ class Dialect:
         decides, in the same transaction). Only where ``counter_puts``."""
         raise NotImplementedError
 
-    def put_statement(self, intent: WriteIntent) -> Step[Record | None] | None:
-        """A put as one self-committing statement (run with no transaction around it):
-        the written head, or None when it did not apply (absent, deleted, unchanged,
-        a failed expectation: the strategy's transaction then decides). None here when
-        the dialect has no such statement. The sync PostgreSQL executor sends the same
-        statement through its group commit instead (``PostgresBackend``)."""
-        return None
+    one_statement_writes: ClassVar[bool] = False
+    """Whether the dialect has self-committing counter statements (``put_one`` …),
+    sent with no transaction around them, with group commit (PostgreSQL)."""
 
-    def append_statement(self, batch: AppendBatch) -> Step[AppendResult | None] | None:
-        """The same for an append without item ids."""
-        return None
+    def put_one(self, intent: WriteIntent) -> Step[Put | None]:
+        """A put as one self-committing statement, waiting for its row: its numbers, or
+        None when it did not apply (absent, deleted, unchanged, a failed expectation:
+        the strategy's transaction then decides). Only where ``one_statement_writes``."""
+        raise NotImplementedError
+
+    def put_many(self, intents: list[WriteIntent]) -> Step[list[Put | Locked | None]]:
+        """Puts to distinct records as one self-committing statement that never waits
+        for a row held elsewhere (``LOCKED``): a group-commit batch."""
+        raise NotImplementedError
+
+    def append_one(self, batch: AppendBatch) -> Step[Appended | None]:
+        """The same as ``put_one`` for an append without item ids."""
+        raise NotImplementedError
+
+    def append_many(self, batches: list[AppendBatch]) -> Step[list[Appended | Locked | None]]:
+        """The same as ``put_many`` for appends to distinct streams."""
+        raise NotImplementedError
+
+    def shared_failure(self, exc: BaseException) -> bool:
+        """Whether a failed ``put_many`` / ``append_many`` failed for every write of it
+        (else it is split: ``groupcommit``)."""
+        return True
 
     def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
         """Take the batch's sequences of a stream in one statement, inside the caller's

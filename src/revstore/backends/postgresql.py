@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import psycopg
 from psycopg import Cursor, pq
@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from revstore.backends.dialect import Dialect
+from revstore.backends.dialect import Appended, Dialect, Put
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.ops import Raw, Step
 from revstore.backends.pgaio import PsycopgPool, wrapped
@@ -65,10 +65,6 @@ from revstore.record import Record, WriteIntent
 from revstore.stream import AppendBatch, AppendResult
 
 T = TypeVar("T")
-_Put = tuple[int, int, datetime, datetime]
-"""An applied counter put: revision, version, created_at, updated_at."""
-_Appended = tuple[int, datetime]
-"""An applied counter append: its first sequence, and the time stored."""
 
 FAILURES: dict[str, Failure] = {
     "40001": Failure(Transient, "serialization_failure"),
@@ -409,6 +405,7 @@ class PostgresDialect(Dialect):
     name: ClassVar[str] = "postgresql"
     default_strategy: ClassVar[str] = "counter"
     batches_transactions: ClassVar[bool] = False
+    one_statement_writes: ClassVar[bool] = True
 
     def __init__(self, connect_timeout: int = CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout
@@ -521,17 +518,82 @@ class PostgresDialect(Dialect):
     def insert_ignore(self, table: Any) -> Insert:
         return pg_insert(table).on_conflict_do_nothing()
 
-    def put_statement(self, intent: WriteIntent) -> Step[Record | None]:
-        ts = now()
-        result = yield Raw(_PUT, PostgresBackend._put_params(intent, ts))
-        row = result.fetchone()
-        return None if row is None else written_head(intent, int(row[0]), int(row[1]), row[2], ts)
+    # The counter statements, as steps (results are read by iterating them, which a
+    # SQLAlchemy result and the sync fast path's list of rows both allow). The sync
+    # executor sends them on a psycopg cursor, the asyncio one through its links, both
+    # with group commit.
 
-    def append_statement(self, batch: AppendBatch) -> Step[AppendResult | None]:
+    def put_one(self, intent: WriteIntent) -> Step[Put | None]:
         ts = now()
-        result = yield Raw(_APPEND, PostgresBackend._append_params(batch, ts))
-        sequences = [int(r[0]) for r in result]
-        return appended(batch, min(sequences), ts) if sequences else None
+        rows = list((yield Raw(_PUT, _put_params(intent, ts))))
+        return (int(rows[0][0]), int(rows[0][1]), rows[0][2], ts) if rows else None
+
+    def put_many(self, intents: list[WriteIntent]) -> Step[list[Put | Locked | None]]:
+        ts = now()
+        if len(intents) == 1:
+            rows = list((yield Raw(_PUT_TRY, _put_params(intents[0], ts))))
+            if not rows:
+                return [None]
+            row = rows[0]
+            return [LOCKED if row[0] is None else (int(row[0]), int(row[1]), row[2], ts)]
+        params = {
+            "ns": _text_array([i.namespace for i in intents]),
+            "id": _text_array([i.id for i in intents]),
+            "bump": _int_array([1 if i.create_version else 0 for i in intents]),
+            "content": _text_array([i.content_text for i in intents]),
+            "hash": _text_array([i.content_hash for i in intents]),
+            "exp": _int_array([i.expected_revision for i in intents]),
+            "author": _text_array([i.author for i in intents]),
+            "summary": _text_array([i.summary for i in intents]),
+            "now": ts,
+        }
+        out: list[Put | Locked | None] = [None] * len(intents)
+        for ordinal, revision, version, created_at in (yield Raw(_PUT_MANY, params)):
+            out[int(ordinal) - 1] = (
+                LOCKED if revision is None else (int(revision), int(version), created_at, ts)
+            )
+        return out
+
+    def append_one(self, batch: AppendBatch) -> Step[Appended | None]:
+        ts = now()
+        sequences = [int(r[0]) for r in (yield Raw(_APPEND, _append_params(batch, ts)))]
+        return (min(sequences), ts) if sequences else None
+
+    def append_many(self, batches: list[AppendBatch]) -> Step[list[Appended | Locked | None]]:
+        ts = now()
+        if len(batches) == 1:
+            rows = list((yield Raw(_APPEND_TRY, _append_params(batches[0], ts))))
+            if not rows:
+                return [None]
+            return [LOCKED if rows[0][0] is None else (int(rows[0][0]), ts)]
+        owners: list[int] = []
+        positions: list[int] = []
+        bodies: list[str] = []
+        hashes: list[str] = []
+        for ordinal, b in enumerate(batches, 1):
+            for position, body in enumerate(b.bodies, 1):
+                owners.append(ordinal)
+                positions.append(position)
+                bodies.append(body.text)
+                hashes.append(body.hash)
+        params = {
+            "ns": _text_array([b.namespace for b in batches]),
+            "id": _text_array([b.stream_id for b in batches]),
+            "n": _int_array([len(b.bodies) for b in batches]),
+            "exp": _int_array([b.expected for b in batches]),
+            "owner": _int_array(owners),
+            "pos": _int_array(positions),
+            "bodies": _text_array(bodies),
+            "hashes": _text_array(hashes),
+            "now": ts,
+        }
+        out: list[Appended | Locked | None] = [None] * len(batches)
+        for ordinal, first in (yield Raw(_APPEND_MANY, params)):
+            out[int(ordinal) - 1] = LOCKED if first is None else (int(first), ts)
+        return out
+
+    def shared_failure(self, exc: BaseException) -> bool:
+        return _shared_failure(exc)
 
     def translate(self, exc: DBAPIError) -> RevstoreError:
         orig = exc.orig
@@ -584,6 +646,8 @@ class PostgresBackend(SqlBackend):
     """The executor, plus PostgreSQL's counter writes: one self-committing statement
     each, sent straight through psycopg, with group commit."""
 
+    dialect: PostgresDialect
+
     def __init__(
         self,
         dialect: PostgresDialect,
@@ -593,7 +657,7 @@ class PostgresBackend(SqlBackend):
     ) -> None:
         super().__init__(dialect, engine, strategy)
         # Concurrent counter puts on different records share one statement and commit.
-        self._puts: GroupCommit[WriteIntent, _Put | None] | None = (
+        self._puts: GroupCommit[WriteIntent, Put | None] | None = (
             GroupCommit(
                 self._put_one,
                 self._put_many,
@@ -603,7 +667,7 @@ class PostgresBackend(SqlBackend):
             if group_commit
             else None
         )
-        self._appends: GroupCommit[AppendBatch, _Appended | None] | None = (
+        self._appends: GroupCommit[AppendBatch, Appended | None] | None = (
             GroupCommit(
                 self._append_one,
                 self._append_many,
@@ -654,6 +718,17 @@ class PostgresBackend(SqlBackend):
 
         return self.run_write_statement(run)
 
+    def _send(self, step: Step[T]) -> T:
+        """Drive a counter statement's step on the psycopg cursor (``_statement``)."""
+        op = next(step)
+        while True:
+            assert isinstance(op, Raw) and op.params is not None
+            rows = self._statement(op.sql, op.params, lambda cur: cur.fetchall())
+            try:
+                op = step.send(rows)
+            except StopIteration as done:
+                return cast(T, done.value)
+
     def one_statement_put(self, intent: WriteIntent) -> Record | None:
         done = self._puts.submit(intent) if self._puts is not None else self._put_one(intent)
         if done is None:
@@ -661,113 +736,51 @@ class PostgresBackend(SqlBackend):
             return None
         return written_head(intent, *done)
 
-    def _put_one(self, intent: WriteIntent) -> _Put | None:
+    def _put_one(self, intent: WriteIntent) -> Put | None:
         """The write alone, waiting for its row: busy keys, skipped writes, no group commit."""
-        ts = now()
-        row = self._statement(_PUT, self._put_params(intent, ts), lambda cur: cur.fetchone())
-        return None if row is None else (int(row[0]), int(row[1]), row[2], ts)
+        return self._send(self.dialect.put_one(intent))
 
-    @staticmethod
-    def _put_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
-        return {
-            "bump": 1 if intent.create_version else 0,
-            "content": intent.content_text,
-            "hash": intent.content_hash,
-            "now": ts,
-            "ns": intent.namespace,
-            "id": intent.id,
-            "exp": intent.expected_revision,
-            "author": intent.author,
-            "summary": intent.summary,
-        }
-
-    def _put_many(self, intents: list[WriteIntent]) -> list[_Put | Locked | None]:
+    def _put_many(self, intents: list[WriteIntent]) -> list[Put | Locked | None]:
         """What a group-commit leader sends: never waits on a row held elsewhere."""
-        ts = now()
-        if len(intents) == 1:
-            params = self._put_params(intents[0], ts)
-            row = self._statement(_PUT_TRY, params, lambda cur: cur.fetchone())
-            if row is None:
-                return [None]
-            return [LOCKED if row[0] is None else (int(row[0]), int(row[1]), row[2], ts)]
-        params = {
-            "ns": _text_array([i.namespace for i in intents]),
-            "id": _text_array([i.id for i in intents]),
-            "bump": _int_array([1 if i.create_version else 0 for i in intents]),
-            "content": _text_array([i.content_text for i in intents]),
-            "hash": _text_array([i.content_hash for i in intents]),
-            "exp": _int_array([i.expected_revision for i in intents]),
-            "author": _text_array([i.author for i in intents]),
-            "summary": _text_array([i.summary for i in intents]),
-            "now": ts,
-        }
-        rows = self._statement(_PUT_MANY, params, lambda cur: cur.fetchall())
-        out: list[_Put | Locked | None] = [None] * len(intents)
-        for ordinal, revision, version, created_at in rows:
-            out[int(ordinal) - 1] = (
-                LOCKED if revision is None else (int(revision), int(version), created_at, ts)
-            )
-        return out
+        return self._send(self.dialect.put_many(intents))
 
     def one_statement_append(self, batch: AppendBatch) -> AppendResult | None:
         done = self._appends.submit(batch) if self._appends is not None else self._append_one(batch)
         if done is None:
             # New stream or expectation mismatch: the general path creates or reports.
             return None
-        first, ts = done
-        return appended(batch, first, ts)
+        return appended(batch, *done)
 
-    def _append_one(self, batch: AppendBatch) -> _Appended | None:
+    def _append_one(self, batch: AppendBatch) -> Appended | None:
         """The append alone, waiting for its stream row (as ``_put_one``)."""
-        ts = now()
-        params = self._append_params(batch, ts)
-        sequences = self._statement(_APPEND, params, lambda cur: [int(r[0]) for r in cur])
-        return (min(sequences), ts) if sequences else None
+        return self._send(self.dialect.append_one(batch))
 
-    @staticmethod
-    def _append_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
-        return {
-            "n": len(batch.bodies),
-            "now": ts,
-            "ns": batch.namespace,
-            "id": batch.stream_id,
-            "exp": batch.expected,
-            "bodies": _text_array([b.text for b in batch.bodies]),
-            "hashes": _text_array([b.hash for b in batch.bodies]),
-        }
-
-    def _append_many(self, batches: list[AppendBatch]) -> list[_Appended | Locked | None]:
+    def _append_many(self, batches: list[AppendBatch]) -> list[Appended | Locked | None]:
         """What a group-commit leader sends: never waits on a stream row held elsewhere."""
-        ts = now()
-        if len(batches) == 1:
-            params = self._append_params(batches[0], ts)
-            row = self._statement(_APPEND_TRY, params, lambda cur: cur.fetchone())
-            if row is None:
-                return [None]
-            return [LOCKED if row[0] is None else (int(row[0]), ts)]
-        owners: list[int] = []
-        positions: list[int] = []
-        bodies: list[str] = []
-        hashes: list[str] = []
-        for ordinal, b in enumerate(batches, 1):
-            for position, body in enumerate(b.bodies, 1):
-                owners.append(ordinal)
-                positions.append(position)
-                bodies.append(body.text)
-                hashes.append(body.hash)
-        params = {
-            "ns": _text_array([b.namespace for b in batches]),
-            "id": _text_array([b.stream_id for b in batches]),
-            "n": _int_array([len(b.bodies) for b in batches]),
-            "exp": _int_array([b.expected for b in batches]),
-            "owner": _int_array(owners),
-            "pos": _int_array(positions),
-            "bodies": _text_array(bodies),
-            "hashes": _text_array(hashes),
-            "now": ts,
-        }
-        rows = self._statement(_APPEND_MANY, params, lambda cur: cur.fetchall())
-        out: list[_Appended | Locked | None] = [None] * len(batches)
-        for ordinal, first in rows:
-            out[int(ordinal) - 1] = LOCKED if first is None else (int(first), ts)
-        return out
+        return self._send(self.dialect.append_many(batches))
+
+
+def _put_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
+    return {
+        "bump": 1 if intent.create_version else 0,
+        "content": intent.content_text,
+        "hash": intent.content_hash,
+        "now": ts,
+        "ns": intent.namespace,
+        "id": intent.id,
+        "exp": intent.expected_revision,
+        "author": intent.author,
+        "summary": intent.summary,
+    }
+
+
+def _append_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
+    return {
+        "n": len(batch.bodies),
+        "now": ts,
+        "ns": batch.namespace,
+        "id": batch.stream_id,
+        "exp": batch.expected,
+        "bodies": _text_array([b.text for b in batch.bodies]),
+        "hashes": _text_array([b.hash for b in batch.bodies]),
+    }
