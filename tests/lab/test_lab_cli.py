@@ -133,7 +133,15 @@ def test_ctrl_c_stops_the_run_and_still_checks(sqlite_url: str, tmp_path: Path) 
     )
     time.sleep(3.0)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Where it hangs: every thread's stack (faulthandler on SIGUSR1, cli.main).
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        proc.kill()
+        output, _ = proc.communicate()
+        raise AssertionError("revstore lab hung after Ctrl-C:\n" + output.decode()) from None
     text = output.decode()
     assert proc.returncode == 130, text
     assert "interrupted" in text and "all checks passed" in text
