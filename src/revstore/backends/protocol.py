@@ -209,6 +209,7 @@ def appended(batch: AppendBatch, first: int, ts: datetime) -> AppendResult:
 
 
 _INSERT_VERSION = insert(V)
+_INSERT_ITEMS = insert(I)
 
 
 # ---------------------------------------------------------------- prebuilt statements
@@ -232,6 +233,19 @@ _FIRST_KEPT = select(CP.c.first_version).where(*_pk(CP, "record_id"))
 _STREAM = select(S).where(*_pk(S))
 _STREAM_LAST = select(S.c.last_sequence).where(*_pk(S))
 _STREAM_LAST_LOCKED = _STREAM_LAST.with_for_update()
+# An append moves the stream's last sequence (``_append_after``); the optimistic
+# strategy's compare-and-set also requires the last sequence it read.
+# (An UPDATE's bind parameters may not be named after its columns: not ``_pk``.)
+_STREAM_ADVANCE = (
+    update(S)
+    .where(S.c.namespace == bindparam("s_ns"), S.c.id == bindparam("s_id"))
+    .values(
+        last_sequence=bindparam("new_last"),
+        item_count=S.c.item_count + bindparam("added"),
+        updated_at=bindparam("now"),
+    )
+)
+_STREAM_ADVANCE_FROM = _STREAM_ADVANCE.where(S.c.last_sequence == bindparam("read_last"))
 _STORED_ITEMS = select(I.c.sequence, I.c.item_id, I.c.body_hash, I.c.created_at).where(
     *_pk(I, "stream_id"), I.c.item_id.in_(bindparam("ids", expanding=True))
 )
@@ -664,14 +678,18 @@ class Protocol:
         check_expected(batch.stream_id, batch.expected, last)
         n = len(batch.bodies)
         yield self._insert_items(batch, last + 1, ts)
-        stmt = (
-            update(S)
-            .where(S.c.namespace == batch.namespace, S.c.id == batch.stream_id)
-            .values(last_sequence=last + n, item_count=S.c.item_count + n, updated_at=ts)
+        advanced = yield Execute(
+            _STREAM_ADVANCE_FROM if cas else _STREAM_ADVANCE,
+            {
+                "s_ns": batch.namespace,
+                "s_id": batch.stream_id,
+                "new_last": last + n,
+                "added": n,
+                "now": ts,
+                "read_last": last,
+            },
         )
-        if cas:
-            stmt = stmt.where(S.c.last_sequence == last)
-        if (yield Execute(stmt)).rowcount != 1:
+        if advanced.rowcount != 1:
             raise LostRace(f"stream {batch.stream_id!r} changed concurrently")
         return appended(batch, last + 1, ts)
 
@@ -679,7 +697,7 @@ class Protocol:
     def _insert_items(batch: AppendBatch, first: int, ts: datetime) -> Execute:
         ids: Sequence[str | None] = batch.item_ids or [None] * len(batch.bodies)
         return Execute(
-            insert(I),
+            _INSERT_ITEMS,
             [
                 {
                     "namespace": batch.namespace,
