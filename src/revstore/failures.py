@@ -35,8 +35,8 @@ class Transient(Retryable):
 
 class LockWaitTimedOut(Transient):
     """A statement waited longer than the lock wait timeout for a row lock. MariaDB and
-    MySQL roll back that statement only, so the transaction may go on: a batch rolls
-    that write back to its savepoint and hands it to its writer (``batch``)."""
+    MySQL roll back that statement only, so the transaction may go on: a batch takes
+    that write out and hands it to its writer (``batch``)."""
 
 
 class Disconnected(Retryable):

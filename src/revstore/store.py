@@ -61,7 +61,7 @@ class Store(Shell):
     one commit; each keeps its own result and errors. On PostgreSQL (``counter``
     strategy), puts and appends without item ids on different records or streams are
     sent as one statement; on SQLite and MariaDB/MySQL, write transactions (except
-    optimistic ones) run in one transaction, each in its own savepoint, writes to one
+    optimistic ones) run in one transaction, each decided at its turn, writes to one
     record included. ``False`` sends every write alone.
 
     ``max_page_bytes``: a page of ``history``, ``read`` or ``list`` holds at most
