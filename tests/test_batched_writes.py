@@ -324,12 +324,11 @@ def test_a_write_failing_after_it_changed_rows_is_taken_out(batched_store: Store
         )
         return lambda: backend.strategy.record_write(backend.protocol, intent, None, None)
 
-    begin = backend.dialect.begin_write
     out = backend._commit_together(
         [
-            Pending(("a",), put("a"), begin),
-            Pending(("victim",), tainted, begin),
-            Pending(("b",), put("b"), begin),
+            Pending(("a",), put("a")),
+            Pending(("victim",), tainted),
+            Pending(("b",), put("b")),
         ]
     )
     assert out[0].get().revision == 2 and out[2].get().revision == 2
@@ -370,8 +369,8 @@ def test_a_write_failing_before_it_changed_rows_costs_no_resend() -> None:
         except StopIteration as done:
             return list(done.value)
 
-    outcomes = drive([Pending("k", ok, "BEGIN"), Pending("k", write(False), "BEGIN")])
+    outcomes = drive([Pending("k", ok), Pending("k", write(False))])
     assert outcomes[0].get() == 7 and isinstance(outcomes[1].error, InvalidInput)
     with pytest.raises(Tainted) as tainted:
-        drive([Pending("k", ok, "BEGIN"), Pending("k", write(True), "BEGIN")])
+        drive([Pending("k", ok), Pending("k", write(True))])
     assert tainted.value.index == 1

@@ -7,7 +7,6 @@ import sys
 import threading
 import types
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -17,25 +16,11 @@ import pytest
 from sqlalchemy import String, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from versioned_models import Models, make_engine, make_models, process_writer, write_many
+from versioned_models import Models, process_writer, write_many
 
 import revstore
 import revstore.sqlalchemy as rs
 from revstore import InvalidInput, NotFound
-
-
-@pytest.fixture
-def models() -> Models:
-    return make_models()
-
-
-@pytest.fixture
-def engine(backend_url: str, models: Models) -> Iterator[Engine]:
-    eng = make_engine(backend_url)
-    models.metadata.create_all(eng)
-    yield eng
-    models.metadata.drop_all(eng)
-    eng.dispose()
 
 
 def count_versions(engine: Engine, models: Models) -> int:

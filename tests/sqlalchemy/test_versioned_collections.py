@@ -5,36 +5,20 @@ its save set."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
-import pytest
 from collection_workers import TAG_NAMES, tags_process, write_tags
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
-from versioned_models import Models, make_engine, make_models
+from versioned_models import Models
 
 import revstore.sqlalchemy as rs
 
 PROCESSES = 2
 THREADS = 3
 WRITES = 5
-
-
-@pytest.fixture
-def models() -> Models:
-    return make_models()
-
-
-@pytest.fixture
-def engine(backend_url: str, models: Models) -> Iterator[Engine]:
-    eng = make_engine(backend_url)
-    models.metadata.create_all(eng)
-    yield eng
-    models.metadata.drop_all(eng)
-    eng.dispose()
 
 
 def test_concurrent_tag_saves_on_one_prompt(

@@ -6,7 +6,6 @@ the path, the snapshot and the object's numbers are those the database stored.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -15,26 +14,12 @@ import pytest
 from sqlalchemy import CHAR, DateTime, Numeric, String, Text, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, deferred, mapped_column
-from versioned_models import Models, make_engine, make_models
+from versioned_models import Models, make_engine
 
 import revstore
 import revstore.sqlalchemy as rs
 from revstore.content import canonical_json, content_hash
 from revstore.sqlalchemy.versioned import content_of
-
-
-@pytest.fixture
-def models() -> Models:
-    return make_models()
-
-
-@pytest.fixture
-def engine(backend_url: str, models: Models) -> Iterator[Engine]:
-    eng = make_engine(backend_url)
-    models.metadata.create_all(eng)
-    yield eng
-    models.metadata.drop_all(eng)
-    eng.dispose()
 
 
 class Statements:

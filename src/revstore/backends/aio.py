@@ -25,7 +25,7 @@ from typing import Protocol as Interface
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from revstore.backends.batch import Outcome, Pending, Tainted, batch_begin, one_by_one
+from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
 from revstore.backends.dialect import Appended, Dialect, Put
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, AsyncGroupCommit, Locked
@@ -370,23 +370,21 @@ class AsyncSqlBackend:
 
     async def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
         """As ``SqlBackend.commit``."""
-        tx = make()
-        begin = batch_begin(tx, self.dialect.begin_write)
-        if self.batches is None or begin is None:
+        if self.batches is None or not self.strategy.batchable:
+            tx = make()
             return await self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = await self.batches.submit(Pending(key, make, begin))
+        outcome: Outcome[T] = await self.batches.submit(Pending(key, make))
         return outcome.get()
 
     async def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
-        return Outcome(await self.transaction(pending.make().step, pending.begin))
+        tx = pending.make()
+        return Outcome(await self.transaction(tx.step, tx.begin))
 
     async def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any] | Locked]:
         if len(batch) == 1:
             return [await self._commit_alone(batch[0])]
         try:
-            outcomes = await self.transaction(
-                one_by_one(batch, self.dialect.batch_lock_wait), batch[0].begin
-            )
+            outcomes = await self.transaction(one_by_one(batch, self.dialect.batch_lock_wait))
         except Tainted as tainted:
             # Rolled back: the others again, then the tainted write alone.
             i = tainted.index

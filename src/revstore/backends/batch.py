@@ -50,12 +50,12 @@ T = TypeVar("T")
 @dataclass(slots=True)
 class Pending(Generic[T]):
     """One write waiting for a batch: its key (the record or stream it writes, which
-    orders the batch), its transaction as its strategy makes it (made anew for each
-    send: a protocol runs once), and the ``BEGIN`` it needs."""
+    orders the batch) and its transaction as its strategy makes it (made anew for each
+    send: a protocol runs once). A batch runs under the dialect's write ``BEGIN``, as
+    every batchable strategy's transaction does."""
 
     key: Hashable
     make: Callable[[], Tx[T]]
-    begin: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +72,6 @@ class Outcome(Generic[T]):
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]  # set whenever error is None
-
-
-def batch_begin(tx: Tx[Any], begin_write: str) -> str | None:
-    """The ``BEGIN`` a write transaction shares a batch under, or None when it runs
-    alone (its strategy says it must: ``Tx.batchable``)."""
-    return (tx.begin or begin_write) if tx.batchable else None
 
 
 def own_failure(exc: BaseException) -> bool:

@@ -34,6 +34,21 @@ Bumped = tuple[int, int, datetime | str]
 ``created_at`` (as the driver returns it)."""
 
 
+def counter_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
+    """The bind parameters of every dialect's counter statement for a put (``bump_head``,
+    PostgreSQL's ``put_one``): the bump, the new content, the time, the key and the
+    expectation."""
+    return {
+        "bump": 1 if intent.create_version else 0,
+        "content": intent.content_text,
+        "hash": intent.content_hash,
+        "now": ts,
+        "ns": intent.namespace,
+        "id": intent.id,
+        "exp": intent.expected_revision,
+    }
+
+
 class Dialect:
     """Base of the three dialects: the portable defaults."""
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
-from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.dialect import Bumped, Dialect, counter_params
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend, install_liveness_probe
 from revstore.config import (
@@ -273,15 +273,7 @@ class MysqlDialect(Dialect):
     def bump_head(self, intent: WriteIntent, ts: datetime) -> Step[Bumped | None]:
         result = yield Execute(
             _BUMP_HEAD,
-            {
-                "bump": 1 if intent.create_version else 0,
-                "content": intent.content_text,
-                "hash": intent.content_hash,
-                "now": ts,
-                "ns": intent.namespace,
-                "id": intent.id,
-                "exp": intent.expected_revision,
-            },
+            counter_params(intent, ts),
         )
         if result.rowcount != 1:
             return None

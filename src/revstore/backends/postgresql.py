@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from revstore.backends.dialect import Appended, Dialect, Put
+from revstore.backends.dialect import Appended, Dialect, Put, counter_params
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.ops import Raw, Step
 from revstore.backends.pgaio import PsycopgPool, wrapped
@@ -761,17 +761,8 @@ class PostgresBackend(SqlBackend):
 
 
 def _put_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
-    return {
-        "bump": 1 if intent.create_version else 0,
-        "content": intent.content_text,
-        "hash": intent.content_hash,
-        "now": ts,
-        "ns": intent.namespace,
-        "id": intent.id,
-        "exp": intent.expected_revision,
-        "author": intent.author,
-        "summary": intent.summary,
-    }
+    # The snapshot rides in the same statement: it also takes author and summary.
+    return {**counter_params(intent, ts), "author": intent.author, "summary": intent.summary}
 
 
 def _append_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
-from revstore.backends.batch import Outcome, Pending, Tainted, batch_begin, one_by_one
+from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
@@ -306,24 +306,22 @@ class SqlBackend:
     def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
         """Run a write's transaction: alone, or with group commit in the transaction
         of a batch (``batch``)."""
-        tx = make()
-        begin = batch_begin(tx, self.dialect.begin_write)
-        if self.batches is None or begin is None:
+        if self.batches is None or not self.strategy.batchable:
+            tx = make()
             return self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = self.batches.submit(Pending(key, make, begin))
+        outcome: Outcome[T] = self.batches.submit(Pending(key, make))
         return outcome.get()
 
     def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
-        return Outcome(self.transaction(pending.make().step, pending.begin))
+        tx = pending.make()
+        return Outcome(self.transaction(tx.step, tx.begin))
 
     def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any] | Locked]:
         if len(batch) == 1:
             # Nobody to share with: no savepoint round trips.
             return [self._commit_alone(batch[0])]
         try:
-            outcomes = self.transaction(
-                one_by_one(batch, self.dialect.batch_lock_wait), batch[0].begin
-            )
+            outcomes = self.transaction(one_by_one(batch, self.dialect.batch_lock_wait))
         except Tainted as tainted:
             # Rolled back: the others again, then the tainted write alone.
             i = tainted.index

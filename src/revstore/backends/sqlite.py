@@ -32,7 +32,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
-from revstore.backends.dialect import Bumped, Dialect
+from revstore.backends.dialect import Bumped, Dialect, counter_params
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend
 from revstore.config import (
@@ -151,15 +151,7 @@ class SqliteDialect(Dialect):
         # UPDATE … RETURNING takes the next numbers with no possible race.
         result = yield Execute(
             _UPDATE_HEAD,
-            {
-                "bump": 1 if intent.create_version else 0,
-                "content": intent.content_text,
-                "hash": intent.content_hash,
-                "now": ts,
-                "ns": intent.namespace,
-                "id": intent.id,
-                "exp": intent.expected_revision,
-            },
+            counter_params(intent, ts),
         )
         row = result.first()
         return None if row is None else (int(row[0]), int(row[1]), row[2])

@@ -36,13 +36,10 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Tx(Generic[T]):
     """A protocol to run in one transaction opened with ``begin`` (None: the
-    dialect's write ``BEGIN``). ``batchable``: group commit may run it in one
-    transaction with others (``batch``); not an optimistic write, which reads without
-    locks so that it can race, and whose compare-and-set must see other commits."""
+    dialect's write ``BEGIN``)."""
 
     step: Step[T]
     begin: str | None = None
-    batchable: bool = True
 
 
 class Strategy:
@@ -50,6 +47,10 @@ class Strategy:
     With a ``claim``, the idempotency key is applied in the write's own transaction."""
 
     name: ClassVar[str]
+    batchable: ClassVar[bool] = True
+    """Whether group commit may run this strategy's writes in one transaction with
+    others (``batch``): not the optimistic one, which reads without locks so that it can
+    race, and whose compare-and-set must see other commits."""
 
     def record_write(
         self, p: Protocol, intent: WriteIntent, transform: Transform | None, claim: Claim | None
@@ -92,6 +93,7 @@ class Lock(Strategy):
 
 class Optimistic(Strategy):
     name: ClassVar[str] = "optimistic"
+    batchable: ClassVar[bool] = False
 
     def record_write(
         self, p: Protocol, intent: WriteIntent, transform: Transform | None, claim: Claim | None
@@ -99,7 +101,6 @@ class Optimistic(Strategy):
         return Tx(
             p.settle_record(claim, intent, p.write_from_head(intent, transform, lock=False)),
             p.dialect.begin_optimistic,
-            batchable=False,
         )
 
     def stream_append(
@@ -108,7 +109,6 @@ class Optimistic(Strategy):
         return Tx(
             p.settle_append(claim, batch, p.append_optimistic(batch)),
             p.dialect.begin_optimistic,
-            batchable=False,
         )
 
 
