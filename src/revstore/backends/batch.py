@@ -1,5 +1,6 @@
 """Many writes in one transaction: the I/O-free core of group commit on SQLite and
-MariaDB/MySQL (and of many writers of one record on any backend).
+MariaDB/MySQL, writers of one record included. (PostgreSQL batches its one-statement
+writes instead: ``postgresql``.)
 
 A leader takes the write transactions queued behind it (each one the protocol its
 strategy picked, the same one it would run alone) and runs them one after the other
