@@ -29,6 +29,7 @@ import revstore
 from revstore.errors import RevstoreError
 from revstore.service.auth import CACHE_SECONDS, PROTECTED_PREFIX, AuthMiddleware, KeyCache
 from revstore.service.context import Services, StoreSource, services
+from revstore.service.fastlane import FastLane
 from revstore.service.metrics import MULTIPROC_ENV, Metrics, install_retry_counter
 from revstore.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from revstore.service.problems import MEDIA_TYPE
@@ -146,7 +147,10 @@ def create_app(store: StoreSource = None, settings: Settings | None = None) -> F
     app.add_exception_handler(RequestValidationError, on_error)
     app.add_exception_handler(RevstoreError, on_error)
 
-    # The last one added is the outermost.
+    # The last one added is the outermost: the fast lane is innermost, so the request
+    # id, log line, metrics, auth and body limit apply to both of its paths.
+    if settings.fast_lane:
+        app.add_middleware(FastLane, routes=_lane_routes(app))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.auth:
         # Before the body is read and before any route (or its idempotency layer) runs.
@@ -173,6 +177,22 @@ def create_app(store: StoreSource = None, settings: Settings | None = None) -> F
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _lane_routes(app: FastAPI) -> list[Any]:
+    """The app's routes in the order its router tries them, with the routes of an
+    included router in its place (FastAPI >= 0.16x keeps the router whole instead of
+    copying its routes into the app; a router the lane cannot see into keeps the lane
+    from serving any path it matches)."""
+    out: list[Any] = []
+    for route in app.router.routes:
+        included = getattr(route, "original_router", None)
+        prefix = getattr(getattr(route, "include_context", None), "prefix", "")
+        if included is router and not prefix:
+            out.extend(router.routes)
+        else:
+            out.append(route)
+    return out
 
 
 def _allowed_methods(path: str) -> list[str]:

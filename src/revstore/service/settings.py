@@ -20,6 +20,7 @@ ENV_IDEMPOTENCY_TTL = "REVSTORE_IDEMPOTENCY_TTL"
 ENV_POOL_SIZE = "REVSTORE_POOL_SIZE"
 ENV_MAX_OVERFLOW = "REVSTORE_MAX_OVERFLOW"
 ENV_AUTH = "REVSTORE_AUTH"
+ENV_FAST_LANE = "REVSTORE_FAST_LANE"
 
 
 def _flag(value: str | None) -> bool:
@@ -74,6 +75,11 @@ class Settings:
     """``/v1/...`` requests need an API key (``revstore.service.auth``). ``revstore
     serve`` turns it on by default when it binds a non-loopback address."""
 
+    fast_lane: bool = True
+    """Serve valid requests to the API's routes without FastAPI's router walk and
+    dependency machinery (``revstore.service.fastlane``); same answers, less CPU.
+    False (``REVSTORE_FAST_LANE=0``) sends every request down FastAPI's path."""
+
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be 1 or more, got {self.max_body_bytes}")
@@ -101,6 +107,7 @@ class Settings:
             pool_size=int(env.get(ENV_POOL_SIZE) or 16),
             max_overflow=int(env.get(ENV_MAX_OVERFLOW) or 32),
             auth=_auth(env.get(ENV_AUTH)),
+            fast_lane=_flag(env.get(ENV_FAST_LANE) or "1"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -114,4 +121,5 @@ class Settings:
             ENV_POOL_SIZE: str(self.pool_size),
             ENV_MAX_OVERFLOW: str(self.max_overflow),
             ENV_AUTH: "required" if self.auth else "off",
+            ENV_FAST_LANE: "1" if self.fast_lane else "0",
         }
