@@ -93,6 +93,12 @@ def read_call(op: str, key: str, step: Callable[[Protocol], Any]) -> Call:
     return Call(op, key, lambda backend: backend.run(step(backend.protocol)))
 
 
+def point_read_call(op: str, key: str, step: Callable[[Protocol], Any]) -> Call:
+    """A read of one row by its key: the backend may run it where it is cheapest
+    (``point_read``); otherwise as ``read_call``."""
+    return Call(op, key, lambda backend: backend.point_read(lambda: step(backend.protocol)))
+
+
 def transaction_call(op: str, key: str, step: Callable[[Protocol], Any]) -> Call:
     """A call that runs a protocol inside one write transaction."""
     return Call(op, key, lambda backend: backend.transaction(step(backend.protocol)))
@@ -308,7 +314,7 @@ class Operations(RetentionOperations):
         """The record's head (NotFound when absent or deleted)."""
         validate_id(namespace, "namespace")
         validate_id(id)
-        result: Record = yield read_call("get", id, lambda p: p.get_record(namespace, id))
+        result: Record = yield point_read_call("get", id, lambda p: p.get_record(namespace, id))
         return result
 
     def history(
@@ -461,7 +467,7 @@ class Operations(RetentionOperations):
         """The stream's last sequence and item count (NotFound when it has no items)."""
         validate_id(namespace, "namespace")
         validate_id(stream, "stream id")
-        result: StreamInfo = yield read_call(
+        result: StreamInfo = yield point_read_call(
             "stream_info", stream, lambda p: p.stream_info(namespace, stream)
         )
         return result

@@ -290,6 +290,10 @@ class AsyncSqlBackend:
         finally:
             await self._release(link)
 
+    async def point_read(self, make: Callable[[], Step[T]]) -> T:
+        """A read of one row by key (``operations.point_read_call``): here, a read."""
+        return await self.run(make())
+
     async def transaction(self, step: Step[T], begin: str | None = None) -> T:
         link = await self._connect(self._checkout)
         try:

@@ -69,6 +69,9 @@ class Dialect:
     async_in_threads: ClassVar[bool] = False
     """Whether ``AsyncStore`` runs this database's sync executor in threads
     (``threaded``) rather than an asyncio driver (SQLite: it has no I/O to wait on)."""
+    point_reads_inline: ClassVar[bool] = False
+    """Whether, with ``async_in_threads``, a read of one row by key runs on the event
+    loop's thread, on a connection that never waits for a lock (SQLite in WAL)."""
     batch_lock_wait: ClassVar[tuple[str, str] | None] = None
     """Statements that shorten, then restore, how long a batch's statements wait for a
     row lock (None: the database has no row locks, or no such setting)."""

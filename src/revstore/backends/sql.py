@@ -189,6 +189,10 @@ class SqlBackend:
         and statements that are safe to re-run. (``wait``: as in ``_connect``.)"""
         return self.run_on_connection(lambda conn: self.drive(conn, step), wait)
 
+    def point_read(self, make: Callable[[], Step[T]]) -> T:
+        """A read of one row by key (``operations.point_read_call``): here, a read."""
+        return self.run(make())
+
     def run_on_connection(self, fn: Callable[[Connection], T], wait: bool = True) -> T:
         conn = self._connect(wait)
         try:
