@@ -59,8 +59,11 @@ def _is_sequence(annotation: Any) -> bool:
     return any(_is_sequence(arg) for arg in get_args(annotation))
 
 
+_IMMUTABLE = (str, bytes, int, float, bool, type(None))
+
+
 class _Param:
-    __slots__ = ("alias", "default", "field", "loc", "name", "required")
+    __slots__ = ("alias", "copy_default", "default", "field", "loc", "name", "required")
 
     def __init__(self, field: ModelField, where: str) -> None:
         self.field = field
@@ -69,6 +72,9 @@ class _Param:
         self.loc = (where, field.alias)
         self.required = field.field_info.is_required()
         self.default = None if self.required else field.default
+        # FastAPI hands each request its own copy of a default; one that cannot change
+        # needs none.
+        self.copy_default = not isinstance(self.default, _IMMUTABLE)
 
 
 class FastParams:
@@ -152,7 +158,7 @@ class FastParams:
             return None
         if self.query and not _read(self.query, request.query_params, values):
             return None
-        if self.headers and not _read(self.headers, request.headers, values):
+        if self.headers and not _read(self.headers, _first_headers(request), values):
             return None
         if self.body is not None:
             value, errors = self.body.validate(body, values, loc=("body",))
@@ -168,14 +174,22 @@ def _read(params_: list[_Param], source: Any, values: dict[str, Any]) -> bool:
         if raw is None:
             if p.required:
                 return False
-            # FastAPI hands each request its own copy of the default.
-            values[p.name] = copy.deepcopy(p.default)
+            values[p.name] = copy.deepcopy(p.default) if p.copy_default else p.default
             continue
         value, errors = p.field.validate(raw, values, loc=p.loc)
         if errors:
             return False
         values[p.name] = value
     return True
+
+
+def _first_headers(request: Request) -> dict[str, str]:
+    """Each header's first value by name, as ``Headers.get`` reads it (ASGI servers
+    give names in lower case), in one pass instead of one scan per parameter."""
+    out: dict[str, str] = {}
+    for key, value in reversed(request.scope["headers"]):
+        out[key.decode("latin-1")] = value.decode("latin-1")
+    return out
 
 
 def _is_model(annotation: Any) -> bool:
