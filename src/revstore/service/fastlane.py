@@ -34,7 +34,9 @@ from fastapi.routing import APIRoute
 from starlette.convertors import StringConvertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from revstore.service.middleware import replay_body
 
 if TYPE_CHECKING:
     from fastapi._compat import ModelField
@@ -287,7 +289,7 @@ class FastLane:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
-            receive = _replay(body, server_receive)
+            receive = replay_body(body, server_receive)
         scope["path_params"] = {**scope.get("path_params", {}), **path_params}
         scope["endpoint"] = route.endpoint
         scope["route"] = route
@@ -296,7 +298,7 @@ class FastLane:
         if response is None:
             # Declined (something to report): FastAPI's path, from the same scope and
             # the same body, given again. Its router sets the route keys again.
-            again = server_receive if body is None else _replay(body, server_receive)
+            again = server_receive if body is None else replay_body(body, server_receive)
             await self.app(scope, again, send)
             return
         await response(scope, receive, send)
@@ -315,20 +317,6 @@ class _Other:
 
         match, _ = self.route.matches(scope)
         return bool(match != Match.NONE)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the buffered body once, then defers to the server's."""
-    given = False
-
-    async def replay() -> Message:
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def _first_segment(route: Any) -> str | None:

@@ -101,6 +101,21 @@ class RequestContextMiddleware:
             request_context.reset(token)
 
 
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives an already read ``body`` once, then defers to the
+    server's (a disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyLimitMiddleware:
     """Refuses a body over ``max_bytes`` with 413: at once when Content-Length says so,
     else while counting the streamed chunks. The accepted body is buffered (it is at
@@ -142,17 +157,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
         await self._refuse(
