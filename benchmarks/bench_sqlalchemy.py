@@ -458,6 +458,152 @@ def race(
     return result
 
 
+# ----------------------------------------------------------------- client CPU per write
+
+
+@dataclass
+class CpuResult:
+    backend: str
+    contender: str
+    writes: int = 0
+    cpu_us: list[float] = field(default_factory=list)
+    """Client CPU (``time.process_time``) per write of each round, in µs."""
+    wall_us: list[float] = field(default_factory=list)
+    calls: float = 0.0
+    """Python function calls per write (cProfile, its own batch)."""
+    statements: float = 0.0
+    """SQL statements per write (``before_cursor_execute``; executemany counts once)."""
+    top: list[str] = field(default_factory=list)
+
+    @property
+    def cpu(self) -> float:
+        """The median of the rounds: the least disturbed by the other processes."""
+        return sorted(self.cpu_us)[len(self.cpu_us) // 2] if self.cpu_us else 0.0
+
+
+def run_cpu(url: str, rows: int, writes: int, rounds: int, top: int) -> list[CpuResult]:
+    """In its own process: revstore and version_id_col on the same database, one thread,
+    rounds of ``writes`` writes each over ``rows`` rows, alternating the contenders."""
+    import cProfile
+    import io
+    import pstats
+
+    from sqlalchemy import event
+
+    from revstore.config import parse_url
+
+    backend = parse_url(url).backend
+    engine = engine_for(url)
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(engine, "before_cursor_execute", count)
+    names = ("revstore", "version_id_col")
+    kinds = {name: KINDS[name](engine, rows, 50) for name in names}
+    results = {name: CpuResult(backend, name) for name in names}
+    rng = random.Random(1)
+    try:
+        for kind in kinds.values():
+            kind.setup()
+        for name, kind in kinds.items():  # warm the caches (compiled statements, pools)
+            for i in range(min(writes, 50)):
+                kind.write(rng.randrange(rows) + 1, f"warm-{i}")
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                kind = kinds[name]
+                ids = [rng.randrange(rows) + 1 for _ in range(writes)]
+                before = statements
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                for i, doc_id in enumerate(ids):
+                    kind.write(doc_id, f"r{r}-{i}")
+                cpu1, wall1 = time.process_time(), time.perf_counter()
+                res = results[name]
+                res.writes += writes
+                res.cpu_us.append((cpu1 - cpu0) / writes * 1e6)
+                res.wall_us.append((wall1 - wall0) / writes * 1e6)
+                res.statements = (statements - before) / writes
+        for name, kind in kinds.items():
+            n = min(writes, 100)
+            prof = cProfile.Profile()
+            prof.enable()
+            for i in range(n):
+                kind.write(rng.randrange(rows) + 1, f"prof-{i}")
+            prof.disable()
+            stats = pstats.Stats(prof, stream=io.StringIO())
+            results[name].calls = stats.total_calls / n  # type: ignore[attr-defined]
+            if top:
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+                results[name].top = out.getvalue().splitlines()
+    finally:
+        for kind in kinds.values():
+            kind.teardown()
+        engine.dispose()
+    return list(results.values())
+
+
+def cpu_markdown(results: list[CpuResult], args: argparse.Namespace) -> str:
+    lines = [
+        f"# Client CPU per write, revstore.sqlalchemy beside version_id_col "
+        f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"One thread, {args.cpu_rounds} rounds of {args.cpu} writes per contender, alternated, "
+        f"spread over {args.rows} rows; CPU = median round of `time.process_time` per write. "
+        f"Python {platform.python_version()}. Load average at the start: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}. "
+        "Command: `python benchmarks/bench_sqlalchemy.py " + " ".join(sys.argv[1:]) + "`.",
+        "",
+        "| backend | contender | CPU µs/write (rounds) | wall µs/write | calls/write "
+        "| statements/write |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rounds = ", ".join(f"{x:,.0f}" for x in r.cpu_us)
+        wall = sorted(r.wall_us)[len(r.wall_us) // 2] if r.wall_us else 0.0
+        lines.append(
+            f"| {r.backend} | {r.contender} | {r.cpu:,.0f} ({rounds}) | {wall:,.0f} | "
+            f"{r.calls:,.0f} | {r.statements:g} |"
+        )
+    by = {(r.backend, r.contender): r for r in results}
+    lines += ["", "| backend | revstore CPU / version_id_col CPU |", "|---|---:|"]
+    for backend in dict.fromkeys(r.backend for r in results):
+        rs, vi = by.get((backend, "revstore")), by.get((backend, "version_id_col"))
+        if rs and vi and vi.cpu:
+            lines.append(f"| {backend} | {rs.cpu / vi.cpu:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main_cpu(args: argparse.Namespace, urls: list[str]) -> None:
+    results: list[CpuResult] = []
+    for url in urls:
+        print(f"{url.split('://')[0]} cpu …", file=sys.stderr, flush=True)
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            got = pool.submit(
+                run_cpu, url, args.rows, args.cpu, args.cpu_rounds, args.profile_top
+            ).result()
+        for r in got:
+            print(
+                f"  {r.contender}: {r.cpu:,.0f} µs CPU/write, {r.calls:,.0f} calls/write, "
+                f"{r.statements:g} statements/write",
+                file=sys.stderr,
+                flush=True,
+            )
+            if r.top:
+                print("\n".join(r.top), file=sys.stderr)
+        results.extend(got)
+    report = cpu_markdown(results, args)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+        args.out.with_suffix(".json").write_text(
+            __import__("json").dumps([asdict(r) for r in results], indent=1), encoding="utf-8"
+        )
+
+
 # ----------------------------------------------------------------- report
 
 
@@ -503,6 +649,18 @@ def main() -> None:
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="hot,spread")
     parser.add_argument("--out", type=Path, help="Also write the markdown table to this file.")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Instead of the race: client CPU per write of revstore and version_id_col, "
+        "one thread, rounds of N writes over --rows rows, plus Python calls per write.",
+    )
+    parser.add_argument("--cpu-rounds", type=int, default=6, help="Rounds per contender.")
+    parser.add_argument(
+        "--profile-top", type=int, default=0, help="--cpu: print the N top functions (tottime)."
+    )
     args = parser.parse_args()
     contenders = [c for c in args.contenders.split(",") if c]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -517,6 +675,13 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="bench-sqlalchemy-")
         urls = [f"sqlite:///{tmp}/bench.db", DEFAULT_PG_URL, DEFAULT_MYSQL_URL]
 
+    if args.cpu > 0:
+        main_cpu(args, urls)
+        if tmp:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     results: list[Result] = []
     for url in urls:
         for contender in contenders:

@@ -1,9 +1,12 @@
 """``Versioned``: revisions, versions and a history table for the user's own models.
 
-How a revision is taken (docs/sqlalchemy.md): ``before_flush`` sets the head's
-``revision`` (and ``version``) of each changed object to the SQL expression
-``revision + 1``, so the UPDATE the unit of work sends anyway computes the number in the
-database, under the row lock that UPDATE takes (SQLite: the writer lock). ``after_flush``
+How a revision is taken (docs/sqlalchemy.md): ``before_flush`` marks the head's
+``revision`` (and ``version``) of each changed object, and the engine hook below sends
+the UPDATE the unit of work sends anyway with ``revision = revision + 1`` (and ``version
+= version + 1``), so the database computes the number under the row lock that UPDATE
+takes (SQLite: the writer lock). That UPDATE is one statement per table and shape, built
+once and reused, so SQLAlchemy's compiled cache serves it without building or cache-keying
+a statement per object. ``after_flush``
 then writes the snapshots in the same transaction, from the row as that UPDATE left it:
 returned by the UPDATE itself where the database has ``UPDATE … RETURNING`` (PostgreSQL,
 SQLite ≥ 3.35), else re-read under the lock — except on MariaDB/MySQL when the UPDATE's
@@ -58,7 +61,7 @@ from sqlalchemy.orm import (
     mapped_column,
 )
 from sqlalchemy.orm import object_mapper as _object_mapper
-from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.types import CHAR, NCHAR
 
 from revstore.config import MAX_AUTHOR, MAX_SUMMARY
@@ -73,9 +76,11 @@ _CHUNK = 500
 """Primary keys per ``IN (…)`` when rows are re-read after a flush."""
 _CHANGE = "_revstore_change"
 _PENDING = "revstore.versioned.pending"
-_MARK = "_revstore_pending"
-"""Attribute of the ``revision + 1`` expression of one object's UPDATE: its _Pending, so
-the engine hooks below can tell that UPDATE (and which object it writes) apart."""
+_PLAIN, _RETURNING, _LAST_ID = 0, 1, 2
+"""How a head UPDATE learns the row it left: not at all (re-read after it), RETURNING the
+whole row, or MariaDB/MySQL's ``LAST_INSERT_ID(revision + 1)``."""
+_HEADS = 64
+"""Head UPDATE statements kept per model (by the ORM statement they stand in for)."""
 
 
 class BulkWriteRefused(RevstoreError, TypeError):
@@ -177,6 +182,10 @@ class VersionedInfo:
     _plain: list[tuple[str, str | None, Column[Any]]] | None = None
     _m2m: list[RelationshipProperty[Any]] | None = None
     _mapper: Mapper[Any] | None = field(default=None)
+    _tracked: frozenset[str] | None = None
+    _history_names: frozenset[str] | None = None
+    _insert: Insert | None = None
+    _heads: dict[tuple[int, int, bool], tuple[Update, Update]] = field(default_factory=dict)
 
     def bind(self, mapper: Mapper[Any]) -> None:
         self._mapper = mapper
@@ -232,6 +241,60 @@ class VersionedInfo:
                 if rel.secondary is not None and rel.uselist and not rel.viewonly
             ]
         return self._m2m
+
+    @property
+    def tracked(self) -> frozenset[str]:
+        """The attribute keys whose changes make a new revision (columns, collections)."""
+        if self._tracked is None:
+            self._tracked = frozenset(
+                [key for key, _ in self.columns] + [rel.key for rel in self.m2m]
+            )
+        return self._tracked
+
+    @property
+    def history_names(self) -> frozenset[str]:
+        if self._history_names is None:
+            self._history_names = frozenset(c.name for c in self.history.columns)
+        return self._history_names
+
+    @property
+    def history_insert(self) -> Insert:
+        """One INSERT object for every snapshot: its cache key is computed once."""
+        if self._insert is None:
+            self._insert = self.history.insert()
+        return self._insert
+
+    def head_update(self, orm_update: Update, how: int, snapshot: bool) -> Update:
+        """The UPDATE the unit of work's ``orm_update`` becomes: the same SET of the
+        changed columns and WHERE on the key, plus ``revision = revision + 1`` (and
+        ``version = version + 1`` with a snapshot), returning the row when ``how`` says.
+        The ORM reuses its UPDATE object for every flush, so this one is built once per
+        shape and reused too; its cache key is memoized on it."""
+        key = (id(orm_update), how, snapshot)
+        found = self._heads.get(key)
+        if found is not None and found[0] is orm_update:
+            return found[1]
+        table = self.table
+        bump: ColumnElement[Any] = table.c.revision + 1
+        if how == _LAST_ID:
+            # LAST_INSERT_ID(expr) is expr, and the server sends it back in the UPDATE's
+            # own reply (cursor.lastrowid): the new revision without another statement.
+            bump = func.last_insert_id(bump)
+        values: dict[Any, Any] = {table.c.revision: bump}
+        if snapshot:
+            values[table.c.version] = table.c.version + 1
+        stmt = orm_update.values(values)
+        if how == _RETURNING:
+            # The whole row as this UPDATE leaves it, in the UPDATE's own round trip: the
+            # snapshot needs no re-read. return_defaults (not returning) keeps the ORM's
+            # own handling of the statement: rowcount check, one row back.
+            stmt = stmt.return_defaults(supplemental_cols=list(table.columns))
+        if len(self._heads) >= _HEADS:
+            # An ORM UPDATE built per flush (SQL expressions among the user's values):
+            # nothing to reuse, and nothing to keep growing.
+            self._heads.clear()
+        self._heads[key] = (orm_update, stmt)
+        return stmt
 
 
 class Versioned:
@@ -381,16 +444,23 @@ def content_of(
 # ----------------------------------------------------------------- flush hooks
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
+    """One Versioned object of a flush. A changed object's ``revision`` (and ``version``)
+    is set to its _Pending until the flush ends: the UPDATE's parameters then carry it,
+    so the engine hooks tell that UPDATE, and the object it writes, apart."""
+
     obj: Versioned
     state: InstanceState[Any]
     insert: bool
     snapshot: bool
     change: Change
-    info: VersionedInfo | None = None
+    info: VersionedInfo
     loaded: tuple[int, int] | None = None
-    """MariaDB/MySQL: the (revision, version) this session held before the flush."""
+    """The (revision, version) this session held before the flush (used on MariaDB/MySQL)."""
+    how: int = _PLAIN
+    conn: Connection | None = None
+    """The connection the object's UPDATE ran on."""
     saved: dict[str, Any] | None = None
     """UPDATE … RETURNING: the attribute values before the flush (restored after it)."""
     returned: dict[str, Any] | None = None
@@ -405,12 +475,14 @@ def _is_mysql(conn: Connection) -> bool:
 
 def _has_changes(state: InstanceState[Any], info: VersionedInfo) -> bool:
     """True when a mapped column or a many-to-many collection has a net change
-    (SQLAlchemy's own history: setting a loaded value to itself is no change)."""
+    (SQLAlchemy's own history: setting a loaded value to itself is no change). Only
+    attributes in ``committed_state`` can have history: the others are not looked at."""
+    committed = state.committed_state
+    if not committed:
+        return False
+    tracked = info.tracked
     attrs = state.attrs
-    for key, _ in info.columns:
-        if attrs[key].history.has_changes():
-            return True
-    return any(attrs[rel.key].history.has_changes() for rel in info.m2m)
+    return any(key in tracked and attrs[key].history.has_changes() for key in list(committed))
 
 
 def _pk_clause(cols: Sequence[ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]) -> Any:
@@ -438,46 +510,60 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         obj.revision = 1
         obj.version = 1 if change.create_version else 0
         pending.append(
-            _Pending(obj, attributes.instance_state(obj), True, change.create_version, change)
+            _Pending(
+                obj,
+                attributes.instance_state(obj),
+                True,
+                change.create_version,
+                change,
+                versioned_info(type(obj)),
+            )
         )
-    unchanged: list[Versioned] = []
     dirty: list[tuple[Versioned, InstanceState[Any], VersionedInfo]] = []
-    for obj in session.dirty:
-        if not isinstance(obj, Versioned) or obj in session.deleted:
+    for obj in session.dirty:  # never the deleted ones
+        if not isinstance(obj, Versioned):
             continue
         state = attributes.instance_state(obj)
-        info = versioned_info(type(obj))
-        if any(state.attrs[k].history.has_changes() for k in ("revision", "version")):
+        committed = state.committed_state
+        if ("revision" in committed or "version" in committed) and any(
+            state.attrs[k].history.has_changes() for k in ("revision", "version")
+        ):
             # The session would write the value it was given: a number from Python.
             raise InvalidInput(
                 f"{type(obj).__name__}.revision and .version are taken by the flush; "
                 "do not set them (use expected_revision for an optimistic check)"
             )
-        dirty.append((obj, state, info))
-    # Rows are locked in one order (table, key), so two flushes never wait on each other
-    # crosswise here.
-    dirty.sort(key=lambda d: (d[2].table.name, repr(d[1].identity)))
-    dialects: dict[int, Any] = {}
+        dirty.append((obj, state, versioned_info(type(obj))))
+    if len(dirty) > 1:
+        # Rows are locked in one order (table, key), so two flushes never wait on each
+        # other crosswise here.
+        dirty.sort(key=lambda d: (d[2].table.name, repr(d[1].identity)))
+    unchanged: list[Versioned] = []
     for obj, state, info in dirty:
         change = _change(obj)
         if not _has_changes(state, info):
             unchanged.append(obj)
             continue
-        moved = [rel for rel in info.m2m if state.attrs[rel.key].history.has_changes()]
-        if moved and state.identity is not None:
-            _rebase_collections(session, obj, state, info, moved)
-            if not _has_changes(state, info):  # another writer had set the same already
-                unchanged.append(obj)
-                continue
-        dialect = dialects.get(id(info))
-        if dialect is None:
-            dialect = dialects[id(info)] = session.get_bind(mapper=info.mapper).dialect
+        if info.m2m:
+            moved = [rel for rel in info.m2m if state.attrs[rel.key].history.has_changes()]
+            if moved and state.identity is not None:
+                _rebase_collections(session, obj, state, info, moved)
+                if not _has_changes(state, info):  # another writer had set the same already
+                    unchanged.append(obj)
+                    continue
+        state_dict = state.dict
+        revision, version = state_dict.get("revision"), state_dict.get("version")
         p = _Pending(obj, state, False, change.create_version, change, info)
-        # The number is computed by the UPDATE itself, under its row lock: never
-        # from the revision this session loaded, which another writer may have passed.
-        obj.revision = _bump(dialect, info, p)
+        if type(revision) is int and type(version) is int:
+            p.loaded = (revision, version)
+        # The number is computed by the UPDATE itself, under its row lock: never from
+        # the revision this session loaded, which another writer may have passed. The
+        # marker makes the ORM send an UPDATE (also when only a collection changed),
+        # with the marker among its parameters, for _head_update to turn into
+        # revision + 1.
+        attributes.set_attribute(obj, "revision", p)
         if change.create_version:
-            obj.version = info.table.c.version + 1
+            attributes.set_attribute(obj, "version", p)
         pending.append(p)
     for obj in unchanged:
         exp = _change(obj).expected_revision
@@ -487,52 +573,47 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         session.info[_PENDING] = pending
 
 
-def _bump(dialect: Any, info: VersionedInfo, p: _Pending) -> ColumnElement[Any]:
-    """``revision + 1`` for one object's UPDATE, marked with its _Pending so that the
-    engine hooks below know the statement and the object it writes."""
-    bump: ColumnElement[Any] = info.table.c.revision + 1
-    state_dict = p.state.dict
-    if dialect.update_returning and info.table.implicit_returning:
-        # _add_returning makes the UPDATE return the whole row, which the ORM also puts
-        # into the object: keep the caller's values, to give them back after the flush.
-        p.saved = {key: state_dict[key] for key, _ in info.columns if key in state_dict}
-    elif dialect.name in ("mysql", "mariadb"):
-        revision, version = state_dict.get("revision"), state_dict.get("version")
-        if type(revision) is int and type(version) is int:
-            p.loaded = (revision, version)
-            # LAST_INSERT_ID(expr) is expr, and the server sends it back in the UPDATE's
-            # own reply (cursor.lastrowid): the new revision without another statement.
-            bump = func.last_insert_id(bump)
-    setattr(bump, _MARK, p)
-    return bump
-
-
-def _marked(stmt: Update) -> _Pending | None:
-    """The object a flush's UPDATE writes, when before_flush marked its revision. Read
-    from the statement's SET values (not public API: when they move, the hooks find
-    nothing and after_flush re-reads the rows, as before)."""
-    values = getattr(stmt, "_values", None)
-    if not values:
+def _marker(multiparams: Any, params: Any) -> _Pending | None:
+    """The _Pending whose marker is an UPDATE's ``revision`` parameter, if any."""
+    first = params if params else (multiparams[0] if multiparams else None)
+    if not isinstance(first, Mapping):
         return None
-    for value in values.values():
-        found = getattr(value, _MARK, None)
-        if isinstance(found, _Pending):
-            return found
-    return None
+    found = first.get("revision")
+    return found if type(found) is _Pending else None
 
 
 @event.listens_for(Engine, "before_execute", retval=True)
-def _add_returning(
+def _head_update(
     conn: Connection, elem: Any, multiparams: Any, params: Any, execution_options: Any
 ) -> tuple[Any, Any, Any]:
-    if type(elem) is Update and conn.dialect.update_returning:
-        p = _marked(elem)
-        if p is not None and p.saved is not None and p.info is not None:
-            # The whole row as this UPDATE leaves it, in the UPDATE's own round trip:
-            # the snapshot needs no re-read. return_defaults (not returning) keeps the
-            # ORM's own handling of the statement: rowcount check, one row back.
-            elem = elem.return_defaults(supplemental_cols=list(p.info.table.columns))
-    return elem, multiparams, params
+    if type(elem) is not Update:
+        return elem, multiparams, params
+    p = _marker(multiparams, params)
+    if p is None:
+        return elem, multiparams, params
+    info = p.info
+    dialect = conn.dialect
+    how = _PLAIN
+    if multiparams:
+        # Several objects in one executemany: their rows are re-read after it (neither
+        # RETURNING nor LAST_INSERT_ID tell the rows of an executemany apart).
+        for each in multiparams:
+            marked = each.get("revision")
+            if type(marked) is _Pending:
+                marked.conn = conn
+    else:
+        if dialect.update_returning and info.table.implicit_returning:
+            how = _RETURNING
+            # The ORM also puts the returned row into the object: keep the caller's
+            # values, to give them back after the flush.
+            state_dict = p.state.dict
+            p.saved = {key: state_dict[key] for key, _ in info.columns if key in state_dict}
+        elif p.loaded is not None and dialect.name in ("mysql", "mariadb"):
+            how = _LAST_ID
+        p.how = how
+        p.conn = conn
+    first = params if params else multiparams[0]
+    return info.head_update(elem, how, "version" in first), multiparams, params
 
 
 @event.listens_for(Engine, "after_execute")
@@ -544,18 +625,18 @@ def _capture(
     execution_options: Any,
     result: CursorResult[Any],
 ) -> None:
-    if type(elem) is not Update:
+    if multiparams or type(elem) is not Update:
         return
-    p = _marked(elem)
+    p = _marker(multiparams, params)
     if p is None:
         return
-    if p.saved is not None:
+    if p.how == _RETURNING:
         row = result.returned_defaults
         cols = getattr(result.context.compiled, "effective_returning", None) or []
         names = [c.name for c in cols if isinstance(c, Column)]
         if row is not None and names and len(names) == len(row):
             p.returned = dict(zip(names, row, strict=True))
-    elif p.loaded is not None:
+    elif p.how == _LAST_ID:
         bumped = getattr(result.context.cursor, "lastrowid", None)
         if type(bumped) is int and bumped > 0:
             p.bumped = bumped
@@ -631,20 +712,22 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     pending: list[_Pending] | None = session.info.pop(_PENDING, None)
     if not pending:
         return
-    by_class: dict[type[Any], list[_Pending]] = {}
+    by_info: dict[int, list[_Pending]] = {}
     for p in pending:
         if p.state.deleted or p.state.detached:
             continue
-        by_class.setdefault(type(p.obj), []).append(p)
-    for cls, items in by_class.items():
-        _write_snapshots(session, versioned_info(cls), items)
+        by_info.setdefault(id(p.info), []).append(p)
+    for items in by_info.values():
+        _write_snapshots(session, items[0].info, items)
     # Only when every object of the flush passed: the change descriptions are spent.
     for p in pending:
         p.obj.__dict__.pop(_CHANGE, None)
 
 
 def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending]) -> None:
-    conn = session.connection(bind_arguments={"mapper": info.mapper})
+    conn = items[0].conn
+    if conn is None or any(p.conn is not conn for p in items):
+        conn = session.connection(bind_arguments={"mapper": info.mapper})
     now = datetime.now(UTC)
     keys = [_identity(p) for p in items]
     if any(p.insert for p in items):
@@ -658,6 +741,7 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         rows.update(_reread(conn, info, [k for k in keys if k not in rows]))
     collections = _read_collections(conn, info, keys) if info.m2m else {}
     meta = info.meta
+    history_names = info.history_names
     snapshots: list[dict[str, Any]] = []
     for p, key in zip(items, keys, strict=True):
         row = rows[key]
@@ -679,9 +763,9 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         attributes.set_committed_value(p.obj, "version", version)
         if not p.snapshot:
             continue
-        colls = collections.get(key, {rel.key: [] for rel in info.m2m})
+        colls = collections.get(key) or {rel.key: [] for rel in info.m2m}
         doc = content_of(info, row, colls)
-        values = {name: value for name, value in row.items() if name in info.history.c}
+        values = {name: value for name, value in row.items() if name in history_names}
         values.update(
             {
                 meta["version"]: version,
@@ -695,7 +779,7 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         )
         snapshots.append(values)
     if snapshots:
-        conn.execute(info.history.insert(), snapshots)
+        conn.execute(info.history_insert, snapshots)
 
 
 def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
