@@ -1,12 +1,16 @@
 """``Versioned``: revisions, versions and a history table for the user's own models.
 
-How a revision is taken (docs/sqlalchemy.md): ``before_flush`` marks the head's
-``revision`` (and ``version``) of each changed object, and the engine hook below sends
-the UPDATE the unit of work sends anyway with ``revision = revision + 1`` (and ``version
-= version + 1``), so the database computes the number under the row lock that UPDATE
-takes (SQLite: the writer lock). That UPDATE is one statement per table and shape, built
-once and reused, so SQLAlchemy's compiled cache serves it without building or cache-keying
-a statement per object. ``after_flush``
+How a revision is taken (docs/sqlalchemy.md): ``before_flush`` finds the changed objects,
+and when the unit of work comes to each one's UPDATE (``before_update``, in the flush's own
+order), revstore sends that UPDATE itself: the changed columns, ``revision = revision +
+1`` (and ``version = version + 1``), so the database computes the number under the row
+lock that UPDATE takes (SQLite: the writer lock); the ORM then has nothing left to write
+for the object. That UPDATE is one statement per model and shape, built once, so
+SQLAlchemy's compiled cache serves it without building or cache-keying a statement per
+object, and no engine-wide event hook is needed (they cost every statement of every
+connection). An object the fast path does not cover (a SQL expression among its values,
+a changed primary key, ``version_id_col``, ``onupdate`` columns without RETURNING) gets
+``revision = revision + 1`` as a value instead, and the ORM's own UPDATE. ``after_flush``
 then writes the snapshots in the same transaction, from the row as that UPDATE left it:
 returned by the UPDATE itself where the database has ``UPDATE … RETURNING`` (PostgreSQL,
 SQLite ≥ 3.35), else re-read under the lock — except on MariaDB/MySQL when the UPDATE's
@@ -35,12 +39,12 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     DateTime,
-    Engine,
     Integer,
     MetaData,
     String,
     Table,
     and_,
+    bindparam,
     event,
     func,
     or_,
@@ -48,7 +52,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import (
     InstanceState,
     Mapped,
@@ -61,6 +64,8 @@ from sqlalchemy.orm import (
     mapped_column,
 )
 from sqlalchemy.orm import object_mapper as _object_mapper
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.types import CHAR, NCHAR
 
@@ -79,8 +84,6 @@ _PENDING = "revstore.versioned.pending"
 _PLAIN, _RETURNING, _LAST_ID = 0, 1, 2
 """How a head UPDATE learns the row it left: not at all (re-read after it), RETURNING the
 whole row, or MariaDB/MySQL's ``LAST_INSERT_ID(revision + 1)``."""
-_HEADS = 64
-"""Head UPDATE statements kept per model (by the ORM statement they stand in for)."""
 
 
 class BulkWriteRefused(RevstoreError, TypeError):
@@ -185,7 +188,10 @@ class VersionedInfo:
     _tracked: frozenset[str] | None = None
     _history_names: frozenset[str] | None = None
     _insert: Insert | None = None
-    _heads: dict[tuple[int, int, bool], tuple[Update, Update]] = field(default_factory=dict)
+    _heads: dict[tuple[int, bool], Update] = field(default_factory=dict)
+    _onupdate: frozenset[str] | None = None
+    _keys: dict[str, Column[Any]] | None = None
+    _pk_keys: list[tuple[str, str]] | None = None
 
     def bind(self, mapper: Mapper[Any]) -> None:
         self._mapper = mapper
@@ -243,6 +249,13 @@ class VersionedInfo:
         return self._m2m
 
     @property
+    def keys(self) -> dict[str, Column[Any]]:
+        """Attribute key → table column of the mapped columns but revision/version."""
+        if self._keys is None:
+            self._keys = dict(self.columns)
+        return self._keys
+
+    @property
     def tracked(self) -> frozenset[str]:
         """The attribute keys whose changes make a new revision (columns, collections)."""
         if self._tracked is None:
@@ -264,16 +277,37 @@ class VersionedInfo:
             self._insert = self.history.insert()
         return self._insert
 
-    def head_update(self, orm_update: Update, how: int, snapshot: bool) -> Update:
-        """The UPDATE the unit of work's ``orm_update`` becomes: the same SET of the
-        changed columns and WHERE on the key, plus ``revision = revision + 1`` (and
-        ``version = version + 1`` with a snapshot), returning the row when ``how`` says.
-        The ORM reuses its UPDATE object for every flush, so this one is built once per
-        shape and reused too; its cache key is memoized on it."""
-        key = (id(orm_update), how, snapshot)
-        found = self._heads.get(key)
-        if found is not None and found[0] is orm_update:
-            return found[1]
+    @property
+    def onupdate(self) -> frozenset[str]:
+        """Attribute keys of the columns the database or Core sets on UPDATE by itself
+        (``onupdate`` / ``server_onupdate``)."""
+        if self._onupdate is None:
+            self._onupdate = frozenset(
+                key
+                for key, col in self.columns
+                if col.onupdate is not None or col.server_onupdate is not None
+            )
+        return self._onupdate
+
+    @property
+    def pk_keys(self) -> list[tuple[str, str]]:
+        """(attribute key, bound parameter name) of each primary key column."""
+        if self._pk_keys is None:
+            self._pk_keys = [
+                (self.mapper.get_property_by_column(col).key, f"revstore_pk_{i}")
+                for i, col in enumerate(self.pk)
+            ]
+        return self._pk_keys
+
+    def head_update(self, how: int, snapshot: bool) -> Update:
+        """The head UPDATE: ``revision = revision + 1`` (and ``version = version + 1``
+        with a snapshot), the changed columns from the parameters' keys (SQLAlchemy
+        compiles, and caches, one form per set of keys), WHERE on the primary key,
+        returning the row when ``how`` says. Built once per shape: its cache key is
+        memoized on it."""
+        stmt = self._heads.get((how, snapshot))
+        if stmt is not None:
+            return stmt
         table = self.table
         bump: ColumnElement[Any] = table.c.revision + 1
         if how == _LAST_ID:
@@ -283,17 +317,14 @@ class VersionedInfo:
         values: dict[Any, Any] = {table.c.revision: bump}
         if snapshot:
             values[table.c.version] = table.c.version + 1
-        stmt = orm_update.values(values)
+        pk_binds = zip(self.pk, self.pk_keys, strict=True)
+        where = and_(*(col == bindparam(name, type_=col.type) for col, (_, name) in pk_binds))
+        stmt = update(table).where(where).values(values)
         if how == _RETURNING:
-            # The whole row as this UPDATE leaves it, in the UPDATE's own round trip: the
-            # snapshot needs no re-read. return_defaults (not returning) keeps the ORM's
-            # own handling of the statement: rowcount check, one row back.
-            stmt = stmt.return_defaults(supplemental_cols=list(table.columns))
-        if len(self._heads) >= _HEADS:
-            # An ORM UPDATE built per flush (SQL expressions among the user's values):
-            # nothing to reuse, and nothing to keep growing.
-            self._heads.clear()
-        self._heads[key] = (orm_update, stmt)
+            # The whole row as this UPDATE leaves it, in the UPDATE's own round trip:
+            # the snapshot needs no re-read.
+            stmt = stmt.returning(*table.columns)
+        self._heads[(how, snapshot)] = stmt
         return stmt
 
 
@@ -446,9 +477,7 @@ def content_of(
 
 @dataclass(slots=True, eq=False)
 class _Pending:
-    """One Versioned object of a flush. A changed object's ``revision`` (and ``version``)
-    is set to its _Pending until the flush ends: the UPDATE's parameters then carry it,
-    so the engine hooks tell that UPDATE, and the object it writes, apart."""
+    """One Versioned object of a flush."""
 
     obj: Versioned
     state: InstanceState[Any]
@@ -458,11 +487,8 @@ class _Pending:
     info: VersionedInfo
     loaded: tuple[int, int] | None = None
     """The (revision, version) this session held before the flush (used on MariaDB/MySQL)."""
-    how: int = _PLAIN
     conn: Connection | None = None
-    """The connection the object's UPDATE ran on."""
-    saved: dict[str, Any] | None = None
-    """UPDATE … RETURNING: the attribute values before the flush (restored after it)."""
+    """The connection the object's UPDATE ran on (revstore's own UPDATE)."""
     returned: dict[str, Any] | None = None
     """The row as this object's UPDATE left it (RETURNING), by column name."""
     bumped: int | None = None
@@ -556,90 +582,106 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         p = _Pending(obj, state, False, change.create_version, change, info)
         if type(revision) is int and type(version) is int:
             p.loaded = (revision, version)
-        # The number is computed by the UPDATE itself, under its row lock: never from
-        # the revision this session loaded, which another writer may have passed. The
-        # marker makes the ORM send an UPDATE (also when only a collection changed),
-        # with the marker among its parameters, for _head_update to turn into
-        # revision + 1.
-        attributes.set_attribute(obj, "revision", p)
-        if change.create_version:
-            attributes.set_attribute(obj, "version", p)
         pending.append(p)
     for obj in unchanged:
         exp = _change(obj).expected_revision
         if exp is not None:
             _check_unchanged(session, obj, versioned_info(type(obj)), exp)
     if pending:
-        session.info[_PENDING] = pending
+        session.info[_PENDING] = {p.state: p for p in pending}
 
 
-def _marker(multiparams: Any, params: Any) -> _Pending | None:
-    """The _Pending whose marker is an UPDATE's ``revision`` parameter, if any."""
-    first = params if params else (multiparams[0] if multiparams else None)
-    if not isinstance(first, Mapping):
-        return None
-    found = first.get("revision")
-    return found if type(found) is _Pending else None
+@event.listens_for(Versioned, "before_update", propagate=True)
+def _before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    """Write the head of a changed object: revstore's UPDATE, or the ORM's with the
+    numbers as SQL expressions. Called by the unit of work for every dirty object just
+    before it collects their UPDATEs, in its own (dependency) order, on the connection
+    it would use."""
+    state = attributes.instance_state(target)
+    session = state.session
+    found = session.info.get(_PENDING) if session is not None else None
+    p = found.get(state) if found else None
+    if p is None or p.insert:
+        return
+    # The number is computed by the UPDATE itself, under its row lock: never from the
+    # revision this session loaded, which another writer may have passed.
+    if not _write_head(connection, p):
+        table = p.info.table
+        attributes.set_attribute(target, "revision", table.c.revision + 1)
+        if p.snapshot:
+            attributes.set_attribute(target, "version", table.c.version + 1)
 
 
-@event.listens_for(Engine, "before_execute", retval=True)
-def _head_update(
-    conn: Connection, elem: Any, multiparams: Any, params: Any, execution_options: Any
-) -> tuple[Any, Any, Any]:
-    if type(elem) is not Update:
-        return elem, multiparams, params
-    p = _marker(multiparams, params)
-    if p is None:
-        return elem, multiparams, params
-    info = p.info
+def _write_head(conn: Connection, p: _Pending) -> bool:
+    """Send the object's UPDATE (its changed columns and the new numbers) and mark the
+    columns as written, so the ORM sends nothing more for it; False when the object
+    needs the ORM's own UPDATE."""
+    info, state = p.info, p.state
+    mapper = state.mapper
+    if mapper.version_id_col is not None:
+        return False
     dialect = conn.dialect
-    how = _PLAIN
-    if multiparams:
-        # Several objects in one executemany: their rows are re-read after it (neither
-        # RETURNING nor LAST_INSERT_ID tell the rows of an executemany apart).
-        for each in multiparams:
-            marked = each.get("revision")
-            if type(marked) is _Pending:
-                marked.conn = conn
+    returning = dialect.update_returning and info.table.implicit_returning
+    if info.onupdate and not returning:
+        return False  # values computed by the UPDATE: let the ORM handle them, re-read
+    obj = p.obj
+    params: dict[str, Any] = {}
+    written: list[tuple[str, Any]] = []
+    committed = state.committed_state
+    keys = info.keys
+    for key in list(committed):
+        col = keys.get(key)
+        if col is None:
+            continue  # a collection, or revision/version (refused in before_flush)
+        added = attributes.get_history(obj, key, PASSIVE_NO_INITIALIZE).added
+        if not added:
+            continue
+        value = added[0]
+        if (
+            col.primary_key
+            or hasattr(value, "__clause_element__")
+            or isinstance(value, ColumnElement)
+        ):
+            return False  # a new key, or a SQL expression: the ORM knows how
+        params[col.key] = value
+        written.append((key, value))
+    state_dict = state.dict
+    for key, name in info.pk_keys:
+        value = state_dict.get(key)
+        if value is None:
+            return False
+        params[name] = value
+    how = _RETURNING if returning else _PLAIN
+    if not returning and p.loaded is not None and dialect.name in ("mysql", "mariadb"):
+        how = _LAST_ID
+    result = conn.execute(info.head_update(how, p.snapshot), params)
+    if how == _RETURNING:
+        row = result.one_or_none()
+        matched = 0 if row is None else 1
+        if row is not None:
+            p.returned = dict(row._mapping)
     else:
-        if dialect.update_returning and info.table.implicit_returning:
-            how = _RETURNING
-            # The ORM also puts the returned row into the object: keep the caller's
-            # values, to give them back after the flush.
-            state_dict = p.state.dict
-            p.saved = {key: state_dict[key] for key, _ in info.columns if key in state_dict}
-        elif p.loaded is not None and dialect.name in ("mysql", "mariadb"):
-            how = _LAST_ID
-        p.how = how
-        p.conn = conn
-    first = params if params else multiparams[0]
-    return info.head_update(elem, how, "version" in first), multiparams, params
-
-
-@event.listens_for(Engine, "after_execute")
-def _capture(
-    conn: Connection,
-    elem: Any,
-    multiparams: Any,
-    params: Any,
-    execution_options: Any,
-    result: CursorResult[Any],
-) -> None:
-    if multiparams or type(elem) is not Update:
-        return
-    p = _marker(multiparams, params)
-    if p is None:
-        return
-    if p.how == _RETURNING:
-        row = result.returned_defaults
-        cols = getattr(result.context.compiled, "effective_returning", None) or []
-        names = [c.name for c in cols if isinstance(c, Column)]
-        if row is not None and names and len(names) == len(row):
-            p.returned = dict(zip(names, row, strict=True))
-    elif p.how == _LAST_ID:
-        bumped = getattr(result.context.cursor, "lastrowid", None)
-        if type(bumped) is int and bumped > 0:
-            p.bumped = bumped
+        matched = result.rowcount
+        if how == _LAST_ID:
+            bumped = result.lastrowid
+            if type(bumped) is int and bumped > 0:
+                p.bumped = bumped
+    if matched != 1:
+        # As the ORM says it: the row is gone (or was never there); a retry reloads.
+        raise StaleDataError(
+            f"UPDATE statement on table '{info.table.description}' expected to update 1 "
+            f"row(s); {matched} were matched."
+        )
+    # Written: the ORM's UPDATE of this object has nothing left to send.
+    for key, value in written:
+        attributes.set_committed_value(obj, key, value)
+    if info.onupdate and p.returned is not None:
+        # Columns the UPDATE set by itself: what the row holds now.
+        for key, col in info.columns:
+            if key in info.onupdate and col.name in p.returned:
+                attributes.set_committed_value(obj, key, p.returned[col.name])
+    p.conn = conn
+    return True
 
 
 def _rebase_collections(
@@ -709,9 +751,10 @@ def _check_unchanged(session: Session, obj: Versioned, info: VersionedInfo, exp:
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    pending: list[_Pending] | None = session.info.pop(_PENDING, None)
-    if not pending:
+    found: dict[InstanceState[Any], _Pending] | None = session.info.pop(_PENDING, None)
+    if not found:
         return
+    pending = list(found.values())
     by_info: dict[int, list[_Pending]] = {}
     for p in pending:
         if p.state.deleted or p.state.detached:
@@ -785,13 +828,11 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
 def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
     """The row as this flush's UPDATE left it, when known without reading it again;
     None: re-read it (still under the UPDATE's lock)."""
-    if p.insert:
+    if p.insert or p.conn is None:
         return None
+    if _changed_since(p):
+        return None  # the ORM wrote more after revstore's UPDATE: the row has moved on
     if p.returned is not None:
-        if p.saved is not None:
-            # The ORM put the returned row into the object: give back the caller's
-            # values, as after a re-read (the numbers are set from the row).
-            p.state.dict.update(p.saved)
         return p.returned
     if p.bumped is None or p.loaded is None:
         return None
@@ -810,6 +851,16 @@ def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
     row["revision"] = p.bumped
     row["version"] = version + (1 if p.snapshot else 0)
     return row
+
+
+def _changed_since(p: _Pending) -> bool:
+    """Whether a column of the object changed after revstore's UPDATE wrote it (a
+    ``before_update`` listener that ran after revstore's, then the ORM's UPDATE)."""
+    keys = p.info.keys
+    return any(
+        key in keys and attributes.get_history(p.obj, key, PASSIVE_NO_INITIALIZE).has_changes()
+        for key in list(p.state.committed_state)
+    )
 
 
 def _stored_as_given(col: Column[Any], value: object) -> bool:
