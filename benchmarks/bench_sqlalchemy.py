@@ -481,9 +481,11 @@ class CpuResult:
         return sorted(self.cpu_us)[len(self.cpu_us) // 2] if self.cpu_us else 0.0
 
 
-def run_cpu(url: str, rows: int, writes: int, rounds: int, top: int) -> list[CpuResult]:
-    """In its own process: revstore and version_id_col on the same database, one thread,
-    rounds of ``writes`` writes each over ``rows`` rows, alternating the contenders."""
+def run_cpu(url: str, contender: str, rows: int, writes: int, seed: int, top: int) -> CpuResult:
+    """In its own process (so that neither contender pays for the other's event hooks):
+    one round of ``writes`` single-threaded writes of one contender over ``rows`` rows,
+    after a warm-up; with ``top`` > 0, a profiled round instead (Python calls per
+    write and the top functions)."""
     import cProfile
     import io
     import pstats
@@ -492,7 +494,6 @@ def run_cpu(url: str, rows: int, writes: int, rounds: int, top: int) -> list[Cpu
 
     from revstore.config import parse_url
 
-    backend = parse_url(url).backend
     engine = engine_for(url)
     statements = 0
 
@@ -501,48 +502,39 @@ def run_cpu(url: str, rows: int, writes: int, rounds: int, top: int) -> list[Cpu
         statements += 1
 
     event.listen(engine, "before_cursor_execute", count)
-    names = ("revstore", "version_id_col")
-    kinds = {name: KINDS[name](engine, rows, 50) for name in names}
-    results = {name: CpuResult(backend, name) for name in names}
-    rng = random.Random(1)
+    kind = KINDS[contender](engine, rows, 50)
+    result = CpuResult(parse_url(url).backend, contender)
+    rng = random.Random(seed)
     try:
-        for kind in kinds.values():
-            kind.setup()
-        for name, kind in kinds.items():  # warm the caches (compiled statements, pools)
-            for i in range(min(writes, 50)):
-                kind.write(rng.randrange(rows) + 1, f"warm-{i}")
-        for r in range(rounds):
-            for name in names if r % 2 == 0 else names[::-1]:
-                kind = kinds[name]
-                ids = [rng.randrange(rows) + 1 for _ in range(writes)]
-                before = statements
-                cpu0, wall0 = time.process_time(), time.perf_counter()
-                for i, doc_id in enumerate(ids):
-                    kind.write(doc_id, f"r{r}-{i}")
-                cpu1, wall1 = time.process_time(), time.perf_counter()
-                res = results[name]
-                res.writes += writes
-                res.cpu_us.append((cpu1 - cpu0) / writes * 1e6)
-                res.wall_us.append((wall1 - wall0) / writes * 1e6)
-                res.statements = (statements - before) / writes
-        for name, kind in kinds.items():
-            n = min(writes, 100)
+        kind.setup()
+        for i in range(min(writes, 50)):  # warm the caches (compiled statements, pool)
+            kind.write(rng.randrange(rows) + 1, f"warm-{i}")
+        ids = [rng.randrange(rows) + 1 for _ in range(writes)]
+        if top:
             prof = cProfile.Profile()
             prof.enable()
-            for i in range(n):
-                kind.write(rng.randrange(rows) + 1, f"prof-{i}")
+            for i, doc_id in enumerate(ids):
+                kind.write(doc_id, f"prof-{i}")
             prof.disable()
-            stats = pstats.Stats(prof, stream=io.StringIO())
-            results[name].calls = stats.total_calls / n  # type: ignore[attr-defined]
-            if top:
-                out = io.StringIO()
-                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
-                results[name].top = out.getvalue().splitlines()
+            out = io.StringIO()
+            stats = pstats.Stats(prof, stream=out)
+            result.calls = stats.total_calls / writes  # type: ignore[attr-defined]
+            stats.sort_stats("tottime").print_stats(top)
+            result.top = out.getvalue().splitlines()
+            return result
+        before = statements
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for i, doc_id in enumerate(ids):
+            kind.write(doc_id, f"w-{i}")
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        result.writes = writes
+        result.cpu_us.append((cpu1 - cpu0) / writes * 1e6)
+        result.wall_us.append((wall1 - wall0) / writes * 1e6)
+        result.statements = (statements - before) / writes
     finally:
-        for kind in kinds.values():
-            kind.teardown()
+        kind.teardown()
         engine.dispose()
-    return list(results.values())
+    return result
 
 
 def cpu_markdown(results: list[CpuResult], args: argparse.Namespace) -> str:
@@ -551,7 +543,8 @@ def cpu_markdown(results: list[CpuResult], args: argparse.Namespace) -> str:
         f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         "",
         f"One thread, {args.cpu_rounds} rounds of {args.cpu} writes per contender, alternated, "
-        f"spread over {args.rows} rows; CPU = median round of `time.process_time` per write. "
+        f"each round in its own process, spread over {args.rows} rows; CPU = median round of "
+        "`time.process_time` per write; calls = cProfile, a round of its own. "
         f"Python {platform.python_version()}. Load average at the start: "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}. "
         "Command: `python benchmarks/bench_sqlalchemy.py " + " ".join(sys.argv[1:]) + "`.",
@@ -577,23 +570,42 @@ def cpu_markdown(results: list[CpuResult], args: argparse.Namespace) -> str:
 
 
 def main_cpu(args: argparse.Namespace, urls: list[str]) -> None:
+    names = ("revstore", "version_id_col")
     results: list[CpuResult] = []
+
+    def one(url: str, name: str, seed: int, top: int) -> CpuResult:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(run_cpu, url, name, args.rows, args.cpu, seed, top).result()
+
     for url in urls:
         print(f"{url.split('://')[0]} cpu …", file=sys.stderr, flush=True)
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            got = pool.submit(
-                run_cpu, url, args.rows, args.cpu, args.cpu_rounds, args.profile_top
-            ).result()
-        for r in got:
+        merged = {name: CpuResult("", name) for name in names}
+        for r in range(args.cpu_rounds):
+            # Alternated, each round in a fresh process: a slow moment of the shared
+            # machine hits both contenders alike.
+            for name in names if r % 2 == 0 else names[::-1]:
+                got = one(url, name, r, 0)
+                into = merged[name]
+                into.backend = got.backend
+                into.writes += got.writes
+                into.cpu_us += got.cpu_us
+                into.wall_us += got.wall_us
+                into.statements = got.statements
+        for name in names:
+            prof = one(url, name, 99, args.profile_top or 1)
+            merged[name].calls = prof.calls
+            if args.profile_top:
+                merged[name].top = prof.top
+        for res in merged.values():
             print(
-                f"  {r.contender}: {r.cpu:,.0f} µs CPU/write, {r.calls:,.0f} calls/write, "
-                f"{r.statements:g} statements/write",
+                f"  {res.contender}: {res.cpu:,.0f} µs CPU/write, {res.calls:,.0f} calls/write, "
+                f"{res.statements:g} statements/write",
                 file=sys.stderr,
                 flush=True,
             )
-            if r.top:
-                print("\n".join(r.top), file=sys.stderr)
-        results.extend(got)
+            if res.top:
+                print("\n".join(res.top), file=sys.stderr)
+        results.extend(merged.values())
     report = cpu_markdown(results, args)
     print(report)
     if args.out:
