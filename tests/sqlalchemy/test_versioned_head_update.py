@@ -20,7 +20,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
 from versioned_models import Models, make_engine
 
+import revstore
 import revstore.sqlalchemy as rs
+from revstore.content import canonical_json, content_hash
+from revstore.sqlalchemy.versioned import content_of
 
 
 class Base(DeclarativeBase):
@@ -73,23 +76,32 @@ def snapshots(engine: Engine, model: Any, key: int) -> list[dict[str, Any]]:
 
 
 def same_as_head(engine: Engine, model: Any, key: int, names: list[str]) -> None:
+    """The last snapshot is the stored head, and its hash is that of the head."""
     head, last = stored(engine, model, key), snapshots(engine, model, key)[-1]
     for name in [*names, "revision", "version"]:
         assert last[name] == head[name], name
+    doc = content_of(model.__versioned__, head, {})
+    assert last["content_hash"] == content_hash(canonical_json(doc))
 
 
 def test_one_cached_update_per_shape(eng: Engine) -> None:
     """After the first flush of a shape, every head UPDATE is a compiled-cache hit, and
-    the ORM sends no UPDATE of its own: one UPDATE per changed object."""
+    the ORM sends no UPDATE of its own: one UPDATE per changed object (PostgreSQL: one
+    statement that also inserts the snapshot, when no one wrote the row in between)."""
     with Session(eng) as s:
         s.add_all([Note(id=i, text="t") for i in range(1, 4)])
         s.commit()
     hits: list[tuple[str, object]] = []
+    inserts: list[str] = []
+    fused = eng.dialect.name == "postgresql"
 
     @event.listens_for(eng, "after_cursor_execute")
     def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE"):
-            hits.append((statement, context.cache_hit))
+        word = statement.split(None, 1)[0].upper()
+        if word in ("UPDATE", "WITH"):
+            hits.append((word, context.cache_hit))
+        elif word == "INSERT":
+            inserts.append(statement)
 
     for round_ in range(3):
         with Session(eng) as s:
@@ -100,7 +112,10 @@ def test_one_cached_update_per_shape(eng: Engine) -> None:
             s.commit()
     event.remove(eng, "after_cursor_execute", seen)
     assert len(hits) == 9  # one per object and flush
+    assert {h[0] for h in hits} == {"WITH" if fused else "UPDATE"}
     assert {h[1] for h in hits[1:]} == {CACHE_HIT}
+    if fused:
+        assert inserts == []  # the snapshots came with the UPDATEs
     for i in range(1, 4):
         head = stored(eng, Note, i)
         assert (head["revision"], head["version"], head["text"]) == (4, 4, "r2")
@@ -245,3 +260,45 @@ def test_collections_only_change_still_updates_the_head(engine: Engine, models: 
         assert (p.revision, p.version) == (2, 2)
         snaps = rs.history(s, p)
     assert [len(h.tags) for h in snaps] == [0, 1]
+
+
+def test_a_writer_in_between_gets_its_own_snapshot_and_ours_follows(eng: Engine) -> None:
+    """Another session commits between this one's load and its UPDATE (PostgreSQL: the
+    one-statement write sees a revision it did not expect and inserts no snapshot): the
+    snapshot is still the row as stored, with the other writer's column, and the
+    versions stay gapless."""
+    with Session(eng) as s:
+        s.add(Note(id=1, text="first", n=1))
+        s.commit()
+    with Session(eng) as mine, Session(eng) as theirs:
+        note = mine.get(Note, 1)
+        other = theirs.get(Note, 1)
+        assert note is not None and other is not None
+        other.n = 2
+        theirs.commit()
+        note.text = "mine"
+        mine.commit()
+    head = stored(eng, Note, 1)
+    assert (head["revision"], head["version"], head["text"], head["n"]) == (3, 3, "mine", 2)
+    assert [h["version"] for h in snapshots(eng, Note, 1)] == [1, 2, 3]
+    same_as_head(eng, Note, 1, ["text", "n"])
+    assert (snapshots(eng, Note, 1)[1]["text"], snapshots(eng, Note, 1)[1]["n"]) == ("first", 2)
+
+
+def test_a_stale_expectation_leaves_no_snapshot(eng: Engine) -> None:
+    """expected_revision no longer holds: the flush raises and rolls back, also the
+    snapshot a one-statement write inserted."""
+    with Session(eng) as s:
+        s.add(Note(id=1, text="t"))
+        s.commit()
+    with Session(eng) as s:
+        note = s.get(Note, 1)
+        assert note is not None
+        note.expected_revision = 5
+        note.text = "x"
+        with pytest.raises(revstore.VersionConflict) as info:
+            s.flush()
+        assert info.value.current_revision == 1
+        s.rollback()
+    assert [h["version"] for h in snapshots(eng, Note, 1)] == [1]
+    assert stored(eng, Note, 1)["revision"] == 1

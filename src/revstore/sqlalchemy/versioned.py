@@ -45,8 +45,11 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    cast,
+    delete,
     event,
     func,
+    insert,
     or_,
     select,
     update,
@@ -192,6 +195,7 @@ class VersionedInfo:
     _onupdate: frozenset[str] | None = None
     _keys: dict[str, Column[Any]] | None = None
     _pk_keys: list[tuple[str, str]] | None = None
+    _fused: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def bind(self, mapper: Mapper[Any]) -> None:
         self._mapper = mapper
@@ -325,6 +329,69 @@ class VersionedInfo:
             # the snapshot needs no re-read.
             stmt = stmt.returning(*table.columns)
         self._heads[(how, snapshot)] = stmt
+        return stmt
+
+    def fused_update(self, written: tuple[str, ...]) -> Any:
+        """PostgreSQL: the head UPDATE (``written``: the column keys it sets, from
+        ``rs_set_<i>``) and the snapshot's INSERT in one statement, through data-modifying
+        CTEs. The INSERT takes the row the UPDATE returned, only when its revision is
+        ``rs_expect`` (the loaded one + 1: no one wrote in between, so the values and hash
+        computed beforehand are the row's); the statement returns the row and whether
+        the snapshot was inserted."""
+        stmt = self._fused.get(written)
+        if stmt is not None:
+            return stmt
+        table, hist, meta = self.table, self.history, self.meta
+        values: dict[Any, Any] = {
+            table.c[key]: bindparam(f"rs_set_{i}", type_=table.c[key].type)
+            for i, key in enumerate(written)
+        }
+        values[table.c.revision] = table.c.revision + 1
+        values[table.c.version] = table.c.version + 1
+        pk_binds = zip(self.pk, self.pk_keys, strict=True)
+        where = and_(*(col == bindparam(name, type_=col.type) for col, (_, name) in pk_binds))
+        head = update(table).where(where).values(values).returning(*table.columns).cte("rs_head")
+        own = [c.name for c in table.columns if c.name not in ("revision", "version")]
+
+        def given(name: str, column: str) -> Any:
+            # Typed: PostgreSQL infers no type for a parameter in a SELECT list.
+            kind = hist.c[column].type
+            return cast(bindparam(name, type_=kind), kind)
+
+        snap = (
+            insert(hist)
+            .from_select(
+                [
+                    *own,
+                    meta["version"],
+                    meta["revision"],
+                    meta["author"],
+                    meta["summary"],
+                    meta["created_at"],
+                    meta["content_hash"],
+                    meta[COLLECTIONS],
+                ],
+                select(
+                    *(head.c[name] for name in own),
+                    head.c.version,
+                    head.c.revision,
+                    given("rs_author", meta["author"]),
+                    given("rs_summary", meta["summary"]),
+                    given("rs_created_at", meta["created_at"]),
+                    given("rs_hash", meta["content_hash"]),
+                    given("rs_colls", meta[COLLECTIONS]),
+                ).where(head.c.revision == bindparam("rs_expect", type_=BigInteger)),
+            )
+            .returning(hist.c[meta["version"]])
+            .cte("rs_snap")
+        )
+        stmt = select(
+            *head.c,
+            select(func.count()).select_from(snap).scalar_subquery().label("rs_snapped"),
+        )
+        if len(self._fused) >= 64:
+            self._fused.clear()  # many shapes of change: keep the cache bounded
+        self._fused[written] = stmt
         return stmt
 
 
@@ -491,6 +558,8 @@ class _Pending:
     """The connection the object's UPDATE ran on (revstore's own UPDATE)."""
     returned: dict[str, Any] | None = None
     """The row as this object's UPDATE left it (RETURNING), by column name."""
+    fused: bool = False
+    """PostgreSQL: the snapshot was inserted by the UPDATE's own statement."""
     bumped: int | None = None
     """MariaDB/MySQL: the revision the UPDATE set, from its ``LAST_INSERT_ID(…)``."""
 
@@ -654,13 +723,26 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
     how = _RETURNING if returning else _PLAIN
     if not returning and p.loaded is not None and dialect.name in ("mysql", "mariadb"):
         how = _LAST_ID
-    result = conn.execute(info.head_update(how, p.snapshot), params)
-    if how == _RETURNING:
+    fused = _fused_params(p, written) if returning and dialect.name == "postgresql" else None
+    if fused is not None:
+        params.update(fused)
+        for i, (key, _) in enumerate(written):
+            params[f"rs_set_{i}"] = params.pop(keys[key].key)
+        stmt = info.fused_update(tuple(key for key, _ in written))
+        row = conn.execute(stmt, params).one_or_none()
+        matched = 0 if row is None else 1
+        if row is not None:
+            found = dict(row._mapping)
+            p.fused = bool(found.pop("rs_snapped"))
+            p.returned = found
+    elif how == _RETURNING:
+        result = conn.execute(info.head_update(how, p.snapshot), params)
         row = result.one_or_none()
         matched = 0 if row is None else 1
         if row is not None:
             p.returned = dict(row._mapping)
     else:
+        result = conn.execute(info.head_update(how, p.snapshot), params)
         matched = result.rowcount
         if how == _LAST_ID:
             bumped = result.lastrowid
@@ -682,6 +764,32 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
                 attributes.set_committed_value(obj, key, p.returned[col.name])
     p.conn = conn
     return True
+
+
+def _fused_params(p: _Pending, written: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """The snapshot's values for PostgreSQL's one-statement write, computed before it
+    from the values this session holds: the row as the UPDATE will leave it when no one
+    wrote it in between (the statement checks that: revision = loaded + 1). None when
+    that row cannot be known beforehand (no snapshot, collections, a column not loaded
+    or of a type the server may store otherwise, columns set by the UPDATE itself)."""
+    info = p.info
+    if not p.snapshot or p.loaded is None or info.m2m or info.onupdate:
+        return None
+    state_dict = p.state.dict
+    row: dict[str, Any] = {}
+    for name, key, col in info.plain:
+        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
+            return None
+        row[name] = state_dict[key]
+    doc = content_of(info, row, {})
+    return {
+        "rs_expect": p.loaded[0] + 1,
+        "rs_author": p.change.author,
+        "rs_summary": p.change.summary,
+        "rs_created_at": datetime.now(UTC),
+        "rs_hash": content_hash(canonical_json(doc)),
+        "rs_colls": None,
+    }
 
 
 def _rebase_collections(
@@ -780,6 +888,17 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         known = _row_of(info, p)
         if known is not None:
             rows[key] = known
+        elif p.fused and p.returned is not None:
+            # The ORM wrote the row again after the one-statement write: its snapshot
+            # is not the row any more; it is taken again from the re-read row.
+            p.fused = False
+            hist = info.history
+            conn.execute(
+                delete(hist).where(
+                    _pk_clause([hist.c[c.name] for c in info.pk], [key]),
+                    hist.c[info.meta["version"]] == p.returned["version"],
+                )
+            )
     if len(rows) < len(keys):
         rows.update(_reread(conn, info, [k for k in keys if k not in rows]))
     collections = _read_collections(conn, info, keys) if info.m2m else {}
@@ -804,7 +923,7 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
                 )
         attributes.set_committed_value(p.obj, "revision", revision)
         attributes.set_committed_value(p.obj, "version", version)
-        if not p.snapshot:
+        if not p.snapshot or p.fused:
             continue
         colls = collections.get(key) or {rel.key: [] for rel in info.m2m}
         doc = content_of(info, row, colls)
