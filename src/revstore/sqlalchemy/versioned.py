@@ -15,7 +15,9 @@ then writes the snapshots in the same transaction, from the row as that UPDATE l
 returned by the UPDATE itself where the database has ``UPDATE … RETURNING`` (PostgreSQL,
 SQLite ≥ 3.35), else re-read under the lock — except on MariaDB/MySQL when the UPDATE's
 ``LAST_INSERT_ID(revision + 1)`` shows that no one wrote the row since this session
-loaded it, so the loaded values are the row. No number is ever computed from a value
+loaded it, so the loaded values are the row. On PostgreSQL, when the row is known before
+the UPDATE, the snapshot's INSERT goes in the UPDATE's own statement (CTEs), taken only if
+the revision is the loaded one + 1. No number is ever computed from a value
 read earlier in Python, so any number of sessions writing one row get consecutive
 revisions without a conflict.
 """
