@@ -458,6 +458,164 @@ def race(
     return result
 
 
+# ----------------------------------------------------------------- client CPU per write
+
+
+@dataclass
+class CpuResult:
+    backend: str
+    contender: str
+    writes: int = 0
+    cpu_us: list[float] = field(default_factory=list)
+    """Client CPU (``time.process_time``) per write of each round, in µs."""
+    wall_us: list[float] = field(default_factory=list)
+    calls: float = 0.0
+    """Python function calls per write (cProfile, its own batch)."""
+    statements: float = 0.0
+    """SQL statements per write (``before_cursor_execute``; executemany counts once)."""
+    top: list[str] = field(default_factory=list)
+
+    @property
+    def cpu(self) -> float:
+        """The median of the rounds: the least disturbed by the other processes."""
+        return sorted(self.cpu_us)[len(self.cpu_us) // 2] if self.cpu_us else 0.0
+
+
+def run_cpu(url: str, contender: str, rows: int, writes: int, seed: int, top: int) -> CpuResult:
+    """In its own process (so that neither contender pays for the other's event hooks):
+    one round of ``writes`` single-threaded writes of one contender over ``rows`` rows,
+    after a warm-up; with ``top`` > 0, a profiled round instead (Python calls per
+    write and the top functions)."""
+    import cProfile
+    import io
+    import pstats
+
+    from sqlalchemy import event
+
+    from revstore.config import parse_url
+
+    engine = engine_for(url)
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(engine, "before_cursor_execute", count)
+    kind = KINDS[contender](engine, rows, 50)
+    result = CpuResult(parse_url(url).backend, contender)
+    rng = random.Random(seed)
+    try:
+        kind.setup()
+        for i in range(min(writes, 50)):  # warm the caches (compiled statements, pool)
+            kind.write(rng.randrange(rows) + 1, f"warm-{i}")
+        ids = [rng.randrange(rows) + 1 for _ in range(writes)]
+        if top:
+            prof = cProfile.Profile()
+            prof.enable()
+            for i, doc_id in enumerate(ids):
+                kind.write(doc_id, f"prof-{i}")
+            prof.disable()
+            out = io.StringIO()
+            stats = pstats.Stats(prof, stream=out)
+            result.calls = stats.total_calls / writes  # type: ignore[attr-defined]
+            stats.sort_stats("tottime").print_stats(top)
+            result.top = out.getvalue().splitlines()
+            return result
+        before = statements
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for i, doc_id in enumerate(ids):
+            kind.write(doc_id, f"w-{i}")
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        result.writes = writes
+        result.cpu_us.append((cpu1 - cpu0) / writes * 1e6)
+        result.wall_us.append((wall1 - wall0) / writes * 1e6)
+        result.statements = (statements - before) / writes
+    finally:
+        kind.teardown()
+        engine.dispose()
+    return result
+
+
+def cpu_markdown(results: list[CpuResult], args: argparse.Namespace) -> str:
+    lines = [
+        f"# Client CPU per write, revstore.sqlalchemy beside version_id_col "
+        f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"One thread, {args.cpu_rounds} rounds of {args.cpu} writes per contender, alternated, "
+        f"each round in its own process, spread over {args.rows} rows; CPU = median round of "
+        "`time.process_time` per write; calls = cProfile, a round of its own. "
+        f"Python {platform.python_version()}. Load average at the start: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}. "
+        "Command: `python benchmarks/bench_sqlalchemy.py " + " ".join(sys.argv[1:]) + "`.",
+        "",
+        "| backend | contender | CPU µs/write (rounds) | wall µs/write | calls/write "
+        "| statements/write |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rounds = ", ".join(f"{x:,.0f}" for x in r.cpu_us)
+        wall = sorted(r.wall_us)[len(r.wall_us) // 2] if r.wall_us else 0.0
+        lines.append(
+            f"| {r.backend} | {r.contender} | {r.cpu:,.0f} ({rounds}) | {wall:,.0f} | "
+            f"{r.calls:,.0f} | {r.statements:g} |"
+        )
+    by = {(r.backend, r.contender): r for r in results}
+    lines += ["", "| backend | revstore CPU / version_id_col CPU |", "|---|---:|"]
+    for backend in dict.fromkeys(r.backend for r in results):
+        rs, vi = by.get((backend, "revstore")), by.get((backend, "version_id_col"))
+        if rs and vi and vi.cpu:
+            lines.append(f"| {backend} | {rs.cpu / vi.cpu:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main_cpu(args: argparse.Namespace, urls: list[str]) -> None:
+    names = ("revstore", "version_id_col")
+    results: list[CpuResult] = []
+
+    def one(url: str, name: str, seed: int, top: int) -> CpuResult:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(run_cpu, url, name, args.rows, args.cpu, seed, top).result()
+
+    for url in urls:
+        print(f"{url.split('://')[0]} cpu …", file=sys.stderr, flush=True)
+        merged = {name: CpuResult("", name) for name in names}
+        for r in range(args.cpu_rounds):
+            # Alternated, each round in a fresh process: a slow moment of the shared
+            # machine hits both contenders alike.
+            for name in names if r % 2 == 0 else names[::-1]:
+                got = one(url, name, r, 0)
+                into = merged[name]
+                into.backend = got.backend
+                into.writes += got.writes
+                into.cpu_us += got.cpu_us
+                into.wall_us += got.wall_us
+                into.statements = got.statements
+        for name in names:
+            prof = one(url, name, 99, args.profile_top or 1)
+            merged[name].calls = prof.calls
+            if args.profile_top:
+                merged[name].top = prof.top
+        for res in merged.values():
+            print(
+                f"  {res.contender}: {res.cpu:,.0f} µs CPU/write, {res.calls:,.0f} calls/write, "
+                f"{res.statements:g} statements/write",
+                file=sys.stderr,
+                flush=True,
+            )
+            if res.top:
+                print("\n".join(res.top), file=sys.stderr)
+        results.extend(merged.values())
+    report = cpu_markdown(results, args)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+        args.out.with_suffix(".json").write_text(
+            __import__("json").dumps([asdict(r) for r in results], indent=1), encoding="utf-8"
+        )
+
+
 # ----------------------------------------------------------------- report
 
 
@@ -503,6 +661,18 @@ def main() -> None:
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="hot,spread")
     parser.add_argument("--out", type=Path, help="Also write the markdown table to this file.")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Instead of the race: client CPU per write of revstore and version_id_col, "
+        "one thread, rounds of N writes over --rows rows, plus Python calls per write.",
+    )
+    parser.add_argument("--cpu-rounds", type=int, default=6, help="Rounds per contender.")
+    parser.add_argument(
+        "--profile-top", type=int, default=0, help="--cpu: print the N top functions (tottime)."
+    )
     args = parser.parse_args()
     contenders = [c for c in args.contenders.split(",") if c]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -517,6 +687,13 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="bench-sqlalchemy-")
         urls = [f"sqlite:///{tmp}/bench.db", DEFAULT_PG_URL, DEFAULT_MYSQL_URL]
 
+    if args.cpu > 0:
+        main_cpu(args, urls)
+        if tmp:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     results: list[Result] = []
     for url in urls:
         for contender in contenders:

@@ -1,14 +1,23 @@
 """``Versioned``: revisions, versions and a history table for the user's own models.
 
-How a revision is taken (docs/sqlalchemy.md): ``before_flush`` sets the head's
-``revision`` (and ``version``) of each changed object to the SQL expression
-``revision + 1``, so the UPDATE the unit of work sends anyway computes the number in the
-database, under the row lock that UPDATE takes (SQLite: the writer lock). ``after_flush``
+How a revision is taken (docs/sqlalchemy.md): ``before_flush`` finds the changed objects,
+and when the unit of work comes to each one's UPDATE (``before_update``, in the flush's own
+order), revstore sends that UPDATE itself: the changed columns, ``revision = revision +
+1`` (and ``version = version + 1``), so the database computes the number under the row
+lock that UPDATE takes (SQLite: the writer lock); the ORM then has nothing left to write
+for the object. That UPDATE is one statement per model and shape, built once, so
+SQLAlchemy's compiled cache serves it without building or cache-keying a statement per
+object, and no engine-wide event hook is needed (they cost every statement of every
+connection). An object the fast path does not cover (a SQL expression among its values,
+a changed primary key, ``version_id_col``, ``onupdate`` columns without RETURNING) gets
+``revision = revision + 1`` as a value instead, and the ORM's own UPDATE. ``after_flush``
 then writes the snapshots in the same transaction, from the row as that UPDATE left it:
 returned by the UPDATE itself where the database has ``UPDATE … RETURNING`` (PostgreSQL,
 SQLite ≥ 3.35), else re-read under the lock — except on MariaDB/MySQL when the UPDATE's
 ``LAST_INSERT_ID(revision + 1)`` shows that no one wrote the row since this session
-loaded it, so the loaded values are the row. No number is ever computed from a value
+loaded it, so the loaded values are the row. On PostgreSQL, when the row is known before
+the UPDATE, the snapshot's INSERT goes in the UPDATE's own statement (CTEs), taken only if
+the revision is the loaded one + 1. No number is ever computed from a value
 read earlier in Python, so any number of sessions writing one row get consecutive
 revisions without a conflict.
 """
@@ -32,20 +41,22 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     DateTime,
-    Engine,
     Integer,
     MetaData,
     String,
     Table,
     and_,
+    bindparam,
+    cast,
+    delete,
     event,
     func,
+    insert,
     or_,
     select,
     update,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import (
     InstanceState,
     Mapped,
@@ -58,7 +69,9 @@ from sqlalchemy.orm import (
     mapped_column,
 )
 from sqlalchemy.orm import object_mapper as _object_mapper
-from sqlalchemy.sql.dml import Update
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.types import CHAR, NCHAR
 
 from revstore.config import MAX_AUTHOR, MAX_SUMMARY
@@ -73,9 +86,9 @@ _CHUNK = 500
 """Primary keys per ``IN (…)`` when rows are re-read after a flush."""
 _CHANGE = "_revstore_change"
 _PENDING = "revstore.versioned.pending"
-_MARK = "_revstore_pending"
-"""Attribute of the ``revision + 1`` expression of one object's UPDATE: its _Pending, so
-the engine hooks below can tell that UPDATE (and which object it writes) apart."""
+_PLAIN, _RETURNING, _LAST_ID = 0, 1, 2
+"""How a head UPDATE learns the row it left: not at all (re-read after it), RETURNING the
+whole row, or MariaDB/MySQL's ``LAST_INSERT_ID(revision + 1)``."""
 
 
 class BulkWriteRefused(RevstoreError, TypeError):
@@ -177,6 +190,14 @@ class VersionedInfo:
     _plain: list[tuple[str, str | None, Column[Any]]] | None = None
     _m2m: list[RelationshipProperty[Any]] | None = None
     _mapper: Mapper[Any] | None = field(default=None)
+    _tracked: frozenset[str] | None = None
+    _history_names: frozenset[str] | None = None
+    _insert: Insert | None = None
+    _heads: dict[tuple[int, bool], Update] = field(default_factory=dict)
+    _onupdate: frozenset[str] | None = None
+    _keys: dict[str, Column[Any]] | None = None
+    _pk_keys: list[tuple[str, str]] | None = None
+    _fused: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def bind(self, mapper: Mapper[Any]) -> None:
         self._mapper = mapper
@@ -232,6 +253,148 @@ class VersionedInfo:
                 if rel.secondary is not None and rel.uselist and not rel.viewonly
             ]
         return self._m2m
+
+    @property
+    def keys(self) -> dict[str, Column[Any]]:
+        """Attribute key → table column of the mapped columns but revision/version."""
+        if self._keys is None:
+            self._keys = dict(self.columns)
+        return self._keys
+
+    @property
+    def tracked(self) -> frozenset[str]:
+        """The attribute keys whose changes make a new revision (columns, collections)."""
+        if self._tracked is None:
+            self._tracked = frozenset(
+                [key for key, _ in self.columns] + [rel.key for rel in self.m2m]
+            )
+        return self._tracked
+
+    @property
+    def history_names(self) -> frozenset[str]:
+        if self._history_names is None:
+            self._history_names = frozenset(c.name for c in self.history.columns)
+        return self._history_names
+
+    @property
+    def history_insert(self) -> Insert:
+        """One INSERT object for every snapshot: its cache key is computed once."""
+        if self._insert is None:
+            self._insert = self.history.insert()
+        return self._insert
+
+    @property
+    def onupdate(self) -> frozenset[str]:
+        """Attribute keys of the columns the database or Core sets on UPDATE by itself
+        (``onupdate`` / ``server_onupdate``)."""
+        if self._onupdate is None:
+            self._onupdate = frozenset(
+                key
+                for key, col in self.columns
+                if col.onupdate is not None or col.server_onupdate is not None
+            )
+        return self._onupdate
+
+    @property
+    def pk_keys(self) -> list[tuple[str, str]]:
+        """(attribute key, bound parameter name) of each primary key column."""
+        if self._pk_keys is None:
+            self._pk_keys = [
+                (self.mapper.get_property_by_column(col).key, f"revstore_pk_{i}")
+                for i, col in enumerate(self.pk)
+            ]
+        return self._pk_keys
+
+    def head_update(self, how: int, snapshot: bool) -> Update:
+        """The head UPDATE: ``revision = revision + 1`` (and ``version = version + 1``
+        with a snapshot), the changed columns from the parameters' keys (SQLAlchemy
+        compiles, and caches, one form per set of keys), WHERE on the primary key,
+        returning the row when ``how`` says. Built once per shape: its cache key is
+        memoized on it."""
+        stmt = self._heads.get((how, snapshot))
+        if stmt is not None:
+            return stmt
+        table = self.table
+        bump: ColumnElement[Any] = table.c.revision + 1
+        if how == _LAST_ID:
+            # LAST_INSERT_ID(expr) is expr, and the server sends it back in the UPDATE's
+            # own reply (cursor.lastrowid): the new revision without another statement.
+            bump = func.last_insert_id(bump)
+        values: dict[Any, Any] = {table.c.revision: bump}
+        if snapshot:
+            values[table.c.version] = table.c.version + 1
+        pk_binds = zip(self.pk, self.pk_keys, strict=True)
+        where = and_(*(col == bindparam(name, type_=col.type) for col, (_, name) in pk_binds))
+        stmt = update(table).where(where).values(values)
+        if how == _RETURNING:
+            # The whole row as this UPDATE leaves it, in the UPDATE's own round trip:
+            # the snapshot needs no re-read.
+            stmt = stmt.returning(*table.columns)
+        self._heads[(how, snapshot)] = stmt
+        return stmt
+
+    def fused_update(self, written: tuple[str, ...]) -> Any:
+        """PostgreSQL: the head UPDATE (``written``: the column keys it sets, from
+        ``rs_set_<i>``) and the snapshot's INSERT in one statement, through data-modifying
+        CTEs. The INSERT takes the row the UPDATE returned, only when its revision is
+        ``rs_expect`` (the loaded one + 1: no one wrote in between, so the values and hash
+        computed beforehand are the row's); the statement returns the row and whether
+        the snapshot was inserted."""
+        stmt = self._fused.get(written)
+        if stmt is not None:
+            return stmt
+        table, hist, meta = self.table, self.history, self.meta
+        values: dict[Any, Any] = {
+            table.c[key]: bindparam(f"rs_set_{i}", type_=table.c[key].type)
+            for i, key in enumerate(written)
+        }
+        values[table.c.revision] = table.c.revision + 1
+        values[table.c.version] = table.c.version + 1
+        pk_binds = zip(self.pk, self.pk_keys, strict=True)
+        where = and_(*(col == bindparam(name, type_=col.type) for col, (_, name) in pk_binds))
+        head = update(table).where(where).values(values).returning(*table.columns).cte("rs_head")
+        own = [c.name for c in table.columns if c.name not in ("revision", "version")]
+
+        def given(name: str, column: str) -> Any:
+            # Typed: PostgreSQL infers no type for a parameter in a SELECT list.
+            kind = hist.c[column].type
+            return cast(bindparam(name, type_=kind), kind)
+
+        snap = (
+            insert(hist)
+            .from_select(
+                [
+                    *own,
+                    meta["version"],
+                    meta["revision"],
+                    meta["author"],
+                    meta["summary"],
+                    meta["created_at"],
+                    meta["content_hash"],
+                    meta[COLLECTIONS],
+                ],
+                select(
+                    *(head.c[name] for name in own),
+                    head.c.version,
+                    head.c.revision,
+                    given("rs_author", meta["author"]),
+                    given("rs_summary", meta["summary"]),
+                    given("rs_created_at", meta["created_at"]),
+                    given("rs_hash", meta["content_hash"]),
+                    given("rs_colls", meta[COLLECTIONS]),
+                ).where(head.c.revision == bindparam("rs_expect", type_=BigInteger)),
+            )
+            .returning(hist.c[meta["version"]])
+            .cte("rs_snap")
+        )
+        stmt = select(
+            *head.c,
+            select(func.count()).select_from(snap).scalar_subquery().label("rs_snapped"),
+        )
+        if len(self._fused) >= 64:
+            self._fused.clear()  # many shapes of change: keep the cache bounded
+        self._fused[written] = stmt
+        return stmt
 
 
 class Versioned:
@@ -381,20 +544,24 @@ def content_of(
 # ----------------------------------------------------------------- flush hooks
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
+    """One Versioned object of a flush."""
+
     obj: Versioned
     state: InstanceState[Any]
     insert: bool
     snapshot: bool
     change: Change
-    info: VersionedInfo | None = None
+    info: VersionedInfo
     loaded: tuple[int, int] | None = None
-    """MariaDB/MySQL: the (revision, version) this session held before the flush."""
-    saved: dict[str, Any] | None = None
-    """UPDATE … RETURNING: the attribute values before the flush (restored after it)."""
+    """The (revision, version) this session held before the flush (used on MariaDB/MySQL)."""
+    conn: Connection | None = None
+    """The connection the object's UPDATE ran on (revstore's own UPDATE)."""
     returned: dict[str, Any] | None = None
     """The row as this object's UPDATE left it (RETURNING), by column name."""
+    fused: bool = False
+    """PostgreSQL: the snapshot was inserted by the UPDATE's own statement."""
     bumped: int | None = None
     """MariaDB/MySQL: the revision the UPDATE set, from its ``LAST_INSERT_ID(…)``."""
 
@@ -405,12 +572,14 @@ def _is_mysql(conn: Connection) -> bool:
 
 def _has_changes(state: InstanceState[Any], info: VersionedInfo) -> bool:
     """True when a mapped column or a many-to-many collection has a net change
-    (SQLAlchemy's own history: setting a loaded value to itself is no change)."""
+    (SQLAlchemy's own history: setting a loaded value to itself is no change). Only
+    attributes in ``committed_state`` can have history: the others are not looked at."""
+    committed = state.committed_state
+    if not committed:
+        return False
+    tracked = info.tracked
     attrs = state.attrs
-    for key, _ in info.columns:
-        if attrs[key].history.has_changes():
-            return True
-    return any(attrs[rel.key].history.has_changes() for rel in info.m2m)
+    return any(key in tracked and attrs[key].history.has_changes() for key in list(committed))
 
 
 def _pk_clause(cols: Sequence[ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]) -> Any:
@@ -438,127 +607,191 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         obj.revision = 1
         obj.version = 1 if change.create_version else 0
         pending.append(
-            _Pending(obj, attributes.instance_state(obj), True, change.create_version, change)
+            _Pending(
+                obj,
+                attributes.instance_state(obj),
+                True,
+                change.create_version,
+                change,
+                versioned_info(type(obj)),
+            )
         )
-    unchanged: list[Versioned] = []
     dirty: list[tuple[Versioned, InstanceState[Any], VersionedInfo]] = []
-    for obj in session.dirty:
-        if not isinstance(obj, Versioned) or obj in session.deleted:
+    for obj in session.dirty:  # never the deleted ones
+        if not isinstance(obj, Versioned):
             continue
         state = attributes.instance_state(obj)
-        info = versioned_info(type(obj))
-        if any(state.attrs[k].history.has_changes() for k in ("revision", "version")):
+        committed = state.committed_state
+        if ("revision" in committed or "version" in committed) and any(
+            state.attrs[k].history.has_changes() for k in ("revision", "version")
+        ):
             # The session would write the value it was given: a number from Python.
             raise InvalidInput(
                 f"{type(obj).__name__}.revision and .version are taken by the flush; "
                 "do not set them (use expected_revision for an optimistic check)"
             )
-        dirty.append((obj, state, info))
-    # Rows are locked in one order (table, key), so two flushes never wait on each other
-    # crosswise here.
-    dirty.sort(key=lambda d: (d[2].table.name, repr(d[1].identity)))
-    dialects: dict[int, Any] = {}
+        dirty.append((obj, state, versioned_info(type(obj))))
+    if len(dirty) > 1:
+        # Rows are locked in one order (table, key), so two flushes never wait on each
+        # other crosswise here.
+        dirty.sort(key=lambda d: (d[2].table.name, repr(d[1].identity)))
+    unchanged: list[Versioned] = []
     for obj, state, info in dirty:
         change = _change(obj)
         if not _has_changes(state, info):
             unchanged.append(obj)
             continue
-        moved = [rel for rel in info.m2m if state.attrs[rel.key].history.has_changes()]
-        if moved and state.identity is not None:
-            _rebase_collections(session, obj, state, info, moved)
-            if not _has_changes(state, info):  # another writer had set the same already
-                unchanged.append(obj)
-                continue
-        dialect = dialects.get(id(info))
-        if dialect is None:
-            dialect = dialects[id(info)] = session.get_bind(mapper=info.mapper).dialect
+        if info.m2m:
+            moved = [rel for rel in info.m2m if state.attrs[rel.key].history.has_changes()]
+            if moved and state.identity is not None:
+                _rebase_collections(session, obj, state, info, moved)
+                if not _has_changes(state, info):  # another writer had set the same already
+                    unchanged.append(obj)
+                    continue
+        state_dict = state.dict
+        revision, version = state_dict.get("revision"), state_dict.get("version")
         p = _Pending(obj, state, False, change.create_version, change, info)
-        # The number is computed by the UPDATE itself, under its row lock: never
-        # from the revision this session loaded, which another writer may have passed.
-        obj.revision = _bump(dialect, info, p)
-        if change.create_version:
-            obj.version = info.table.c.version + 1
+        if type(revision) is int and type(version) is int:
+            p.loaded = (revision, version)
         pending.append(p)
     for obj in unchanged:
         exp = _change(obj).expected_revision
         if exp is not None:
             _check_unchanged(session, obj, versioned_info(type(obj)), exp)
     if pending:
-        session.info[_PENDING] = pending
+        session.info[_PENDING] = {p.state: p for p in pending}
 
 
-def _bump(dialect: Any, info: VersionedInfo, p: _Pending) -> ColumnElement[Any]:
-    """``revision + 1`` for one object's UPDATE, marked with its _Pending so that the
-    engine hooks below know the statement and the object it writes."""
-    bump: ColumnElement[Any] = info.table.c.revision + 1
-    state_dict = p.state.dict
-    if dialect.update_returning and info.table.implicit_returning:
-        # _add_returning makes the UPDATE return the whole row, which the ORM also puts
-        # into the object: keep the caller's values, to give them back after the flush.
-        p.saved = {key: state_dict[key] for key, _ in info.columns if key in state_dict}
-    elif dialect.name in ("mysql", "mariadb"):
-        revision, version = state_dict.get("revision"), state_dict.get("version")
-        if type(revision) is int and type(version) is int:
-            p.loaded = (revision, version)
-            # LAST_INSERT_ID(expr) is expr, and the server sends it back in the UPDATE's
-            # own reply (cursor.lastrowid): the new revision without another statement.
-            bump = func.last_insert_id(bump)
-    setattr(bump, _MARK, p)
-    return bump
+@event.listens_for(Versioned, "before_update", propagate=True)
+def _before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    """Write the head of a changed object: revstore's UPDATE, or the ORM's with the
+    numbers as SQL expressions. Called by the unit of work for every dirty object just
+    before it collects their UPDATEs, in its own (dependency) order, on the connection
+    it would use."""
+    state = attributes.instance_state(target)
+    session = state.session
+    found = session.info.get(_PENDING) if session is not None else None
+    p = found.get(state) if found else None
+    if p is None or p.insert:
+        return
+    # The number is computed by the UPDATE itself, under its row lock: never from the
+    # revision this session loaded, which another writer may have passed.
+    if not _write_head(connection, p):
+        table = p.info.table
+        attributes.set_attribute(target, "revision", table.c.revision + 1)
+        if p.snapshot:
+            attributes.set_attribute(target, "version", table.c.version + 1)
 
 
-def _marked(stmt: Update) -> _Pending | None:
-    """The object a flush's UPDATE writes, when before_flush marked its revision. Read
-    from the statement's SET values (not public API: when they move, the hooks find
-    nothing and after_flush re-reads the rows, as before)."""
-    values = getattr(stmt, "_values", None)
-    if not values:
+def _write_head(conn: Connection, p: _Pending) -> bool:
+    """Send the object's UPDATE (its changed columns and the new numbers) and mark the
+    columns as written, so the ORM sends nothing more for it; False when the object
+    needs the ORM's own UPDATE."""
+    info, state = p.info, p.state
+    mapper = state.mapper
+    if mapper.version_id_col is not None:
+        return False
+    dialect = conn.dialect
+    returning = dialect.update_returning and info.table.implicit_returning
+    if info.onupdate and not returning:
+        return False  # values computed by the UPDATE: let the ORM handle them, re-read
+    obj = p.obj
+    params: dict[str, Any] = {}
+    written: list[tuple[str, Any]] = []
+    committed = state.committed_state
+    keys = info.keys
+    for key in list(committed):
+        col = keys.get(key)
+        if col is None:
+            continue  # a collection, or revision/version (refused in before_flush)
+        added = attributes.get_history(obj, key, PASSIVE_NO_INITIALIZE).added
+        if not added:
+            continue
+        value = added[0]
+        if (
+            col.primary_key
+            or hasattr(value, "__clause_element__")
+            or isinstance(value, ColumnElement)
+        ):
+            return False  # a new key, or a SQL expression: the ORM knows how
+        params[col.key] = value
+        written.append((key, value))
+    state_dict = state.dict
+    for key, name in info.pk_keys:
+        value = state_dict.get(key)
+        if value is None:
+            return False
+        params[name] = value
+    how = _RETURNING if returning else _PLAIN
+    if not returning and p.loaded is not None and dialect.name in ("mysql", "mariadb"):
+        how = _LAST_ID
+    fused = _fused_params(p, written) if returning and dialect.name == "postgresql" else None
+    if fused is not None:
+        params.update(fused)
+        for i, (key, _) in enumerate(written):
+            params[f"rs_set_{i}"] = params.pop(keys[key].key)
+        stmt = info.fused_update(tuple(key for key, _ in written))
+        row = conn.execute(stmt, params).one_or_none()
+        matched = 0 if row is None else 1
+        if row is not None:
+            found = dict(row._mapping)
+            p.fused = bool(found.pop("rs_snapped"))
+            p.returned = found
+    elif how == _RETURNING:
+        result = conn.execute(info.head_update(how, p.snapshot), params)
+        row = result.one_or_none()
+        matched = 0 if row is None else 1
+        if row is not None:
+            p.returned = dict(row._mapping)
+    else:
+        result = conn.execute(info.head_update(how, p.snapshot), params)
+        matched = result.rowcount
+        if how == _LAST_ID:
+            bumped = result.lastrowid
+            if type(bumped) is int and bumped > 0:
+                p.bumped = bumped
+    if matched != 1:
+        # As the ORM says it: the row is gone (or was never there); a retry reloads.
+        raise StaleDataError(
+            f"UPDATE statement on table '{info.table.description}' expected to update 1 "
+            f"row(s); {matched} were matched."
+        )
+    # Written: the ORM's UPDATE of this object has nothing left to send.
+    for key, value in written:
+        attributes.set_committed_value(obj, key, value)
+    if info.onupdate and p.returned is not None:
+        # Columns the UPDATE set by itself: what the row holds now.
+        for key, col in info.columns:
+            if key in info.onupdate and col.name in p.returned:
+                attributes.set_committed_value(obj, key, p.returned[col.name])
+    p.conn = conn
+    return True
+
+
+def _fused_params(p: _Pending, written: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """The snapshot's values for PostgreSQL's one-statement write, computed before it
+    from the values this session holds: the row as the UPDATE will leave it when no one
+    wrote it in between (the statement checks that: revision = loaded + 1). None when
+    that row cannot be known beforehand (no snapshot, collections, a column not loaded
+    or of a type the server may store otherwise, columns set by the UPDATE itself)."""
+    info = p.info
+    if not p.snapshot or p.loaded is None or info.m2m or info.onupdate:
         return None
-    for value in values.values():
-        found = getattr(value, _MARK, None)
-        if isinstance(found, _Pending):
-            return found
-    return None
-
-
-@event.listens_for(Engine, "before_execute", retval=True)
-def _add_returning(
-    conn: Connection, elem: Any, multiparams: Any, params: Any, execution_options: Any
-) -> tuple[Any, Any, Any]:
-    if type(elem) is Update and conn.dialect.update_returning:
-        p = _marked(elem)
-        if p is not None and p.saved is not None and p.info is not None:
-            # The whole row as this UPDATE leaves it, in the UPDATE's own round trip:
-            # the snapshot needs no re-read. return_defaults (not returning) keeps the
-            # ORM's own handling of the statement: rowcount check, one row back.
-            elem = elem.return_defaults(supplemental_cols=list(p.info.table.columns))
-    return elem, multiparams, params
-
-
-@event.listens_for(Engine, "after_execute")
-def _capture(
-    conn: Connection,
-    elem: Any,
-    multiparams: Any,
-    params: Any,
-    execution_options: Any,
-    result: CursorResult[Any],
-) -> None:
-    if type(elem) is not Update:
-        return
-    p = _marked(elem)
-    if p is None:
-        return
-    if p.saved is not None:
-        row = result.returned_defaults
-        cols = getattr(result.context.compiled, "effective_returning", None) or []
-        names = [c.name for c in cols if isinstance(c, Column)]
-        if row is not None and names and len(names) == len(row):
-            p.returned = dict(zip(names, row, strict=True))
-    elif p.loaded is not None:
-        bumped = getattr(result.context.cursor, "lastrowid", None)
-        if type(bumped) is int and bumped > 0:
-            p.bumped = bumped
+    state_dict = p.state.dict
+    row: dict[str, Any] = {}
+    for name, key, col in info.plain:
+        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
+            return None
+        row[name] = state_dict[key]
+    doc = content_of(info, row, {})
+    return {
+        "rs_expect": p.loaded[0] + 1,
+        "rs_author": p.change.author,
+        "rs_summary": p.change.summary,
+        "rs_created_at": datetime.now(UTC),
+        "rs_hash": content_hash(canonical_json(doc)),
+        "rs_colls": None,
+    }
 
 
 def _rebase_collections(
@@ -628,23 +861,26 @@ def _check_unchanged(session: Session, obj: Versioned, info: VersionedInfo, exp:
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    pending: list[_Pending] | None = session.info.pop(_PENDING, None)
-    if not pending:
+    found: dict[InstanceState[Any], _Pending] | None = session.info.pop(_PENDING, None)
+    if not found:
         return
-    by_class: dict[type[Any], list[_Pending]] = {}
+    pending = list(found.values())
+    by_info: dict[int, list[_Pending]] = {}
     for p in pending:
         if p.state.deleted or p.state.detached:
             continue
-        by_class.setdefault(type(p.obj), []).append(p)
-    for cls, items in by_class.items():
-        _write_snapshots(session, versioned_info(cls), items)
+        by_info.setdefault(id(p.info), []).append(p)
+    for items in by_info.values():
+        _write_snapshots(session, items[0].info, items)
     # Only when every object of the flush passed: the change descriptions are spent.
     for p in pending:
         p.obj.__dict__.pop(_CHANGE, None)
 
 
 def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending]) -> None:
-    conn = session.connection(bind_arguments={"mapper": info.mapper})
+    conn = items[0].conn
+    if conn is None or any(p.conn is not conn for p in items):
+        conn = session.connection(bind_arguments={"mapper": info.mapper})
     now = datetime.now(UTC)
     keys = [_identity(p) for p in items]
     if any(p.insert for p in items):
@@ -654,10 +890,22 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         known = _row_of(info, p)
         if known is not None:
             rows[key] = known
+        elif p.fused and p.returned is not None:
+            # The ORM wrote the row again after the one-statement write: its snapshot
+            # is not the row any more; it is taken again from the re-read row.
+            p.fused = False
+            hist = info.history
+            conn.execute(
+                delete(hist).where(
+                    _pk_clause([hist.c[c.name] for c in info.pk], [key]),
+                    hist.c[info.meta["version"]] == p.returned["version"],
+                )
+            )
     if len(rows) < len(keys):
         rows.update(_reread(conn, info, [k for k in keys if k not in rows]))
     collections = _read_collections(conn, info, keys) if info.m2m else {}
     meta = info.meta
+    history_names = info.history_names
     snapshots: list[dict[str, Any]] = []
     for p, key in zip(items, keys, strict=True):
         row = rows[key]
@@ -677,11 +925,11 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
                 )
         attributes.set_committed_value(p.obj, "revision", revision)
         attributes.set_committed_value(p.obj, "version", version)
-        if not p.snapshot:
+        if not p.snapshot or p.fused:
             continue
-        colls = collections.get(key, {rel.key: [] for rel in info.m2m})
+        colls = collections.get(key) or {rel.key: [] for rel in info.m2m}
         doc = content_of(info, row, colls)
-        values = {name: value for name, value in row.items() if name in info.history.c}
+        values = {name: value for name, value in row.items() if name in history_names}
         values.update(
             {
                 meta["version"]: version,
@@ -695,19 +943,17 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         )
         snapshots.append(values)
     if snapshots:
-        conn.execute(info.history.insert(), snapshots)
+        conn.execute(info.history_insert, snapshots)
 
 
 def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
     """The row as this flush's UPDATE left it, when known without reading it again;
     None: re-read it (still under the UPDATE's lock)."""
-    if p.insert:
+    if p.insert or p.conn is None:
         return None
+    if _changed_since(p):
+        return None  # the ORM wrote more after revstore's UPDATE: the row has moved on
     if p.returned is not None:
-        if p.saved is not None:
-            # The ORM put the returned row into the object: give back the caller's
-            # values, as after a re-read (the numbers are set from the row).
-            p.state.dict.update(p.saved)
         return p.returned
     if p.bumped is None or p.loaded is None:
         return None
@@ -726,6 +972,16 @@ def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
     row["revision"] = p.bumped
     row["version"] = version + (1 if p.snapshot else 0)
     return row
+
+
+def _changed_since(p: _Pending) -> bool:
+    """Whether a column of the object changed after revstore's UPDATE wrote it (a
+    ``before_update`` listener that ran after revstore's, then the ORM's UPDATE)."""
+    keys = p.info.keys
+    return any(
+        key in keys and attributes.get_history(p.obj, key, PASSIVE_NO_INITIALIZE).has_changes()
+        for key in list(p.state.committed_state)
+    )
 
 
 def _stored_as_given(col: Column[Any], value: object) -> bool:
