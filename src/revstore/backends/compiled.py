@@ -4,7 +4,9 @@ SQLAlchemy does, and a small result offering the ``Result`` API the protocols us
 
 Why: on asyncio, ``AsyncConnection.execute`` costs a greenlet switch per statement and
 SQLAlchemy's execution context and ``CursorResult`` per call, together more CPU than the
-driver itself on a one-row read. The steps here are the ones of
+driver itself on a one-row read. The sync executor (``sql.SqlBackend.drive``: SQLite's
+sqlite3, MariaDB's PyMySQL) sends its statements the same way: there the execution
+context and result were half of a batched write's client CPU. The steps here are the ones of
 ``Connection._execute_clauseelement`` and ``DefaultExecutionContext._init_compiled``
 that apply to revstore's statements (no schema translation, no RETURNING with
 executemany, no insertmanyvalues: the psycopg dialect sends executemany as it is): the
@@ -22,7 +24,12 @@ from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.engine.row import Row
-from sqlalchemy.exc import InvalidRequestError, ResourceClosedError
+from sqlalchemy.exc import (
+    InvalidRequestError,
+    MultipleResultsFound,
+    NoResultFound,
+    ResourceClosedError,
+)
 from sqlalchemy.sql import compiler
 from sqlalchemy.util import LRUCache
 
@@ -41,6 +48,7 @@ class Shape:
         "key_to_index",
         "keys",
         "metadata",
+        "positions",
         "prefetch",
         "processors",
         "result_processors",
@@ -48,9 +56,11 @@ class Shape:
     )
 
     def __init__(self, compiled: compiler.SQLCompiler) -> None:
-        if compiled.positional:
-            raise NotImplementedError("only named parameter styles are supported")
         self.compiled = compiled
+        # A positional driver (sqlite3's qmark) takes the values in this order.
+        self.positions: list[str] | None = (
+            list(compiled.positiontup or ()) if compiled.positional else None
+        )
         self.sql: str = compiled.string
         self.expanding = bool(compiled.literal_execute_params or compiled.post_compile_params)
         self.processors: dict[str, Any] = dict(compiled._bind_processors)
@@ -69,15 +79,23 @@ class Shape:
         self.key_to_index: dict[Any, int] = self.metadata._key_to_index
         self.result_processors: list[Any] | None = None
 
-    def driver_params(self, compiled_params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The text and the driver's values for one set of compiled parameters."""
+    def driver_params(self, compiled_params: dict[str, Any]) -> tuple[str, Any]:
+        """The text and the driver's values for one set of compiled parameters (a dict,
+        or a tuple for a positional driver)."""
         for key, value in self.prefetch:
             compiled_params[key] = value
-        sql, processors = self.sql, self.processors
+        sql, processors, positions = self.sql, self.processors, self.positions
         if self.expanding:
             expanded = self.compiled._process_parameters_for_postcompile(compiled_params)
             sql = expanded.statement
             processors = {**processors, **expanded.processors}
+            if positions is not None:
+                positions = list(expanded.positiontup or ())
+        if positions is not None:
+            return sql, tuple(
+                processors[k](compiled_params[k]) if k in processors else compiled_params[k]
+                for k in positions
+            )
         if not processors and not self.escaped:
             return sql, compiled_params
         escaped = self.escaped
@@ -98,6 +116,9 @@ class Shape:
                 for rc, d in zip(self.compiled._result_columns, cursor.description, strict=False)
             ]
             processors = self.result_processors = found if any(found) else []
+        if not self.keys:
+            # A text() statement: keyed by the names the server sent, as SQLAlchemy does.
+            return driver_rows(self.sql, cursor, data)
         metadata, key_to_index = self.metadata, self.key_to_index
         procs = processors or None
         return [Row(metadata, procs, key_to_index, t) for t in data]
@@ -176,7 +197,8 @@ def driver_rows(sql: str, cursor: Any, data: list[Any]) -> list[Any]:
     server sent (``cursor.description``), as ``exec_driver_sql`` keys them."""
     metadata = _DRIVER_SHAPES.get(sql)
     if metadata is None:
-        metadata = SimpleResultMetaData([d.name for d in cursor.description])
+        # d[0]: the DBAPI's column name (psycopg's ``Column`` is a sequence too).
+        metadata = SimpleResultMetaData([d[0] for d in cursor.description])
         if len(_DRIVER_SHAPES) < 64:  # a few fixed statements: it never grows further
             _DRIVER_SHAPES[sql] = metadata
     key_to_index = metadata._key_to_index
@@ -186,16 +208,17 @@ def driver_rows(sql: str, cursor: Any, data: list[Any]) -> list[Any]:
 class Rows:
     """A statement's buffered result: the part of SQLAlchemy's ``Result`` the protocols
     use (``first``, ``fetchone``, ``fetchall``, ``all``, ``scalar``, iteration,
-    ``rowcount``). Rows are SQLAlchemy ``Row`` objects (``row[i]``, ``row._mapping[k]``,
-    ``row.name``). A statement that returns no rows raises ``ResourceClosedError`` on
-    a fetch, as SQLAlchemy does."""
+    ``one``, ``rowcount``, ``lastrowid``). Rows are SQLAlchemy ``Row`` objects
+    (``row[i]``, ``row._mapping[k]``, ``row.name``). A statement that returns no rows
+    raises ``ResourceClosedError`` on a fetch, as SQLAlchemy does."""
 
-    __slots__ = ("_pos", "_rows", "rowcount")
+    __slots__ = ("_pos", "_rows", "lastrowid", "rowcount")
 
-    def __init__(self, rows: list[Any] | None, rowcount: int) -> None:
+    def __init__(self, rows: list[Any] | None, rowcount: int, lastrowid: Any = None) -> None:
         self._rows = rows
         self._pos = 0
         self.rowcount = rowcount
+        self.lastrowid = lastrowid
 
     def _data(self) -> list[Any]:
         if self._rows is None:
@@ -226,6 +249,16 @@ class Rows:
     def scalar(self) -> Any:
         row = self.first()
         return None if row is None else row[0]
+
+    def one(self) -> Any:
+        rows = self.fetchall()
+        if len(rows) != 1:
+            raise (NoResultFound if not rows else MultipleResultsFound)(
+                "No row was found when one was required"
+                if not rows
+                else "Multiple rows were found when exactly one was required"
+            )
+        return rows[0]
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())

@@ -160,6 +160,7 @@ class MysqlDialect(Dialect):
     counter_puts: ClassVar[bool] = True
     counter_appends: ClassVar[bool] = True
     batch_leaders: ClassVar[int] = 4
+    driver_cursor: ClassVar[bool] = True
     # A batch waits at most 1 s for a row another client holds (a long transaction
     # elsewhere), then hands that write back to its writer to wait alone: one busy
     # record must not stall the unrelated writes batched with it for the server's

@@ -85,6 +85,7 @@ class SqliteDialect(Dialect):
     begin_schema: ClassVar[str] = "BEGIN IMMEDIATE"
     counter_puts: ClassVar[bool] = True
     async_in_threads: ClassVar[bool] = True
+    driver_cursor: ClassVar[bool] = True
 
     def __init__(self, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
         self.busy_timeout_ms = busy_timeout_ms
