@@ -35,6 +35,9 @@ from sqlalchemy.util import LRUCache
 
 Params = dict[str, Any] | list[dict[str, Any]] | None
 
+KNOWN_STATEMENTS = 256
+"""Bound on the statement objects whose compiled form ``StatementCache`` keeps by identity."""
+
 
 class Shape:
     """What a compiled statement always needs: its text unless it has parameters
@@ -42,6 +45,7 @@ class Shape:
     result columns. Worked out once per compiled form."""
 
     __slots__ = (
+        "binds",
         "compiled",
         "escaped",
         "expanding",
@@ -74,6 +78,14 @@ class Shape:
                 # revstore's schema has scalar defaults only (``deleted``).
                 raise NotImplementedError(f"column default of {column} is not a constant")
             self.prefetch.append((key_of(column), default.arg))
+        # Each bind's (parameter key, name), when the values of a call can be taken from
+        # its parameters alone (the first case of ``construct_params``, for every bind),
+        # that is, with nothing rendered or collected at compile time.
+        self.binds: list[tuple[str, str]] | None = (
+            None
+            if compiled._render_postcompile or getattr(compiled, "_collect_params", False)
+            else [(b.key, name) for b, name in compiled.bind_names.items()]
+        )
         self.keys = [c.keyname for c in compiled._result_columns]
         self.metadata = SimpleResultMetaData(self.keys)
         self.key_to_index: dict[Any, int] = self.metadata._key_to_index
@@ -93,8 +105,10 @@ class Shape:
                 positions = list(expanded.positiontup or ())
         if positions is not None:
             return sql, tuple(
-                processors[k](compiled_params[k]) if k in processors else compiled_params[k]
-                for k in positions
+                [
+                    processors[k](compiled_params[k]) if k in processors else compiled_params[k]
+                    for k in positions
+                ]
             )
         if not processors and not self.escaped:
             return sql, compiled_params
@@ -135,6 +149,18 @@ class StatementCache:
         self._compiled: LRUCache[Any, Any] = LRUCache(size)
         self._shapes: weakref.WeakKeyDictionary[Any, Shape] = weakref.WeakKeyDictionary()
         self._linting = dialect.compiler_linting | compiler.WARN_LINTING
+        # The prebuilt statements (run with parameters, the same object every time):
+        # their compiled form by the object itself, without computing its cache key.
+        # A statement object never changes (SQLAlchemy's are immutable), and the entry
+        # holds it, so its id cannot be another's meanwhile.
+        self._known: dict[int, tuple[Any, bool, frozenset[str], tuple[Any, Any, Any, Shape]]] = {}
+
+    def _remember(
+        self, statement: Any, many: bool, params: dict[str, Any], found: tuple[Any, Any, Any, Shape]
+    ) -> None:
+        if len(self._known) >= KNOWN_STATEMENTS:
+            self._known.clear()  # statements built per call with parameters: start over
+        self._known[id(statement)] = (statement, many, frozenset(params), found)
 
     def prepare(self, statement: Executable, params: Params) -> tuple[str, Any, bool, Shape]:
         """The text, the driver's parameters (a list for an executemany), whether it is
@@ -148,17 +174,31 @@ class StatementCache:
             distilled = [params]
         many = len(distilled) > 1
         compiled: Any
-        compiled, extracted, collected, _ = statement._compile_w_cache(
-            dialect=self.dialect,
-            compiled_cache=self._compiled,
-            column_keys=sorted(distilled[0]) if distilled else [],
-            for_executemany=many,
-            schema_translate_map=None,
-            linting=self._linting,
-        )
-        shape = self._shapes.get(compiled)
-        if shape is None:
-            shape = self._shapes[compiled] = Shape(compiled)
+        known = self._known.get(id(statement)) if distilled else None
+        if (
+            known is not None
+            and known[0] is statement
+            and known[1] == many
+            and distilled[0].keys() == known[2]
+        ):
+            compiled, extracted, collected, shape = known[3]
+        else:
+            compiled, extracted, collected, _ = statement._compile_w_cache(
+                dialect=self.dialect,
+                compiled_cache=self._compiled,
+                column_keys=sorted(distilled[0]) if distilled else [],
+                for_executemany=many,
+                schema_translate_map=None,
+                linting=self._linting,
+            )
+            found = self._shapes.get(compiled)
+            if found is None:
+                found = self._shapes[compiled] = Shape(compiled)
+            shape = found
+            if distilled:
+                self._remember(
+                    statement, many, distilled[0], (compiled, extracted, collected, shape)
+                )
         if not distilled:
             sql, one = shape.driver_params(
                 compiled.construct_params(
@@ -168,18 +208,23 @@ class StatementCache:
                 )
             )
             return sql, one, False, shape
-        sets = [
-            shape.driver_params(
-                compiled.construct_params(
+        binds = None if collected else shape.binds
+        sets = []
+        for group, m in enumerate(distilled):
+            try:
+                if binds is None:
+                    raise KeyError
+                # What construct_params gives when every bind has its key in ``m``.
+                values = {name: m[key] for key, name in binds}
+            except KeyError:
+                values = compiled.construct_params(
                     m,
                     escape_names=False,
                     _group_number=group,
                     extracted_parameters=extracted,
                     _collected_params=collected,
                 )
-            )
-            for group, m in enumerate(distilled)
-        ]
+            sets.append(shape.driver_params(values))
         if many:
             if shape.expanding:
                 raise InvalidRequestError(
