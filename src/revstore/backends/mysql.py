@@ -181,7 +181,12 @@ class MysqlDialect(Dialect):
     default_strategy: ClassVar[str] = "counter"
     counter_puts: ClassVar[bool] = True
     counter_appends: ClassVar[bool] = True
-    batch_leaders: ClassVar[int] = 4
+    # One batch of a process in flight, as on SQLite: the writes queued meanwhile make
+    # the next batch larger, so fewer round trips (BEGIN, the lock-wait settings,
+    # COMMIT) per write. With the client's CPU the limit (2 cores), 1 leader ran
+    # 1.3-1.5x as fast as 4 in-process at 16 threads, hot and spread, records and
+    # streams (``benchmarks/results/2026-11-30-batched-cpu.md``).
+    batch_leaders: ClassVar[int] = 1
     driver_cursor: ClassVar[bool] = True
     # A batch waits at most 1 s for a row another client holds (a long transaction
     # elsewhere), then hands that write back to its writer to wait alone: one busy
