@@ -57,6 +57,7 @@ class Shape:
         "processors",
         "result_processors",
         "sql",
+        "text_metadata",
     )
 
     def __init__(self, compiled: compiler.SQLCompiler) -> None:
@@ -90,6 +91,7 @@ class Shape:
         self.metadata = SimpleResultMetaData(self.keys)
         self.key_to_index: dict[Any, int] = self.metadata._key_to_index
         self.result_processors: list[Any] | None = None
+        self.text_metadata: SimpleResultMetaData | None = None
 
     def driver_params(self, compiled_params: dict[str, Any]) -> tuple[str, Any]:
         """The text and the driver's values for one set of compiled parameters (a dict,
@@ -131,8 +133,13 @@ class Shape:
             ]
             processors = self.result_processors = found if any(found) else []
         if not self.keys:
-            # A text() statement: keyed by the names the server sent, as SQLAlchemy does.
-            return driver_rows(self.sql, cursor, data)
+            # A text() statement: keyed by the names the server sent, as SQLAlchemy does
+            # (this shape is of one dialect: the same text may get other names elsewhere).
+            if self.text_metadata is None:
+                self.text_metadata = SimpleResultMetaData([d[0] for d in cursor.description])
+            text_metadata = self.text_metadata
+            text_index = text_metadata._key_to_index
+            return [Row(text_metadata, None, text_index, t) for t in data]
         metadata, key_to_index = self.metadata, self.key_to_index
         procs = processors or None
         return [Row(metadata, procs, key_to_index, t) for t in data]
@@ -149,6 +156,8 @@ class StatementCache:
         self._compiled: LRUCache[Any, Any] = LRUCache(size)
         self._shapes: weakref.WeakKeyDictionary[Any, Shape] = weakref.WeakKeyDictionary()
         self._linting = dialect.compiler_linting | compiler.WARN_LINTING
+        self.driver_shapes: dict[str, SimpleResultMetaData] = {}
+        """``driver_rows``' names of the driver SQL run on this dialect."""
         # The prebuilt statements (run with parameters, the same object every time):
         # their compiled form by the object itself, without computing its cache key.
         # A statement object never changes (SQLAlchemy's are immutable), and the entry
@@ -237,15 +246,21 @@ class StatementCache:
 _DRIVER_SHAPES: dict[str, SimpleResultMetaData] = {}
 
 
-def driver_rows(sql: str, cursor: Any, data: list[Any]) -> list[Any]:
+def driver_rows(
+    sql: str, cursor: Any, data: list[Any], shapes: dict[str, SimpleResultMetaData] | None = None
+) -> list[Any]:
     """Rows of driver SQL (``Raw``) as ``Row`` objects keyed by the column names the
-    server sent (``cursor.description``), as ``exec_driver_sql`` keys them."""
-    metadata = _DRIVER_SHAPES.get(sql)
+    server sent (``cursor.description``), as ``exec_driver_sql`` keys them. ``shapes``:
+    the names of each text already seen, per database (``StatementCache.driver_shapes``:
+    ``SELECT 1`` has a column named ``1`` on SQLite, ``?column?`` on PostgreSQL)."""
+    if shapes is None:
+        shapes = _DRIVER_SHAPES
+    metadata = shapes.get(sql)
     if metadata is None:
         # d[0]: the DBAPI's column name (psycopg's ``Column`` is a sequence too).
         metadata = SimpleResultMetaData([d[0] for d in cursor.description])
-        if len(_DRIVER_SHAPES) < 64:  # a few fixed statements: it never grows further
-            _DRIVER_SHAPES[sql] = metadata
+        if len(shapes) < 64:  # a few fixed statements: it never grows further
+            shapes[sql] = metadata
     key_to_index = metadata._key_to_index
     return [Row(metadata, None, key_to_index, t) for t in data]
 

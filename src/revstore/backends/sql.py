@@ -231,7 +231,9 @@ class SqlBackend:
             return Rows(None, rowcount, lastrowid)
         if shape is not None:
             return Rows(shape.rows(self.engine.dialect, cursor, data), rowcount, lastrowid)
-        return Rows(driver_rows(sql, cursor, data), rowcount, lastrowid)
+        return Rows(
+            driver_rows(sql, cursor, data, self.statements.driver_shapes), rowcount, lastrowid
+        )
 
     def run(self, step: Step[T], wait: bool = True) -> T:
         """Run a protocol on a pooled connection with no transaction around it: reads,
