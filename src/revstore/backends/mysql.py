@@ -183,9 +183,10 @@ class MysqlDialect(Dialect):
     counter_appends: ClassVar[bool] = True
     # One batch of a process in flight, as on SQLite: the writes queued meanwhile make
     # the next batch larger, so fewer round trips (BEGIN, the lock-wait settings,
-    # COMMIT) per write. With the client's CPU the limit (2 cores), 1 leader ran
-    # 1.3-1.5x as fast as 4 in-process at 16 threads, hot and spread, records and
-    # streams (``benchmarks/results/2026-11-30-batched-cpu.md``).
+    # COMMIT) per write. In-process, 16 threads, 2 cores: on a loaded machine 1 leader
+    # ran 1.3-1.5x as fast as 4 (hot and spread, records and streams); on a quiet one
+    # (spread records) as fast, at 0.65x the client CPU per write
+    # (``benchmarks/results/2026-11-30-batched-cpu.md``).
     batch_leaders: ClassVar[int] = 1
     driver_cursor: ClassVar[bool] = True
     # A batch waits at most 1 s for a row another client holds (a long transaction
