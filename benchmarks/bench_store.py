@@ -1550,7 +1550,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GIT_REF",
         default=None,
         help=(
-            "also run PostgreSQL/counter with --baseline-paths as of this git ref (the rest "
+            "also run the counter strategy with --baseline-paths as of this git ref (the rest "
             "of src/revstore as in the working tree, copied to a temporary directory), "
             "interleaved with the current code: before/after in one run"
         ),
@@ -1565,7 +1565,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SRC_DIR",
         default=None,
         help=(
-            "also run PostgreSQL/counter with revstore imported from SRC_DIR (a directory "
+            "also run the counter strategy with revstore imported from SRC_DIR (a directory "
             "holding a revstore package, e.g. a patched copy of src/): what-if experiments"
         ),
     )
@@ -1658,7 +1658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             create_schema(urls[backend])
             if backend != "sqlite" and not args.keep_data:
                 stack.callback(remove_rows, urls[backend], cfg.prefix)
-        # Other code trees run beside the current one on PostgreSQL/counter.
+        # Other code trees run beside the current one with the counter strategy (on
+        # every backend chosen), right after it: before/after in one run.
         trees: list[tuple[str, str]] = []
         if args.baseline is not None:
             paths = [p.strip() for p in args.baseline_paths.split(",") if p.strip()]
@@ -1672,7 +1673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool = WorkerPool(procs, threads, nice=args.nice)
             stack.callback(pool.close)
             other_pools: list[tuple[str, WorkerPool]] = []
-            if "postgresql" in backends:
+            if trees:
                 for label, path in trees:
                     other = WorkerPool(procs, threads, path, nice=args.nice)
                     stack.callback(other.close)
@@ -1704,7 +1705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raw_row: Row | None = None
                     for strategy in chosen_strategies:
                         runs = [(pool, "")]
-                        if backend == "postgresql" and strategy == "counter":
+                        if strategy == "counter":
                             runs += [(other, label) for label, other in other_pools]
                         for run_pool, label in runs:
                             row, tries = measured(

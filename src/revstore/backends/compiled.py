@@ -4,7 +4,9 @@ SQLAlchemy does, and a small result offering the ``Result`` API the protocols us
 
 Why: on asyncio, ``AsyncConnection.execute`` costs a greenlet switch per statement and
 SQLAlchemy's execution context and ``CursorResult`` per call, together more CPU than the
-driver itself on a one-row read. The steps here are the ones of
+driver itself on a one-row read. The sync executor (``sql.SqlBackend.drive``: SQLite's
+sqlite3, MariaDB's PyMySQL) sends its statements the same way: there the execution
+context and result were half of a batched write's client CPU. The steps here are the ones of
 ``Connection._execute_clauseelement`` and ``DefaultExecutionContext._init_compiled``
 that apply to revstore's statements (no schema translation, no RETURNING with
 executemany, no insertmanyvalues: the psycopg dialect sends executemany as it is): the
@@ -22,11 +24,19 @@ from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.engine.row import Row
-from sqlalchemy.exc import InvalidRequestError, ResourceClosedError
+from sqlalchemy.exc import (
+    InvalidRequestError,
+    MultipleResultsFound,
+    NoResultFound,
+    ResourceClosedError,
+)
 from sqlalchemy.sql import compiler
 from sqlalchemy.util import LRUCache
 
 Params = dict[str, Any] | list[dict[str, Any]] | None
+
+KNOWN_STATEMENTS = 256
+"""Bound on the statement objects whose compiled form ``StatementCache`` keeps by identity."""
 
 
 class Shape:
@@ -35,22 +45,27 @@ class Shape:
     result columns. Worked out once per compiled form."""
 
     __slots__ = (
+        "binds",
         "compiled",
         "escaped",
         "expanding",
         "key_to_index",
         "keys",
         "metadata",
+        "positions",
         "prefetch",
         "processors",
         "result_processors",
         "sql",
+        "text_metadata",
     )
 
     def __init__(self, compiled: compiler.SQLCompiler) -> None:
-        if compiled.positional:
-            raise NotImplementedError("only named parameter styles are supported")
         self.compiled = compiled
+        # A positional driver (sqlite3's qmark) takes the values in this order.
+        self.positions: list[str] | None = (
+            list(compiled.positiontup or ()) if compiled.positional else None
+        )
         self.sql: str = compiled.string
         self.expanding = bool(compiled.literal_execute_params or compiled.post_compile_params)
         self.processors: dict[str, Any] = dict(compiled._bind_processors)
@@ -64,20 +79,39 @@ class Shape:
                 # revstore's schema has scalar defaults only (``deleted``).
                 raise NotImplementedError(f"column default of {column} is not a constant")
             self.prefetch.append((key_of(column), default.arg))
+        # Each bind's (parameter key, name), when the values of a call can be taken from
+        # its parameters alone (the first case of ``construct_params``, for every bind),
+        # that is, with nothing rendered or collected at compile time.
+        self.binds: list[tuple[str, str]] | None = (
+            None
+            if compiled._render_postcompile or getattr(compiled, "_collect_params", False)
+            else [(b.key, name) for b, name in compiled.bind_names.items()]
+        )
         self.keys = [c.keyname for c in compiled._result_columns]
         self.metadata = SimpleResultMetaData(self.keys)
         self.key_to_index: dict[Any, int] = self.metadata._key_to_index
         self.result_processors: list[Any] | None = None
+        self.text_metadata: SimpleResultMetaData | None = None
 
-    def driver_params(self, compiled_params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The text and the driver's values for one set of compiled parameters."""
+    def driver_params(self, compiled_params: dict[str, Any]) -> tuple[str, Any]:
+        """The text and the driver's values for one set of compiled parameters (a dict,
+        or a tuple for a positional driver)."""
         for key, value in self.prefetch:
             compiled_params[key] = value
-        sql, processors = self.sql, self.processors
+        sql, processors, positions = self.sql, self.processors, self.positions
         if self.expanding:
             expanded = self.compiled._process_parameters_for_postcompile(compiled_params)
             sql = expanded.statement
             processors = {**processors, **expanded.processors}
+            if positions is not None:
+                positions = list(expanded.positiontup or ())
+        if positions is not None:
+            return sql, tuple(
+                [
+                    processors[k](compiled_params[k]) if k in processors else compiled_params[k]
+                    for k in positions
+                ]
+            )
         if not processors and not self.escaped:
             return sql, compiled_params
         escaped = self.escaped
@@ -98,6 +132,14 @@ class Shape:
                 for rc, d in zip(self.compiled._result_columns, cursor.description, strict=False)
             ]
             processors = self.result_processors = found if any(found) else []
+        if not self.keys:
+            # A text() statement: keyed by the names the server sent, as SQLAlchemy does
+            # (this shape is of one dialect: the same text may get other names elsewhere).
+            if self.text_metadata is None:
+                self.text_metadata = SimpleResultMetaData([d[0] for d in cursor.description])
+            text_metadata = self.text_metadata
+            text_index = text_metadata._key_to_index
+            return [Row(text_metadata, None, text_index, t) for t in data]
         metadata, key_to_index = self.metadata, self.key_to_index
         procs = processors or None
         return [Row(metadata, procs, key_to_index, t) for t in data]
@@ -114,6 +156,20 @@ class StatementCache:
         self._compiled: LRUCache[Any, Any] = LRUCache(size)
         self._shapes: weakref.WeakKeyDictionary[Any, Shape] = weakref.WeakKeyDictionary()
         self._linting = dialect.compiler_linting | compiler.WARN_LINTING
+        self.driver_shapes: dict[str, SimpleResultMetaData] = {}
+        """``driver_rows``' names of the driver SQL run on this dialect."""
+        # The prebuilt statements (run with parameters, the same object every time):
+        # their compiled form by the object itself, without computing its cache key.
+        # A statement object never changes (SQLAlchemy's are immutable), and the entry
+        # holds it, so its id cannot be another's meanwhile.
+        self._known: dict[int, tuple[Any, bool, frozenset[str], tuple[Any, Any, Any, Shape]]] = {}
+
+    def _remember(
+        self, statement: Any, many: bool, params: dict[str, Any], found: tuple[Any, Any, Any, Shape]
+    ) -> None:
+        if len(self._known) >= KNOWN_STATEMENTS:
+            self._known.clear()  # statements built per call with parameters: start over
+        self._known[id(statement)] = (statement, many, frozenset(params), found)
 
     def prepare(self, statement: Executable, params: Params) -> tuple[str, Any, bool, Shape]:
         """The text, the driver's parameters (a list for an executemany), whether it is
@@ -127,17 +183,31 @@ class StatementCache:
             distilled = [params]
         many = len(distilled) > 1
         compiled: Any
-        compiled, extracted, collected, _ = statement._compile_w_cache(
-            dialect=self.dialect,
-            compiled_cache=self._compiled,
-            column_keys=sorted(distilled[0]) if distilled else [],
-            for_executemany=many,
-            schema_translate_map=None,
-            linting=self._linting,
-        )
-        shape = self._shapes.get(compiled)
-        if shape is None:
-            shape = self._shapes[compiled] = Shape(compiled)
+        known = self._known.get(id(statement)) if distilled else None
+        if (
+            known is not None
+            and known[0] is statement
+            and known[1] == many
+            and distilled[0].keys() == known[2]
+        ):
+            compiled, extracted, collected, shape = known[3]
+        else:
+            compiled, extracted, collected, _ = statement._compile_w_cache(
+                dialect=self.dialect,
+                compiled_cache=self._compiled,
+                column_keys=sorted(distilled[0]) if distilled else [],
+                for_executemany=many,
+                schema_translate_map=None,
+                linting=self._linting,
+            )
+            found = self._shapes.get(compiled)
+            if found is None:
+                found = self._shapes[compiled] = Shape(compiled)
+            shape = found
+            if distilled:
+                self._remember(
+                    statement, many, distilled[0], (compiled, extracted, collected, shape)
+                )
         if not distilled:
             sql, one = shape.driver_params(
                 compiled.construct_params(
@@ -147,18 +217,23 @@ class StatementCache:
                 )
             )
             return sql, one, False, shape
-        sets = [
-            shape.driver_params(
-                compiled.construct_params(
+        binds = None if collected else shape.binds
+        sets = []
+        for group, m in enumerate(distilled):
+            try:
+                if binds is None:
+                    raise KeyError
+                # What construct_params gives when every bind has its key in ``m``.
+                values = {name: m[key] for key, name in binds}
+            except KeyError:
+                values = compiled.construct_params(
                     m,
                     escape_names=False,
                     _group_number=group,
                     extracted_parameters=extracted,
                     _collected_params=collected,
                 )
-            )
-            for group, m in enumerate(distilled)
-        ]
+            sets.append(shape.driver_params(values))
         if many:
             if shape.expanding:
                 raise InvalidRequestError(
@@ -171,14 +246,21 @@ class StatementCache:
 _DRIVER_SHAPES: dict[str, SimpleResultMetaData] = {}
 
 
-def driver_rows(sql: str, cursor: Any, data: list[Any]) -> list[Any]:
+def driver_rows(
+    sql: str, cursor: Any, data: list[Any], shapes: dict[str, SimpleResultMetaData] | None = None
+) -> list[Any]:
     """Rows of driver SQL (``Raw``) as ``Row`` objects keyed by the column names the
-    server sent (``cursor.description``), as ``exec_driver_sql`` keys them."""
-    metadata = _DRIVER_SHAPES.get(sql)
+    server sent (``cursor.description``), as ``exec_driver_sql`` keys them. ``shapes``:
+    the names of each text already seen, per database (``StatementCache.driver_shapes``:
+    ``SELECT 1`` has a column named ``1`` on SQLite, ``?column?`` on PostgreSQL)."""
+    if shapes is None:
+        shapes = _DRIVER_SHAPES
+    metadata = shapes.get(sql)
     if metadata is None:
-        metadata = SimpleResultMetaData([d.name for d in cursor.description])
-        if len(_DRIVER_SHAPES) < 64:  # a few fixed statements: it never grows further
-            _DRIVER_SHAPES[sql] = metadata
+        # d[0]: the DBAPI's column name (psycopg's ``Column`` is a sequence too).
+        metadata = SimpleResultMetaData([d[0] for d in cursor.description])
+        if len(shapes) < 64:  # a few fixed statements: it never grows further
+            shapes[sql] = metadata
     key_to_index = metadata._key_to_index
     return [Row(metadata, None, key_to_index, t) for t in data]
 
@@ -186,16 +268,17 @@ def driver_rows(sql: str, cursor: Any, data: list[Any]) -> list[Any]:
 class Rows:
     """A statement's buffered result: the part of SQLAlchemy's ``Result`` the protocols
     use (``first``, ``fetchone``, ``fetchall``, ``all``, ``scalar``, iteration,
-    ``rowcount``). Rows are SQLAlchemy ``Row`` objects (``row[i]``, ``row._mapping[k]``,
-    ``row.name``). A statement that returns no rows raises ``ResourceClosedError`` on
-    a fetch, as SQLAlchemy does."""
+    ``one``, ``rowcount``, ``lastrowid``). Rows are SQLAlchemy ``Row`` objects
+    (``row[i]``, ``row._mapping[k]``, ``row.name``). A statement that returns no rows
+    raises ``ResourceClosedError`` on a fetch, as SQLAlchemy does."""
 
-    __slots__ = ("_pos", "_rows", "rowcount")
+    __slots__ = ("_pos", "_rows", "lastrowid", "rowcount")
 
-    def __init__(self, rows: list[Any] | None, rowcount: int) -> None:
+    def __init__(self, rows: list[Any] | None, rowcount: int, lastrowid: Any = None) -> None:
         self._rows = rows
         self._pos = 0
         self.rowcount = rowcount
+        self.lastrowid = lastrowid
 
     def _data(self) -> list[Any]:
         if self._rows is None:
@@ -226,6 +309,16 @@ class Rows:
     def scalar(self) -> Any:
         row = self.first()
         return None if row is None else row[0]
+
+    def one(self) -> Any:
+        rows = self.fetchall()
+        if len(rows) != 1:
+            raise (NoResultFound if not rows else MultipleResultsFound)(
+                "No row was found when one was required"
+                if not rows
+                else "Multiple rows were found when exactly one was required"
+            )
+        return rows[0]
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())

@@ -75,6 +75,12 @@ class Dialect:
     batch_lock_wait: ClassVar[tuple[str, str] | None] = None
     """Statements that shorten, then restore, how long a batch's statements wait for a
     row lock (None: the database has no row locks, or no such setting)."""
+    driver_cursor: ClassVar[bool] = False
+    """Whether the sync executor sends the protocols' statements on the driver's cursor
+    (``SqlBackend._on_driver``) rather than through SQLAlchemy's ``Connection``: the
+    databases whose whole write path is a transaction of such statements (SQLite,
+    MariaDB/MySQL). PostgreSQL's hot writes are its one-statement counter writes, sent
+    on psycopg's cursor already."""
     batch_leaders: ClassVar[int] = 1
     """How many batches of one process may be in flight at once (SQLite: one, it has
     one writer at a time anyway)."""

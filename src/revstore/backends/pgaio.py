@@ -112,7 +112,7 @@ class PsycopgLink:
             return Rows(None, cur.rowcount)
         if shape is not None:
             return Rows(shape.rows(pool.dialect, cur, data), cur.rowcount)
-        return Rows(driver_rows(sql, cur, data), cur.rowcount)
+        return Rows(driver_rows(sql, cur, data, pool.statements.driver_shapes), cur.rowcount)
 
     async def rollback(self) -> None:
         await self.send(ROLLBACK)

@@ -23,10 +23,11 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
+from revstore.backends.compiled import Rows, Shape, StatementCache, driver_rows
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
-from revstore.backends.ops import Execute, Step
+from revstore.backends.ops import Execute, Op, Step
 from revstore.backends.protocol import Protocol, Transform, in_transaction
 from revstore.backends.protocol import now as now
 from revstore.backends.protocol import page_cut as page_cut
@@ -111,6 +112,9 @@ class SqlBackend:
         self.engine = engine
         self.strategy: Strategy = strategy_named(strategy or dialect.default_strategy)
         self.protocol = Protocol(dialect)
+        # Compiled for the engine's dialect, which its first connection initialises
+        # (the server's version): every statement is sent after a connect.
+        self.statements = StatementCache(engine.dialect)
         self.migrator = Migrator()
         """Creates and upgrades the tables under the schema lock (tests inject steps)."""
         self.schema_version: int | None = None
@@ -172,17 +176,64 @@ class SqlBackend:
         result, or throw in the translated error (chained to the driver's)."""
         stepper = Stepper(self.dialect, step)
         op = stepper.feed()
+        send = self._on_driver if self.dialect.driver_cursor else self._on_connection
         while op is not None:
             try:
-                if isinstance(op, Execute):
-                    result = conn.execute(op.statement, op.params)
-                else:
-                    result = conn.exec_driver_sql(op.sql, op.params)
+                result = send(conn, op)
             except DB_ERRORS as exc:
                 op = stepper.feed(error=exc)
             else:
                 op = stepper.feed(result)
         return stepper.result()
+
+    @staticmethod
+    def _on_connection(conn: Connection, op: Op) -> Any:
+        """One statement through SQLAlchemy's ``Connection``."""
+        if isinstance(op, Execute):
+            return conn.execute(op.statement, op.params)
+        return conn.exec_driver_sql(op.sql, op.params)
+
+    def _on_driver(self, conn: Connection, op: Op) -> Any:
+        """One statement on the driver's own cursor (``compiled``): the text, values
+        and rows SQLAlchemy's ``Connection.execute`` would produce, without its
+        execution context and ``CursorResult``, which cost as much CPU as the driver on
+        a small write. A failure goes through the ``Connection``'s own handling, so it
+        is wrapped, and a lost connection invalidated (with the pool), exactly as there.
+        """
+        if conn.invalidated:
+            # Whatever SQLAlchemy says of a statement on a dropped connection.
+            return self._on_connection(conn, op)
+        shape: Shape | None = None
+        if isinstance(op, Execute):
+            sql, params, many, shape = self.statements.prepare(op.statement, op.params)
+        else:
+            sql, params, many = op.sql, op.params, False
+        driver: Any = conn.connection.dbapi_connection  # checked out: never None
+        cursor = driver.cursor()
+        try:
+            if many:
+                cursor.executemany(sql, params)
+            elif params is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, params)
+            description = cursor.description
+            data = cursor.fetchall() if description is not None else None
+            rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
+        except BaseException as exc:
+            # Raises the wrapped error (and invalidates a lost connection); an
+            # interruption (KeyboardInterrupt) drops the connection, as SQLAlchemy does.
+            conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+            raise  # unreachable: the handler always raises
+        finally:
+            cursor.close()
+        if data is None:
+            return Rows(None, rowcount, lastrowid)
+        if shape is not None:
+            return Rows(shape.rows(self.engine.dialect, cursor, data), rowcount, lastrowid)
+        return Rows(
+            driver_rows(sql, cursor, data, self.statements.driver_shapes), rowcount, lastrowid
+        )
 
     def run(self, step: Step[T], wait: bool = True) -> T:
         """Run a protocol on a pooled connection with no transaction around it: reads,

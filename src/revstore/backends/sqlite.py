@@ -44,6 +44,7 @@ from revstore.config import (
 from revstore.errors import InvalidInput, RevstoreError, Unavailable
 from revstore.failures import Duplicate, Failure, Transient, classify
 from revstore.record import WriteIntent
+from revstore.stream import AppendBatch
 
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
@@ -75,6 +76,18 @@ _UPDATE_HEAD = text(
     """
 ).bindparams(bindparam("now", type_=schema.Timestamp))
 
+_BUMP_STREAM = text(
+    """
+    UPDATE revstore_streams
+       SET last_sequence = last_sequence + :n,
+           item_count = item_count + :n,
+           updated_at = :now
+     WHERE namespace = :ns AND id = :id
+       AND (:exp IS NULL OR last_sequence = :exp)
+    RETURNING last_sequence
+    """
+).bindparams(bindparam("now", type_=schema.Timestamp))
+
 
 class SqliteDialect(Dialect):
     name: ClassVar[str] = "sqlite"
@@ -84,8 +97,10 @@ class SqliteDialect(Dialect):
     # Takes the file's write lock: schema creation is serialised with every writer.
     begin_schema: ClassVar[str] = "BEGIN IMMEDIATE"
     counter_puts: ClassVar[bool] = True
+    counter_appends: ClassVar[bool] = True
     async_in_threads: ClassVar[bool] = True
     point_reads_inline: ClassVar[bool] = True
+    driver_cursor: ClassVar[bool] = True
 
     def __init__(self, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
         self.busy_timeout_ms = busy_timeout_ms
@@ -156,6 +171,21 @@ class SqliteDialect(Dialect):
         )
         row = result.first()
         return None if row is None else (int(row[0]), int(row[1]), row[2])
+
+    def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
+        # As bump_head: the only writer of the file takes the batch's sequences.
+        result = yield Execute(
+            _BUMP_STREAM,
+            {
+                "n": len(batch.bodies),
+                "now": ts,
+                "ns": batch.namespace,
+                "id": batch.stream_id,
+                "exp": batch.expected,
+            },
+        )
+        row = result.first()
+        return None if row is None else int(row[0])
 
     def prepare_ddl(self, conn: Connection) -> None:
         # journal_mode cannot change inside a transaction: switched before BEGIN
