@@ -67,7 +67,7 @@ def test_a_locked_point_read_goes_to_a_thread_and_the_loop_runs_on(tmp_path: Pat
             yield Raw("BEGIN IMMEDIATE")
             result = yield Execute(_select_one())
             yield Raw("ROLLBACK")
-            return result.scalar_one()
+            return result.first()[0]
 
         ticks = 0
 
