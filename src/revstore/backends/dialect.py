@@ -34,6 +34,18 @@ Bumped = tuple[int, int, datetime | str]
 ``created_at`` (as the driver returns it)."""
 
 
+def stream_counter_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
+    """The bind parameters of the SQLite and MariaDB stream counter statement
+    (``bump_stream``): how many items, the time, the key and the expectation."""
+    return {
+        "n": len(batch.bodies),
+        "now": ts,
+        "ns": batch.namespace,
+        "id": batch.stream_id,
+        "exp": batch.expected,
+    }
+
+
 def counter_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
     """The bind parameters of every dialect's counter statement for a put (``bump_head``,
     PostgreSQL's ``put_one``): the bump, the new content, the time, the key and the

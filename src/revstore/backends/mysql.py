@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
-from revstore.backends.dialect import Bumped, Dialect, counter_params
+from revstore.backends.dialect import Bumped, Dialect, counter_params, stream_counter_params
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend, install_liveness_probe
 from revstore.config import (
@@ -328,16 +328,7 @@ class MysqlDialect(Dialect):
         return int(head[0]), int(head[1]), head[2]
 
     def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
-        result = yield Execute(
-            _BUMP_STREAM,
-            {
-                "n": len(batch.bodies),
-                "now": ts,
-                "ns": batch.namespace,
-                "id": batch.stream_id,
-                "exp": batch.expected,
-            },
-        )
+        result = yield Execute(_BUMP_STREAM, stream_counter_params(batch, ts))
         return int(result.lastrowid) if result.rowcount == 1 else None
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from revstore import schema
-from revstore.backends.dialect import Bumped, Dialect, counter_params
+from revstore.backends.dialect import Bumped, Dialect, counter_params, stream_counter_params
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend
 from revstore.config import (
@@ -174,16 +174,7 @@ class SqliteDialect(Dialect):
 
     def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
         # As bump_head: the only writer of the file takes the batch's sequences.
-        result = yield Execute(
-            _BUMP_STREAM,
-            {
-                "n": len(batch.bodies),
-                "now": ts,
-                "ns": batch.namespace,
-                "id": batch.stream_id,
-                "exp": batch.expected,
-            },
-        )
+        result = yield Execute(_BUMP_STREAM, stream_counter_params(batch, ts))
         row = result.first()
         return None if row is None else int(row[0])
 
