@@ -35,8 +35,9 @@ Bumped = tuple[int, int, datetime | str]
 
 
 def stream_counter_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
-    """The bind parameters of the SQLite and MariaDB stream counter statement
-    (``bump_stream``): how many items, the time, the key and the expectation."""
+    """The bind parameters every dialect's stream counter statement shares
+    (``bump_stream``, PostgreSQL's append): how many items, the time, the key and the
+    expectation."""
     return {
         "n": len(batch.bodies),
         "now": ts,

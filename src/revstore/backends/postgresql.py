@@ -30,7 +30,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from revstore.backends.dialect import Appended, Dialect, Put, counter_params
+from revstore.backends.dialect import (
+    Appended,
+    Dialect,
+    Put,
+    counter_params,
+    stream_counter_params,
+)
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
 from revstore.backends.ops import Raw, Step
 from revstore.backends.pgaio import PsycopgPool, wrapped
@@ -767,11 +773,7 @@ def _put_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
 
 def _append_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
     return {
-        "n": len(batch.bodies),
-        "now": ts,
-        "ns": batch.namespace,
-        "id": batch.stream_id,
-        "exp": batch.expected,
+        **stream_counter_params(batch, ts),
         "bodies": _text_array([b.text for b in batch.bodies]),
         "hashes": _text_array([b.hash for b in batch.bodies]),
     }

@@ -777,12 +777,9 @@ def _fused_params(p: _Pending, written: list[tuple[str, Any]]) -> dict[str, Any]
     info = p.info
     if not p.snapshot or p.loaded is None or info.m2m or info.onupdate:
         return None
-    state_dict = p.state.dict
-    row: dict[str, Any] = {}
-    for name, key, col in info.plain:
-        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
-            return None
-        row[name] = state_dict[key]
+    row = _row_as_written(p)
+    if row is None:
+        return None
     doc = content_of(info, row, {})
     return {
         "rs_expect": p.loaded[0] + 1,
@@ -963,12 +960,9 @@ def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
     # The row had the revision this session loaded when the UPDATE locked it, and every
     # change of it takes a new revision: its other columns are the ones loaded, and ours
     # are the ones just written, as long as the server stores them as given.
-    state_dict = p.state.dict
-    row: dict[str, Any] = {}
-    for name, key, col in info.plain:
-        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
-            return None
-        row[name] = state_dict[key]
+    row = _row_as_written(p)
+    if row is None:
+        return None
     row["revision"] = p.bumped
     row["version"] = version + (1 if p.snapshot else 0)
     return row
@@ -982,6 +976,18 @@ def _changed_since(p: _Pending) -> bool:
         key in keys and attributes.get_history(p.obj, key, PASSIVE_NO_INITIALIZE).has_changes()
         for key in list(p.state.committed_state)
     )
+
+
+def _row_as_written(p: _Pending) -> dict[str, Any] | None:
+    """The mapped columns' values as this session holds them, or None when one is not
+    loaded or is of a type the server may store otherwise (then the row is read)."""
+    state_dict = p.state.dict
+    row: dict[str, Any] = {}
+    for name, key, col in p.info.plain:
+        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
+            return None
+        row[name] = state_dict[key]
+    return row
 
 
 def _stored_as_given(col: Column[Any], value: object) -> bool:
