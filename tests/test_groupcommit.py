@@ -304,3 +304,107 @@ def test_a_key_found_locked_goes_straight_to_run_one_for_a_while() -> None:
     assert many_calls == [[("hot", 0)], [("other", 0)], [("hot", 6)]]
     assert one_calls == [("hot", i) for i in range(6)]
     assert gc.stats.locked_writes == 1
+
+
+# ---------------------------------------------------------------- chains (run_chain)
+
+
+class ChainLedger(Ledger):
+    """A Ledger whose backend also applies several writes of one key in one call."""
+
+    def __init__(self, delay: float = 0.002) -> None:
+        super().__init__(delay)
+        self.chains: list[list[tuple[str, int]]] = []
+
+    def chain(self, reqs: list[tuple[str, int]]) -> list[int | None]:
+        assert len({k for k, _ in reqs}) == 1, "a chain holds one key"
+        assert len(reqs) > 1, "a chain of one is sent by run_one"
+        self.chains.append(reqs)
+        return self._apply(reqs)
+
+
+def chained(ledger: ChainLedger, **kw: int) -> GroupCommit[tuple[str, int], int | None]:
+    return GroupCommit(ledger.one, ledger.many, key=lambda r: r[0], run_chain=ledger.chain, **kw)
+
+
+def test_writes_to_a_busy_key_go_together_in_chains_in_their_order() -> None:
+    ledger = ChainLedger()
+    gc = chained(ledger)
+    threads, each = 16, 25
+
+    def writer(t: int) -> list[int | None]:
+        # value = t * 1000 + n: a thread's own writes are sent one after the other
+        return [gc.submit(("hot", t * 1000 + n)) for n in range(each)]
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(writer, range(threads)))
+    applied = ledger.values["hot"]
+    assert sorted(applied) == sorted(t * 1000 + n for t in range(threads) for n in range(each))
+    # Each caller got the place its own write took, and each thread's writes landed
+    # in the order it made them: a chain keeps the order of arrival.
+    for t, mine in enumerate(results):
+        assert [applied[r - 1] for r in mine if r is not None] == [
+            t * 1000 + n for n in range(each)
+        ]
+    assert gc.stats.chains > 0 and gc.stats.largest > 1, "nothing was chained"
+    assert len(ledger.batches) < threads * each  # fewer statements than writes
+    assert max(len(c) for c in ledger.chains) <= 64  # max_batch bounds a chain too
+    assert gc.stats.chained_writes + gc.stats.solo_writes + gc.stats.batched_writes == 400
+
+
+def test_a_chain_failed_by_one_write_is_split_so_the_others_land_in_order() -> None:
+    ledger = ChainLedger()
+
+    def chain(reqs: list[tuple[str, int]]) -> list[int | None]:
+        if any(v % 7 == 3 for _, v in reqs):
+            raise ValueError("refused")  # one write's fault: nothing applied
+        return ledger.chain(reqs)
+
+    def one(req: tuple[str, int]) -> int | None:
+        if req[1] % 7 == 3:
+            raise ValueError("refused")
+        return ledger.one(req)
+
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(
+        one, ledger.many, key=lambda r: r[0], run_chain=chain, shared=lambda e: False
+    )
+    outcome = outcomes_on_one_key(gc, 140)
+    assert [o == "refused" for o in outcome] == [i % 7 == 3 for i in range(140)]
+    assert sorted(ledger.values["hot"]) == [i for i in range(140) if i % 7 != 3]
+    assert gc.stats.splits > 0 and gc.stats.chains > 0
+
+
+def outcomes_on_one_key(gc: GroupCommit[tuple[str, int], int | None], n: int) -> list[str]:
+    def submit(i: int) -> str:
+        try:
+            gc.submit(("hot", i))
+        except ValueError:
+            return "refused"
+        return "ok"
+
+    with ThreadPoolExecutor(24) as pool:
+        return list(pool.map(submit, range(n)))
+
+
+def test_a_write_skipped_on_a_row_held_elsewhere_joins_its_keys_chain() -> None:
+    ledger = ChainLedger(delay=0.001)
+    skipped = [0]
+
+    def many(reqs: list[tuple[str, int]]) -> list[int | Locked | None]:
+        # "held" is held by another client for the first two batches that carry it
+        held = [k == "held" for k, _ in reqs]
+        if not any(held) or skipped[0] >= 2:
+            return list(ledger.many(reqs))
+        skipped[0] += 1
+        applied = iter(ledger.many([r for r, h in zip(reqs, held, strict=True) if not h]))
+        return [LOCKED if h else next(applied) for h in held]
+
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(
+        ledger.one, many, key=lambda r: r[0], run_chain=ledger.chain
+    )
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(gc.submit, [("held" if i % 2 else f"k{i}", i) for i in range(200)]))
+    assert sorted(ledger.values["held"]) == list(range(1, 200, 2))
+    assert sorted(r for i, r in enumerate(results) if i % 2) == list(range(1, 101))
+    assert all(r == 1 for i, r in enumerate(results) if not i % 2)
+    assert gc.stats.locked_writes >= 1

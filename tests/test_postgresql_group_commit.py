@@ -10,6 +10,8 @@ locks in the same order and never deadlock.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 import threading
 import time
@@ -23,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from revstore import SequenceConflict, Store, VersionConflict
+from revstore.backends.aio import AsyncSqlBackend
 from revstore.backends.groupcommit import LOCKED
 from revstore.backends.postgresql import PostgresBackend, _shared_failure
 from revstore.backends.sql import AppendBatch
@@ -504,7 +507,11 @@ def refusing_url(pg_url: str) -> Iterator[str]:
         setup.create_schema()
         setup.close()
         with psycopg.connect(_libpq(url), autocommit=True) as conn:
-            checked = [("revstore_records", "content"), ("revstore_stream_items", "body")]
+            checked = [
+                ("revstore_records", "content"),
+                ("revstore_versions", "content"),  # a chain's middle writes are only here
+                ("revstore_stream_items", "body"),
+            ]
             for table, column in checked:
                 conn.execute(
                     f"ALTER TABLE {table} ADD CONSTRAINT refuse_poison"
@@ -631,3 +638,241 @@ def test_which_failures_split_a_batch() -> None:
     assert _shared_failure(raised(Retryable("serialization_failure", code="40001"), refused))
     assert _shared_failure(raised(Unavailable("pool timeout"), TimeoutError()))
     assert _shared_failure(ValueError("a bug after the statement ran"))
+
+
+# ---------------------------------------------------------------- chains: one hot record
+
+
+def chained_puts(store: Store) -> int:
+    return int(puts(store).chains)
+
+
+def test_a_hot_record_takes_many_writes_per_commit_each_at_its_turn(
+    stores: list[Store], ns: str
+) -> None:
+    # Writers of two Stores (two processes' worth of group commits) on one record:
+    # writes that queue behind one in flight go together as a chain, one statement,
+    # each with its own expectation, snapshot flag, author and summary.
+    stores[0].put("hot", {"w": "seed"}, namespace=ns)
+    acked: list[tuple[int, int, dict[str, Any], str | None, bool]] = []
+    conflicts: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def writer(store: Store, t: int) -> None:
+        rng = random.Random(t)
+        try:
+            for n in range(30):
+                content = {"w": f"{t}.{n}", "text": rng.choice(AWKWARD)}
+                author = rng.choice([None, *AWKWARD])
+                snapshot = rng.random() < 0.8
+                roll = rng.random()
+                expected = 1 if roll < 0.1 else None
+                if 0.1 <= roll < 0.25:  # a fresh expectation: may still lose the race
+                    expected = store.get("hot", namespace=ns).revision
+                try:
+                    rec = store.put(
+                        "hot",
+                        content,
+                        expected_revision=expected,
+                        create_version=snapshot,
+                        author=author,
+                        namespace=ns,
+                    )
+                except VersionConflict as exc:
+                    assert exc.current is not None and expected is not None
+                    with lock:
+                        conflicts.append((expected, exc.current.revision))
+                    continue
+                assert expected is None or rec.revision == expected + 1
+                with lock:
+                    acked.append((rec.revision, rec.version, content, author, snapshot))
+        except BaseException as exc:  # any other error fails the test below
+            errors.append(exc)
+
+    race([threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(24)])
+    assert not errors, errors[:3]
+    assert chained_puts(stores[0]) + chained_puts(stores[1]) > 0, "no chain: the test raced nothing"
+    assert conflicts and all(current != expected for expected, current in conflicts)
+    head = stores[0].get("hot", namespace=ns)
+    acked.sort(key=lambda a: a[0])
+    # Every revision after the seed was acknowledged to exactly one writer.
+    assert [a[0] for a in acked] == list(range(2, head.revision + 1))
+    history = stores[0].history("hot", limit=1000, namespace=ns).versions
+    assert [v.version for v in history] == list(range(1, head.version + 1))
+    by_version = {v.version: v for v in history}
+    version = 1
+    for revision, got_version, content, author, snapshot in acked:
+        version += snapshot
+        assert got_version == version  # versions follow the snapshots, in revision order
+        if snapshot:
+            v = by_version[version]
+            assert (v.revision, v.content, v.author) == (revision, content, author)
+    assert head.content == acked[-1][2]
+
+
+def test_unchanged_writes_in_a_chain_are_decided_at_their_turn(
+    stores: list[Store], ns: str
+) -> None:
+    # Many writers send one of two contents to one record: a write whose content is
+    # the head's at its turn writes nothing; the others alternate the content.
+    stores[0].put("flip", {"c": "a"}, namespace=ns)
+    results: list[tuple[int, bool, str]] = []
+    lock = threading.Lock()
+
+    def writer(store: Store, t: int) -> None:
+        for n in range(30):
+            c = "ab"[(t + n) % 2]
+            rec = store.put("flip", {"c": c}, namespace=ns)
+            with lock:
+                results.append((rec.revision, rec.unchanged, c))
+
+    race([threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(16)])
+    head = stores[0].get("flip", namespace=ns)
+    applied = sorted((r, c) for r, unchanged, c in results if not unchanged)
+    assert [r for r, _ in applied] == list(range(2, head.revision + 1))
+    history = stores[0].history("flip", limit=1000, namespace=ns).versions
+    # No two consecutive versions hold the same content: each change was a change.
+    contents = [v.content["c"] for v in history]
+    assert all(x != y for x, y in itertools.pairwise(contents))
+    assert [c for _, c in applied] == contents[1:]
+    for revision, unchanged, c in results:
+        if unchanged:  # the content it found was its own, at the revision it reports
+            assert contents[revision - 1] == c
+    assert chained_puts(stores[0]) + chained_puts(stores[1]) > 0
+
+
+def test_appends_to_a_hot_stream_go_in_chains_and_stay_contiguous(
+    stores: list[Store], ns: str
+) -> None:
+    stores[0].append("chat", [{"seed": True}], namespace=ns)
+    acked: list[tuple[int, list[Any]]] = []
+    refused: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def writer(store: Store, t: int) -> None:
+        rng = random.Random(t)
+        try:
+            for n in range(30):
+                items = [{"m": f"{t}.{n}.{k}"} for k in range(rng.choice([1, 1, 3, 10]))]
+                expected = 1 if rng.random() < 0.1 else None
+                try:
+                    res = store.append("chat", items, expected_sequence=expected, namespace=ns)
+                except SequenceConflict as exc:
+                    with lock:
+                        refused.append((1, exc.current_sequence))
+                    continue
+                assert res.last_sequence - res.first_sequence + 1 == len(items)
+                with lock:
+                    acked.append((res.first_sequence, items))
+        except BaseException as exc:
+            errors.append(exc)
+
+    race([threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(24)])
+    assert not errors, errors[:3]
+    assert appends(stores[0]).chains + appends(stores[1]).chains > 0, "nothing was chained"
+    assert refused and all(current > expected for expected, current in refused)
+    stored: list[Any] = []
+    while page := stores[0].read("chat", after=len(stored), limit=1000, namespace=ns).items:
+        stored += page
+    assert [i.sequence for i in stored] == list(range(1, len(stored) + 1))
+    expected_bodies: dict[int, Any] = {1: {"seed": True}}
+    for first, items in acked:
+        for k, body in enumerate(items):
+            assert first + k not in expected_bodies, "a sequence acknowledged twice"
+            expected_bodies[first + k] = body
+    assert {i.sequence: i.body for i in stored} == expected_bodies
+    assert stores[0].stream_info("chat", namespace=ns).item_count == len(stored)
+
+
+def test_a_record_deleted_amid_its_chains(stores: list[Store], ns: str) -> None:
+    # Writes racing a deletion: each is applied at its own revision before it, or
+    # re-creates the record after it; nothing is lost and no revision is reused.
+    stores[0].put("gone", {"n": 0}, namespace=ns)
+    acked: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    deleted = threading.Event()
+
+    def writer(store: Store, t: int) -> None:
+        try:
+            for n in range(30):
+                rec = store.put("gone", {"n": n, "t": t}, namespace=ns)
+                with lock:
+                    acked.append(rec.revision)
+                if t == 0 and n == 10:
+                    store.delete("gone", namespace=ns)
+                    deleted.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    race([threading.Thread(target=writer, args=(stores[t % 2], t)) for t in range(16)])
+    assert not errors, errors[:3] and deleted.is_set()
+    head = stores[0].get("gone", namespace=ns)
+    assert len(set(acked)) == len(acked) == 16 * 30
+    # The deletion took one revision of its own; every other one is an acknowledged put.
+    assert len(set(range(2, head.revision + 1)) - set(acked)) == 1
+
+
+def test_a_write_the_database_refuses_fails_alone_in_its_chain(refusing_url: str) -> None:
+    store = Store(refusing_url)
+    ns = "gc-refuse-chain"
+    try:
+        store.put("hot", {"w": "seed"}, namespace=ns)
+        acked: list[tuple[int, dict[str, Any]]] = []
+        refused: list[BaseException] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def writer(t: int) -> None:
+            rng = random.Random(t)
+            for n in range(20):
+                poison = rng.random() < 0.08
+                content = {"w": f"{t}.{n}", "text": "poison" if poison else "fine"}
+                try:
+                    rec = store.put("hot", content, namespace=ns)
+                except BaseException as exc:
+                    (refused if poison else errors).append(exc)
+                    continue
+                assert not poison, "the database took a write it refuses"
+                with lock:
+                    acked.append((rec.revision, content))
+
+        race([threading.Thread(target=writer, args=(t,)) for t in range(24)])
+        assert not errors, errors[:3]
+        assert refused
+        for exc in refused:
+            assert_refused_alone(exc)
+        assert puts(store).chains > 0 and puts(store).splits > 0, "no chain held a refused write"
+        head = store.get("hot", namespace=ns)
+        acked.sort(key=lambda a: a[0])
+        assert [a[0] for a in acked] == list(range(2, head.revision + 1))
+        history = store.history("hot", limit=1000, namespace=ns).versions
+        assert [v.content for v in history[1:]] == [a[1] for a in acked]
+    finally:
+        store.close()
+
+
+def test_an_async_store_chains_a_hot_record(pg_url: str, ns: str) -> None:
+    from revstore import AsyncStore
+
+    async def main() -> tuple[list[int], int, int]:
+        async with AsyncStore(pg_url) as store:
+            await store.put("hot", {"n": -1}, namespace=ns)
+
+            async def writer(t: int) -> list[int]:
+                return [
+                    (await store.put("hot", {"n": n, "t": t}, namespace=ns)).revision
+                    for n in range(20)
+                ]
+
+            revisions = [r for rs in await asyncio.gather(*map(writer, range(48))) for r in rs]
+            backend = store.backend
+            assert isinstance(backend, AsyncSqlBackend) and backend._puts is not None
+            head = await store.get("hot", namespace=ns)
+            return revisions, head.revision, backend._puts.stats.chains
+
+    revisions, last, chains = asyncio.run(main())
+    assert sorted(revisions) == list(range(2, last + 1)) and len(revisions) == 48 * 20
+    assert chains > 0

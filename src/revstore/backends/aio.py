@@ -167,6 +167,7 @@ class AsyncSqlBackend:
                 self._put_one,
                 self._put_many,
                 key=lambda i: (i.namespace, i.id),
+                run_chain=self._put_chain,
                 shared=dialect.shared_failure,
             )
             if one
@@ -177,6 +178,7 @@ class AsyncSqlBackend:
                 self._append_one,
                 self._append_many,
                 key=lambda b: (b.namespace, b.stream_id),
+                run_chain=self._append_chain,
                 shared=dialect.shared_failure,
             )
             if one
@@ -366,11 +368,17 @@ class AsyncSqlBackend:
     async def _put_many(self, intents: list[WriteIntent]) -> list[Put | Locked | None]:
         return await self.run(self_committing(self.dialect.put_many(intents)))
 
+    async def _put_chain(self, intents: list[WriteIntent]) -> list[Put | None]:
+        return await self.run(self_committing(self.dialect.put_chain(intents)))
+
     async def _append_one(self, batch: AppendBatch) -> Appended | None:
         return await self.run(self_committing(self.dialect.append_one(batch)))
 
     async def _append_many(self, batches: list[AppendBatch]) -> list[Appended | Locked | None]:
         return await self.run(self_committing(self.dialect.append_many(batches)))
+
+    async def _append_chain(self, batches: list[AppendBatch]) -> list[Appended | None]:
+        return await self.run(self_committing(self.dialect.append_chain(batches)))
 
     async def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
         """As ``SqlBackend.commit``."""

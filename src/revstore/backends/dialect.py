@@ -174,12 +174,22 @@ class Dialect:
         for a row held elsewhere (``LOCKED``): a group-commit batch."""
         raise NotImplementedError
 
+    def put_chain(self, intents: list[WriteIntent]) -> Step[list[Put | None]]:
+        """Several puts to one record as one self-committing statement, waiting for its
+        row, applied in order, each at its turn as ``put_one`` would (a group-commit
+        chain): each one's numbers, or None when it did not apply."""
+        raise NotImplementedError
+
     def append_one(self, batch: AppendBatch) -> Step[Appended | None]:
         """The same as ``put_one`` for an append without item ids."""
         raise NotImplementedError
 
     def append_many(self, batches: list[AppendBatch]) -> Step[list[Appended | Locked | None]]:
         """The same as ``put_many`` for appends to distinct streams."""
+        raise NotImplementedError
+
+    def append_chain(self, batches: list[AppendBatch]) -> Step[list[Appended | None]]:
+        """The same as ``put_chain`` for appends to one stream."""
         raise NotImplementedError
 
     def shared_failure(self, exc: BaseException) -> bool:

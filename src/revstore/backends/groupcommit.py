@@ -23,15 +23,23 @@ transaction elsewhere) comes back as :data:`LOCKED`. Its caller then sends it wi
 after the leadership was handed on: one busy record never stalls the writes to other
 records queued behind it.
 
-A write to a key that is already queued or in flight is never batched: one statement
-cannot change a row twice, and queueing it behind a client round trip would serialise
-a hot record in the client, where the database's row lock orders it faster. It goes
-at once through ``run_one``, outside the leadership, so its lock wait is its own. So
-do the writes to a key found locked in the last ``HOT_SECONDS`` (a hot record, written
-by other processes too): sending them through a batch would mostly cost a second trip.
+A write to a key that is already queued or in flight is never batched with it: one
+statement of ``run_many`` changes a row once. Without ``run_chain`` it goes at once
+through ``run_one``, outside the leadership, so its lock wait is its own. So do the
+writes to a key found locked in the last ``HOT_SECONDS`` (a hot record, written by
+other processes too): sending them through a batch would mostly cost a second trip.
 
-This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many`` and
-``shared``.
+Chains (with ``run_chain``). Those same writes instead queue per key: one write of the
+key at a time is in flight outside the batches (the chain's leader), and when it is
+done the writes that queued behind it meanwhile go together, in their order of
+arrival, through ``run_chain``: one statement that applies them one after another
+under one row lock and one commit, each with its own preconditions. A hot record then
+takes as many writes per commit as arrived during the previous commit, instead of one
+write per commit behind the row lock (the ceiling of a write-per-statement client).
+A chain waits in the database's lock queue like ``run_one``, outside the leadership.
+
+This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many``,
+``run_chain`` and ``shared``.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -70,13 +78,14 @@ def _every_failure_is_shared(exc: BaseException) -> bool:
 
 
 class _Slot(Generic[Req, Res]):
-    __slots__ = ("error", "key", "lead", "request", "result", "signal")
+    __slots__ = ("chain", "error", "key", "lead", "request", "result", "signal")
 
-    def __init__(self, request: Req, key: Hashable, signal: _Signal) -> None:
+    def __init__(self, request: Req, key: Hashable, signal: _Signal, chain: bool = False) -> None:
         self.request = request
         self.key = key
         self.signal = signal  # set when the slot is served (or, sync, handed the lead)
         self.lead = False  # set when a finishing leader hands the lead to this slot
+        self.chain = chain  # queued in its key's chain, not in the batch queue
         self.result: Res | Locked | None = None
         self.error: BaseException | None = None
 
@@ -116,12 +125,23 @@ class _FutureSignal:
 class GroupCommitStats:
     """Counters for tests and benchmarks (read without the lock: indicative only)."""
 
-    __slots__ = ("batched_writes", "batches", "largest", "locked_writes", "solo_writes", "splits")
+    __slots__ = (
+        "batched_writes",
+        "batches",
+        "chained_writes",
+        "chains",
+        "largest",
+        "locked_writes",
+        "solo_writes",
+        "splits",
+    )
 
     def __init__(self) -> None:
         self.batches = 0  # statements sent for more than one write
         self.batched_writes = 0  # writes that went in those statements
-        self.largest = 0
+        self.chains = 0  # statements sent for several writes of one key (``run_chain``)
+        self.chained_writes = 0  # writes that went in those statements
+        self.largest = 0  # the largest batch or chain
         self.solo_writes = 0  # writes sent alone (nobody to batch with, a busy or hot key)
         self.locked_writes = 0  # writes skipped on a row held elsewhere, then sent alone
         self.splits = 0  # failed statements split for one write's failure
@@ -155,11 +175,13 @@ class _Batching(Generic[Req, Res]):
         max_batch: int = 64,
         max_leaders: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        chaining: bool = False,
     ) -> None:
         if max_batch < 1 or max_leaders < 1:
             raise ValueError("max_batch and max_leaders must be at least 1")
         self._key = key
         self._shared = shared
+        self._chaining = chaining
         self._clock = clock
         self._max_batch = max_batch
         self._max_leaders = max_leaders
@@ -168,6 +190,9 @@ class _Batching(Generic[Req, Res]):
         self._queue: deque[_Slot[Req, Res]] = deque()
         self._busy: set[Hashable] = set()  # keys queued or in flight
         self._hot: dict[Hashable, float] = {}  # key found locked -> hot until (monotonic)
+        # A key's chain: present while one of its chains is in flight; holds the writes
+        # that queued behind it, in their order of arrival.
+        self._chains: dict[Hashable, deque[_Slot[Req, Res]]] = {}
         self._leaders = 0
         self.stats = GroupCommitStats()
 
@@ -175,11 +200,16 @@ class _Batching(Generic[Req, Res]):
         self, request: Req, signal: Callable[[], _Signal]
     ) -> tuple[_Slot[Req, Res] | None, bool]:
         """The new request's slot (None: send it alone, see the module docstring) and
-        whether it leads; a slot that does not lead is queued."""
+        whether it leads (its batch, or its key's chain when ``slot.chain``); a slot
+        that does not lead is queued."""
         key = self._key(request)
         with self._lock:
-            # A key in flight or hot is sent alone (see the module docstring).
+            if self._chaining and key in self._chains:
+                return self._join_chain(request, key, signal)
+            # A key in flight or hot is sent alone, or in its chain (module docstring).
             if key in self._busy or (key in self._hot and self._clock() < self._hot[key]):
+                if self._chaining:
+                    return self._join_chain(request, key, signal)
                 self.stats.solo_writes += 1
                 return None, False
             self._hot.pop(key, None)
@@ -192,17 +222,42 @@ class _Batching(Generic[Req, Res]):
                 self._queue.append(slot)
             return slot, lead
 
-    def _take(self, own: _Slot[Req, Res]) -> list[_Slot[Req, Res]]:
-        """What a leader sends: its own write and up to ``max_batch`` queued behind it."""
+    def _join_chain(
+        self, request: Req, key: Hashable, signal: Callable[[], _Signal]
+    ) -> tuple[_Slot[Req, Res], bool]:
+        """(Under the lock.) Queue a write in its key's chain, or lead a new one."""
+        slot: _Slot[Req, Res] = _Slot(request, key, signal(), chain=True)
+        queue = self._chains.get(key)
+        if queue is not None:
+            queue.append(slot)
+            return slot, False
+        self._chains[key] = deque()
+        return slot, True
+
+    def _rechain(
+        self, skipped: _Slot[Req, Res], signal: Callable[[], _Signal]
+    ) -> tuple[_Slot[Req, Res], bool]:
+        """A write its batch skipped (``LOCKED``) goes to its key's chain."""
         with self._lock:
+            return self._join_chain(skipped.request, skipped.key, signal)
+
+    def _take(self, own: _Slot[Req, Res]) -> list[_Slot[Req, Res]]:
+        """What a leader sends: its own write and up to ``max_batch`` queued behind it
+        (in the batch queue, or in its key's chain)."""
+        with self._lock:
+            queue = self._chains[own.key] if own.chain else self._queue
             batch = [own]
-            while self._queue and len(batch) < self._max_batch:
-                batch.append(self._queue.popleft())
+            while queue and len(batch) < self._max_batch:
+                batch.append(queue.popleft())
         if len(batch) == 1:
             self.stats.solo_writes += 1
         else:
-            self.stats.batches += 1
-            self.stats.batched_writes += len(batch)
+            if own.chain:
+                self.stats.chains += 1
+                self.stats.chained_writes += len(batch)
+            else:
+                self.stats.batches += 1
+                self.stats.batched_writes += len(batch)
             self.stats.largest = max(self.stats.largest, len(batch))
         return batch
 
@@ -232,6 +287,8 @@ class _Batching(Generic[Req, Res]):
 
     def _finish(self, batch: list[_Slot[Req, Res]]) -> _Slot[Req, Res] | None:
         """After a batch: free its keys and pick the next leader (None: nobody waits)."""
+        if batch[0].chain:
+            return self._finish_chain(batch[0].key)
         with self._lock:
             for s in batch:
                 if s.error is not None or s.result is not LOCKED:
@@ -246,6 +303,20 @@ class _Batching(Generic[Req, Res]):
                 self._leaders -= 1
         return successor
 
+    def _finish_chain(self, key: Hashable) -> _Slot[Req, Res] | None:
+        """After a chain: the oldest write queued behind it leads the next one."""
+        with self._lock:
+            queue = self._chains[key]
+            if queue:
+                successor = queue.popleft()
+                successor.lead = True
+                return successor
+            del self._chains[key]
+            # Still hot: its next write goes straight to a chain rather than to a
+            # batch, where it would make a second trip whenever another client has it.
+            self._mark_hot(key)
+            return None
+
     def _outcome(self, slot: _Slot[Req, Res]) -> Res | Locked:
         if slot.error is not None:
             raise slot.error
@@ -257,45 +328,65 @@ class _Batching(Generic[Req, Res]):
         """After a skipped write was sent alone: the key is free, and hot for a while."""
         with self._lock:
             self._busy.discard(key)
-            if len(self._hot) >= HOT_KEYS:
-                self._hot.clear()
-            self._hot[key] = self._clock() + HOT_SECONDS
+            self._mark_hot(key)
+
+    def _mark_hot(self, key: Hashable) -> None:
+        """(Under the lock.)"""
+        if len(self._hot) >= HOT_KEYS:
+            self._hot.clear()
+        self._hot[key] = self._clock() + HOT_SECONDS
 
 
 class GroupCommit(_Batching[Req, Res]):
     """Batches concurrent ``submit`` calls of threads on distinct keys into
-    ``run_many`` calls (see ``_Batching``); the caller that leads sends the batch."""
+    ``run_many`` calls (see ``_Batching``), and with ``run_chain`` those on one key into
+    chains; the caller that leads sends the batch or the chain."""
 
     def __init__(
         self,
         run_one: Callable[[Req], Res],
         run_many: Callable[[list[Req]], Sequence[Res | Locked]],
         key: Callable[[Req], Hashable],
+        run_chain: Callable[[list[Req]], Sequence[Res]] | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(key, **options)
+        super().__init__(key, chaining=run_chain is not None, **options)
         self._run_one = run_one
         self._run_many = run_many
+        self._run_chain = run_chain
 
     def submit(self, request: Req) -> Res:
         slot, lead = self._arrive(request, _ThreadSignal)
         if slot is None:
             return self._run_one(request)
-        if not lead:
-            assert isinstance(slot.signal, _ThreadSignal)
-            slot.signal.wait()
-        if lead or slot.lead:
-            self._lead(slot)
-        result = self._outcome(slot)
+        result = self._serve(slot, lead)
         if result is LOCKED:
             # Another client holds the row. Wait for it here, in the server's lock
             # queue, now that the leadership has been handed on; the key stays busy
             # meanwhile, then hot, so writes to it go straight to that queue too.
             try:
+                if self._chaining:
+                    return cast(Res, self._serve(*self._rechain(slot, _ThreadSignal)))
                 return self._run_one(request)
             finally:
                 self._unlock(slot.key)
         return result
+
+    def _serve(self, slot: _Slot[Req, Res], lead: bool) -> Res | Locked:
+        if not lead:
+            assert isinstance(slot.signal, _ThreadSignal)
+            slot.signal.wait()
+        if lead or slot.lead:
+            self._lead(slot)
+        return self._outcome(slot)
+
+    def _send(self, own: _Slot[Req, Res], requests: list[Req]) -> Sequence[Res | Locked]:
+        if not own.chain:
+            return self._run_many(requests)
+        if len(requests) == 1:
+            return [self._run_one(requests[0])]
+        assert self._run_chain is not None
+        return self._run_chain(requests)
 
     def _lead(self, own: _Slot[Req, Res]) -> None:
         batch = self._take(own)
@@ -303,8 +394,8 @@ class GroupCommit(_Batching[Req, Res]):
         while todo:
             part = todo.pop(0)
             try:
-                results: Sequence[Res | Locked] | BaseException = self._run_many(
-                    [s.request for s in part]
+                results: Sequence[Res | Locked] | BaseException = self._send(
+                    own, [s.request for s in part]
                 )
             except BaseException as exc:
                 results = exc
@@ -319,44 +410,59 @@ class GroupCommit(_Batching[Req, Res]):
 class AsyncGroupCommit(_Batching[Req, Res]):
     """``GroupCommit`` for asyncio tasks of one event loop.
 
-    Every batch is sent by a task of its own, never by a caller's task: a caller
-    cancelled while its batch runs must not cancel (and fail) the other writes of the
-    batch. Its write then lands or not like a statement already sent, and the caller
-    just stops waiting for it."""
+    Every batch or chain is sent by a task of its own, never by a caller's task: a
+    caller cancelled while its batch runs must not cancel (and fail) the other writes
+    of the batch. Its write then lands or not like a statement already sent, and the
+    caller just stops waiting for it."""
 
     def __init__(
         self,
         run_one: Callable[[Req], Awaitable[Res]],
         run_many: Callable[[list[Req]], Awaitable[Sequence[Res | Locked]]],
         key: Callable[[Req], Hashable],
+        run_chain: Callable[[list[Req]], Awaitable[Sequence[Res]]] | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(key, **options)
+        super().__init__(key, chaining=run_chain is not None, **options)
         self._run_one = run_one
         self._run_many = run_many
+        self._run_chain = run_chain
         self._leading: set[asyncio.Task[None]] = set()  # strong references
 
     async def submit(self, request: Req) -> Res:
         slot, lead = self._arrive(request, _FutureSignal)
         if slot is None:
             return await self._run_one(request)
-        if lead:
-            self._spawn(slot)
-        assert isinstance(slot.signal, _FutureSignal)
-        await slot.signal.future
-        result = self._outcome(slot)
+        result = await self._serve(slot, lead)
         if result is LOCKED:
             # As in GroupCommit.submit: wait for the row in the server's lock queue.
             try:
+                if self._chaining:
+                    return cast(Res, await self._serve(*self._rechain(slot, _FutureSignal)))
                 return await self._run_one(request)
             finally:
                 self._unlock(slot.key)
         return result
 
+    async def _serve(self, slot: _Slot[Req, Res], lead: bool) -> Res | Locked:
+        if lead:
+            self._spawn(slot)
+        assert isinstance(slot.signal, _FutureSignal)
+        await slot.signal.future
+        return self._outcome(slot)
+
     def _spawn(self, own: _Slot[Req, Res]) -> None:
         task = asyncio.get_running_loop().create_task(self._lead(own))
         self._leading.add(task)
         task.add_done_callback(self._leading.discard)
+
+    async def _send(self, own: _Slot[Req, Res], requests: list[Req]) -> Sequence[Res | Locked]:
+        if not own.chain:
+            return await self._run_many(requests)
+        if len(requests) == 1:
+            return [await self._run_one(requests[0])]
+        assert self._run_chain is not None
+        return await self._run_chain(requests)
 
     async def _lead(self, own: _Slot[Req, Res]) -> None:
         batch = self._take(own)
@@ -364,8 +470,8 @@ class AsyncGroupCommit(_Batching[Req, Res]):
         while todo:
             part = todo.pop(0)
             try:
-                results: Sequence[Res | Locked] | BaseException = await self._run_many(
-                    [s.request for s in part]
+                results: Sequence[Res | Locked] | BaseException = await self._send(
+                    own, [s.request for s in part]
                 )
             except BaseException as exc:
                 results = exc

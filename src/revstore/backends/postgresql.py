@@ -306,6 +306,109 @@ _APPEND_MANY = """
     """
 
 
+# Several puts to one record (a group-commit chain, see ``groupcommit``): one
+# statement, one commit, one row lock. ``locked`` waits for the row like ``_PUT`` and,
+# under READ COMMITTED, returns its newest version. ``chain`` then walks the writes in
+# their order (the recursive CTE), each seeing the head its predecessors left: it
+# applies when its content differs from that head's and its expectation (if any) is
+# that head's revision, exactly ``_PUT``'s conditions at its turn. The head takes the
+# last applied write, the history one snapshot per applied write that makes one. A
+# write that did not apply returns no row and goes the general way, as with ``_PUT``.
+_PUT_CHAIN = """
+    WITH RECURSIVE req AS (
+        SELECT * FROM unnest(
+            CAST(%(bump)s AS int[]), CAST(%(content)s AS text[]), CAST(%(hash)s AS text[]),
+            CAST(%(exp)s AS bigint[]), CAST(%(author)s AS text[]), CAST(%(summary)s AS text[])
+        ) WITH ORDINALITY AS r(bump, content, hash, exp, author, summary, ord)
+    ), locked AS (
+        SELECT revision, version, content_hash
+          FROM revstore_records
+         WHERE namespace = %(ns)s AND id = %(id)s AND NOT deleted
+           FOR UPDATE
+    ), chain (ord, revision, version, hash, applied) AS (
+        SELECT CAST(0 AS bigint), revision, version, CAST(content_hash AS text), false
+          FROM locked
+        UNION ALL
+        SELECT r.ord, c.revision + CAST(t.ok AS int),
+               c.version + CAST(t.ok AND r.bump = 1 AS int),
+               CASE WHEN t.ok THEN r.hash ELSE c.hash END, t.ok
+          FROM chain AS c
+          JOIN req AS r ON r.ord = c.ord + 1
+         CROSS JOIN LATERAL (
+             SELECT r.hash <> c.hash AND (r.exp IS NULL OR r.exp = c.revision) AS ok
+         ) AS t
+    ), last AS (
+        SELECT c.revision, c.version, r.content, r.hash
+          FROM chain AS c JOIN req AS r ON r.ord = c.ord
+         WHERE c.applied
+         ORDER BY c.ord DESC
+         LIMIT 1
+    ), head AS (
+        UPDATE revstore_records AS t
+           SET revision = l.revision,
+               version = l.version,
+               content = l.content,
+               content_hash = l.hash,
+               updated_at = %(now)s
+          FROM last AS l
+         WHERE t.namespace = %(ns)s AND t.id = %(id)s
+        RETURNING t.created_at
+    ), snapshot AS (
+        INSERT INTO revstore_versions
+            (namespace, record_id, version, revision, content, content_hash,
+             author, summary, created_at)
+        SELECT %(ns)s, %(id)s, c.version, c.revision, r.content, r.hash,
+               r.author, r.summary, %(now)s
+          FROM chain AS c JOIN req AS r ON r.ord = c.ord
+         WHERE c.applied AND r.bump = 1
+    )
+    SELECT c.ord, c.revision, c.version, (SELECT created_at FROM head)
+      FROM chain AS c
+     WHERE c.applied
+    """
+
+# Several appends to one stream (a chain), as ``_PUT_CHAIN``: each batch applies when
+# its expectation (if any) is the last sequence its predecessors left, and takes the
+# sequences after it. Items name their batch (``owner``) and place in it (``pos``).
+_APPEND_CHAIN = """
+    WITH RECURSIVE req AS (
+        SELECT * FROM unnest(CAST(%(n)s AS bigint[]), CAST(%(exp)s AS bigint[]))
+            WITH ORDINALITY AS r(n, exp, ord)
+    ), locked AS (
+        SELECT last_sequence
+          FROM revstore_streams
+         WHERE namespace = %(ns)s AND id = %(id)s
+           FOR UPDATE
+    ), chain (ord, last, n, applied) AS (
+        SELECT CAST(0 AS bigint), last_sequence, CAST(0 AS bigint), false FROM locked
+        UNION ALL
+        SELECT r.ord, c.last + CASE WHEN t.ok THEN r.n ELSE 0 END, r.n, t.ok
+          FROM chain AS c
+          JOIN req AS r ON r.ord = c.ord + 1
+         CROSS JOIN LATERAL (SELECT r.exp IS NULL OR r.exp = c.last AS ok) AS t
+    ), stream AS (
+        UPDATE revstore_streams
+           SET last_sequence = (SELECT max(last) FROM chain),
+               item_count = item_count + (SELECT sum(n) FROM chain WHERE applied),
+               updated_at = %(now)s
+         WHERE namespace = %(ns)s AND id = %(id)s
+           AND EXISTS (SELECT FROM chain WHERE applied)
+    ), items AS (
+        INSERT INTO revstore_stream_items
+            (namespace, stream_id, sequence, item_id, body, body_hash, created_at)
+        SELECT %(ns)s, %(id)s, c.last - c.n + b.pos, NULL, b.body, b.body_hash, %(now)s
+          FROM chain AS c
+          JOIN unnest(
+                   CAST(%(owner)s AS bigint[]), CAST(%(pos)s AS bigint[]),
+                   CAST(%(bodies)s AS text[]), CAST(%(hashes)s AS text[])
+               ) AS b(owner, pos, body, body_hash)
+            ON b.owner = c.ord
+         WHERE c.applied
+    )
+    SELECT ord, last - n + 1 FROM chain WHERE applied
+    """
+
+
 def _shared_failure(exc: BaseException) -> bool:
     """Whether a failed group-commit statement failed for every write it carried.
 
@@ -560,6 +663,24 @@ class PostgresDialect(Dialect):
             )
         return out
 
+    def put_chain(self, intents: list[WriteIntent]) -> Step[list[Put | None]]:
+        ts = now()
+        params = {
+            "ns": intents[0].namespace,
+            "id": intents[0].id,
+            "bump": _int_array([1 if i.create_version else 0 for i in intents]),
+            "content": _text_array([i.content_text for i in intents]),
+            "hash": _text_array([i.content_hash for i in intents]),
+            "exp": _int_array([i.expected_revision for i in intents]),
+            "author": _text_array([i.author for i in intents]),
+            "summary": _text_array([i.summary for i in intents]),
+            "now": ts,
+        }
+        out: list[Put | None] = [None] * len(intents)
+        for ordinal, revision, version, created_at in (yield Raw(_PUT_CHAIN, params)):
+            out[int(ordinal) - 1] = (int(revision), int(version), created_at, ts)
+        return out
+
     def append_one(self, batch: AppendBatch) -> Step[Appended | None]:
         ts = now()
         sequences = [int(r[0]) for r in (yield Raw(_APPEND, _append_params(batch, ts)))]
@@ -572,30 +693,40 @@ class PostgresDialect(Dialect):
             if not rows:
                 return [None]
             return [LOCKED if rows[0][0] is None else (int(rows[0][0]), ts)]
-        owners: list[int] = []
-        positions: list[int] = []
-        bodies: list[str] = []
-        hashes: list[str] = []
-        for ordinal, b in enumerate(batches, 1):
-            for position, body in enumerate(b.bodies, 1):
-                owners.append(ordinal)
-                positions.append(position)
-                bodies.append(body.text)
-                hashes.append(body.hash)
+        owners, positions, bodies, hashes = _items_of(batches)
         params = {
             "ns": _text_array([b.namespace for b in batches]),
             "id": _text_array([b.stream_id for b in batches]),
             "n": _int_array([len(b.bodies) for b in batches]),
             "exp": _int_array([b.expected for b in batches]),
-            "owner": _int_array(owners),
-            "pos": _int_array(positions),
-            "bodies": _text_array(bodies),
-            "hashes": _text_array(hashes),
+            "owner": owners,
+            "pos": positions,
+            "bodies": bodies,
+            "hashes": hashes,
             "now": ts,
         }
         out: list[Appended | Locked | None] = [None] * len(batches)
         for ordinal, first in (yield Raw(_APPEND_MANY, params)):
             out[int(ordinal) - 1] = LOCKED if first is None else (int(first), ts)
+        return out
+
+    def append_chain(self, batches: list[AppendBatch]) -> Step[list[Appended | None]]:
+        ts = now()
+        owners, positions, bodies, hashes = _items_of(batches)
+        params = {
+            "ns": batches[0].namespace,
+            "id": batches[0].stream_id,
+            "n": _int_array([len(b.bodies) for b in batches]),
+            "exp": _int_array([b.expected for b in batches]),
+            "owner": owners,
+            "pos": positions,
+            "bodies": bodies,
+            "hashes": hashes,
+            "now": ts,
+        }
+        out: list[Appended | None] = [None] * len(batches)
+        for ordinal, first in (yield Raw(_APPEND_CHAIN, params)):
+            out[int(ordinal) - 1] = (int(first), ts)
         return out
 
     def shared_failure(self, exc: BaseException) -> bool:
@@ -668,6 +799,7 @@ class PostgresBackend(SqlBackend):
                 self._put_one,
                 self._put_many,
                 key=lambda i: (i.namespace, i.id),
+                run_chain=self._put_chain,
                 shared=_shared_failure,
             )
             if group_commit
@@ -678,6 +810,7 @@ class PostgresBackend(SqlBackend):
                 self._append_one,
                 self._append_many,
                 key=lambda b: (b.namespace, b.stream_id),
+                run_chain=self._append_chain,
                 shared=_shared_failure,
             )
             if group_commit
@@ -750,6 +883,10 @@ class PostgresBackend(SqlBackend):
         """What a group-commit leader sends: never waits on a row held elsewhere."""
         return self._send(self.dialect.put_many(intents))
 
+    def _put_chain(self, intents: list[WriteIntent]) -> list[Put | None]:
+        """Several puts to one record, in order, waiting for its row: a hot record."""
+        return self._send(self.dialect.put_chain(intents))
+
     def one_statement_append(self, batch: AppendBatch) -> AppendResult | None:
         done = self._appends.submit(batch) if self._appends is not None else self._append_one(batch)
         if done is None:
@@ -764,6 +901,26 @@ class PostgresBackend(SqlBackend):
     def _append_many(self, batches: list[AppendBatch]) -> list[Appended | Locked | None]:
         """What a group-commit leader sends: never waits on a stream row held elsewhere."""
         return self._send(self.dialect.append_many(batches))
+
+    def _append_chain(self, batches: list[AppendBatch]) -> list[Appended | None]:
+        """Several appends to one stream, in order, waiting for its row."""
+        return self._send(self.dialect.append_chain(batches))
+
+
+def _items_of(batches: list[AppendBatch]) -> tuple[str, str, str, str]:
+    """The items of several appends as arrays: owner (the batch's ordinal), position
+    in its batch, body, hash."""
+    owners: list[int] = []
+    positions: list[int] = []
+    bodies: list[str] = []
+    hashes: list[str] = []
+    for ordinal, b in enumerate(batches, 1):
+        for position, body in enumerate(b.bodies, 1):
+            owners.append(ordinal)
+            positions.append(position)
+            bodies.append(body.text)
+            hashes.append(body.hash)
+    return _int_array(owners), _int_array(positions), _text_array(bodies), _text_array(hashes)
 
 
 def _put_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
