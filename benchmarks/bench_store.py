@@ -150,7 +150,15 @@ def _open_store(url: str, strategy: str | None, threads: int) -> Any:
     return Store(url, strategy=strategy, pool_size=max(threads, 1), max_overflow=threads, **options)
 
 
-BATCH_FIELDS = ("batches", "batched_writes", "solo_writes", "locked_writes", "splits")
+BATCH_FIELDS = (
+    "batches",
+    "batched_writes",
+    "chains",  # PostgreSQL: statements for several writes of one record / stream
+    "chained_writes",
+    "solo_writes",
+    "locked_writes",
+    "splits",
+)
 
 
 def _batchers(store: Any) -> list[Any]:
@@ -179,11 +187,13 @@ def _batch_counts(store: Any, reset_largest: bool = False) -> dict[str, int] | N
 
 
 def writes_per_batch(stats: dict[str, int] | None) -> float | None:
-    """Mean writes per group commit: a write sent alone is a batch of one."""
+    """Mean writes per group commit (a batch or a chain); a write sent alone is a batch
+    of one."""
     if not stats:
         return None
-    commits = stats["batches"] + stats["solo_writes"]
-    return (stats["batched_writes"] + stats["solo_writes"]) / commits if commits else None
+    commits = stats["batches"] + stats["chains"] + stats["solo_writes"]
+    writes = stats["batched_writes"] + stats["chained_writes"] + stats["solo_writes"]
+    return writes / commits if commits else None
 
 
 def _prepare(store: Any, task: dict[str, Any], index: int, procs: int) -> int:
