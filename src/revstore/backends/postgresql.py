@@ -13,6 +13,9 @@ lone one). Those never wait on a row lock: they take their rows with ``FOR UPDAT
 LOCKED`` and report a row held elsewhere, whose write is then sent again by itself with
 ``_PUT`` / ``_APPEND``, which wait in the server's lock queue outside the group commit.
 A batch statement that fails for one write's reason is split (``_shared_failure``).
+Writes to a record or stream already in flight queue per key and go together as a chain
+(``_PUT_CHAIN``, ``_APPEND_CHAIN``): one statement that applies them in order under one
+row lock, each with its own conditions, so a hot record is no longer one commit per write.
 """
 
 from __future__ import annotations
