@@ -651,13 +651,7 @@ class PostgresDialect(Dialect):
         params = {
             "ns": _text_array([i.namespace for i in intents]),
             "id": _text_array([i.id for i in intents]),
-            "bump": _int_array([1 if i.create_version else 0 for i in intents]),
-            "content": _text_array([i.content_text for i in intents]),
-            "hash": _text_array([i.content_hash for i in intents]),
-            "exp": _int_array([i.expected_revision for i in intents]),
-            "author": _text_array([i.author for i in intents]),
-            "summary": _text_array([i.summary for i in intents]),
-            "now": ts,
+            **_puts_as_arrays(intents, ts),
         }
         out: list[Put | Locked | None] = [None] * len(intents)
         for ordinal, revision, version, created_at in (yield Raw(_PUT_MANY, params)):
@@ -668,17 +662,7 @@ class PostgresDialect(Dialect):
 
     def put_chain(self, intents: list[WriteIntent]) -> Step[list[Put | None]]:
         ts = now()
-        params = {
-            "ns": intents[0].namespace,
-            "id": intents[0].id,
-            "bump": _int_array([1 if i.create_version else 0 for i in intents]),
-            "content": _text_array([i.content_text for i in intents]),
-            "hash": _text_array([i.content_hash for i in intents]),
-            "exp": _int_array([i.expected_revision for i in intents]),
-            "author": _text_array([i.author for i in intents]),
-            "summary": _text_array([i.summary for i in intents]),
-            "now": ts,
-        }
+        params = {"ns": intents[0].namespace, "id": intents[0].id, **_puts_as_arrays(intents, ts)}
         out: list[Put | None] = [None] * len(intents)
         for ordinal, revision, version, created_at in (yield Raw(_PUT_CHAIN, params)):
             out[int(ordinal) - 1] = (int(revision), int(version), created_at, ts)
@@ -696,17 +680,10 @@ class PostgresDialect(Dialect):
             if not rows:
                 return [None]
             return [LOCKED if rows[0][0] is None else (int(rows[0][0]), ts)]
-        owners, positions, bodies, hashes = _items_of(batches)
         params = {
             "ns": _text_array([b.namespace for b in batches]),
             "id": _text_array([b.stream_id for b in batches]),
-            "n": _int_array([len(b.bodies) for b in batches]),
-            "exp": _int_array([b.expected for b in batches]),
-            "owner": owners,
-            "pos": positions,
-            "bodies": bodies,
-            "hashes": hashes,
-            "now": ts,
+            **_appends_as_arrays(batches, ts),
         }
         out: list[Appended | Locked | None] = [None] * len(batches)
         for ordinal, first in (yield Raw(_APPEND_MANY, params)):
@@ -715,17 +692,10 @@ class PostgresDialect(Dialect):
 
     def append_chain(self, batches: list[AppendBatch]) -> Step[list[Appended | None]]:
         ts = now()
-        owners, positions, bodies, hashes = _items_of(batches)
         params = {
             "ns": batches[0].namespace,
             "id": batches[0].stream_id,
-            "n": _int_array([len(b.bodies) for b in batches]),
-            "exp": _int_array([b.expected for b in batches]),
-            "owner": owners,
-            "pos": positions,
-            "bodies": bodies,
-            "hashes": hashes,
-            "now": ts,
+            **_appends_as_arrays(batches, ts),
         }
         out: list[Appended | None] = [None] * len(batches)
         for ordinal, first in (yield Raw(_APPEND_CHAIN, params)):
@@ -910,9 +880,22 @@ class PostgresBackend(SqlBackend):
         return self._send(self.dialect.append_chain(batches))
 
 
-def _items_of(batches: list[AppendBatch]) -> tuple[str, str, str, str]:
-    """The items of several appends as arrays: owner (the batch's ordinal), position
-    in its batch, body, hash."""
+def _puts_as_arrays(intents: list[WriteIntent], ts: datetime) -> dict[str, Any]:
+    """The per-write parameters of several puts (a batch or a chain), as arrays."""
+    return {
+        "bump": _int_array([1 if i.create_version else 0 for i in intents]),
+        "content": _text_array([i.content_text for i in intents]),
+        "hash": _text_array([i.content_hash for i in intents]),
+        "exp": _int_array([i.expected_revision for i in intents]),
+        "author": _text_array([i.author for i in intents]),
+        "summary": _text_array([i.summary for i in intents]),
+        "now": ts,
+    }
+
+
+def _appends_as_arrays(batches: list[AppendBatch], ts: datetime) -> dict[str, Any]:
+    """The per-append parameters of several appends (a batch or a chain), as arrays;
+    each item names its append (``owner``, its ordinal) and its place in it (``pos``)."""
     owners: list[int] = []
     positions: list[int] = []
     bodies: list[str] = []
@@ -923,7 +906,15 @@ def _items_of(batches: list[AppendBatch]) -> tuple[str, str, str, str]:
             positions.append(position)
             bodies.append(body.text)
             hashes.append(body.hash)
-    return _int_array(owners), _int_array(positions), _text_array(bodies), _text_array(hashes)
+    return {
+        "n": _int_array([len(b.bodies) for b in batches]),
+        "exp": _int_array([b.expected for b in batches]),
+        "owner": _int_array(owners),
+        "pos": _int_array(positions),
+        "bodies": _text_array(bodies),
+        "hashes": _text_array(hashes),
+        "now": ts,
+    }
 
 
 def _put_params(intent: WriteIntent, ts: datetime) -> dict[str, Any]:
