@@ -77,6 +77,7 @@ from sqlalchemy.types import CHAR, NCHAR
 from revstore.config import MAX_AUTHOR, MAX_SUMMARY
 from revstore.content import canonical_json, content_hash, optional_text
 from revstore.errors import InvalidInput, RevstoreError, VersionConflict
+from revstore.sqlalchemy.direct import execute as send
 
 HISTORY_SUFFIX = "_versions"
 META_COLUMNS = ("version", "revision", "author", "summary", "created_at", "content_hash")
@@ -731,20 +732,18 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         for i, (key, _) in enumerate(written):
             params[f"rs_set_{i}"] = params.pop(keys[key].key)
         stmt = info.fused_update(tuple(key for key, _ in written))
-        row = conn.execute(stmt, params).one_or_none()
-        matched = 0 if row is None else 1
-        if row is not None:
-            found = dict(row._mapping)
-            p.fused = bool(found.pop("rs_snapped"))
-            p.returned = found
-    elif how == _RETURNING:
-        result = conn.execute(info.head_update(how, p.snapshot), params)
-        row = result.one_or_none()
-        matched = 0 if row is None else 1
-        if row is not None:
-            p.returned = dict(row._mapping)
     else:
-        result = conn.execute(info.head_update(how, p.snapshot), params)
+        stmt = info.head_update(how, p.snapshot)
+    result = send(conn, stmt, params)
+    if fused is not None or how == _RETURNING:
+        row = result.first()  # the WHERE names the whole primary key: one row at most
+        matched = 0 if row is None else 1
+        if row is not None:
+            returned = dict(row._mapping)
+            if fused is not None:
+                p.fused = bool(returned.pop("rs_snapped"))
+            p.returned = returned
+    else:
         matched = result.rowcount
         if how == _LAST_ID:
             bumped = result.lastrowid
@@ -940,7 +939,7 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         )
         snapshots.append(values)
     if snapshots:
-        conn.execute(info.history_insert, snapshots)
+        send(conn, info.history_insert, snapshots)
 
 
 def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
