@@ -52,6 +52,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -316,14 +317,17 @@ class VersionedInfo:
         if stmt is not None:
             return stmt
         table = self.table
-        bump: ColumnElement[Any] = table.c.revision + 1
+        # The 1 in the SQL text, not a bound parameter: every value of a call is then
+        # one of its parameters (``direct`` sends them as they are).
+        one = literal_column("1", BigInteger)
+        bump: ColumnElement[Any] = table.c.revision + one
         if how == _LAST_ID:
             # LAST_INSERT_ID(expr) is expr, and the server sends it back in the UPDATE's
             # own reply (cursor.lastrowid): the new revision without another statement.
             bump = func.last_insert_id(bump)
         values: dict[Any, Any] = {table.c.revision: bump}
         if snapshot:
-            values[table.c.version] = table.c.version + 1
+            values[table.c.version] = table.c.version + one
         pk_binds = zip(self.pk, self.pk_keys, strict=True)
         where = and_(*(col == bindparam(name, type_=col.type) for col, (_, name) in pk_binds))
         stmt = update(table).where(where).values(values)
@@ -565,6 +569,8 @@ class _Pending:
     """PostgreSQL: the snapshot was inserted by the UPDATE's own statement."""
     bumped: int | None = None
     """MariaDB/MySQL: the revision the UPDATE set, from its ``LAST_INSERT_ID(…)``."""
+    key: tuple[Any, ...] | None = None
+    """The primary key revstore's UPDATE named (it never changes one)."""
 
 
 def _is_mysql(conn: Connection) -> bool:
@@ -579,8 +585,10 @@ def _has_changes(state: InstanceState[Any], info: VersionedInfo) -> bool:
     if not committed:
         return False
     tracked = info.tracked
-    attrs = state.attrs
-    return any(key in tracked and attrs[key].history.has_changes() for key in list(committed))
+    return any(
+        key in tracked and state.get_history(key, PASSIVE_NO_INITIALIZE).has_changes()
+        for key in list(committed)
+    )
 
 
 def _pk_clause(cols: Sequence[ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]) -> Any:
@@ -624,7 +632,8 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         state = attributes.instance_state(obj)
         committed = state.committed_state
         if ("revision" in committed or "version" in committed) and any(
-            state.attrs[k].history.has_changes() for k in ("revision", "version")
+            state.get_history(k, PASSIVE_NO_INITIALIZE).has_changes()
+            for k in ("revision", "version")
         ):
             # The session would write the value it was given: a number from Python.
             raise InvalidInput(
@@ -643,7 +652,11 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
             unchanged.append(obj)
             continue
         if info.m2m:
-            moved = [rel for rel in info.m2m if state.attrs[rel.key].history.has_changes()]
+            moved = [
+                rel
+                for rel in info.m2m
+                if state.get_history(rel.key, PASSIVE_NO_INITIALIZE).has_changes()
+            ]
             if moved and state.identity is not None:
                 _rebase_collections(session, obj, state, info, moved)
                 if not _has_changes(state, info):  # another writer had set the same already
@@ -696,7 +709,6 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
     returning = dialect.update_returning and info.table.implicit_returning
     if info.onupdate and not returning:
         return False  # values computed by the UPDATE: let the ORM handle them, re-read
-    obj = p.obj
     params: dict[str, Any] = {}
     written: list[tuple[str, Any]] = []
     committed = state.committed_state
@@ -705,7 +717,7 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         col = keys.get(key)
         if col is None:
             continue  # a collection, or revision/version (refused in before_flush)
-        added = attributes.get_history(obj, key, PASSIVE_NO_INITIALIZE).added
+        added = state.get_history(key, PASSIVE_NO_INITIALIZE).added
         if not added:
             continue
         value = added[0]
@@ -718,11 +730,13 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         params[col.key] = value
         written.append((key, value))
     state_dict = state.dict
+    pk: list[Any] = []
     for key, name in info.pk_keys:
         value = state_dict.get(key)
         if value is None:
             return False
         params[name] = value
+        pk.append(value)
     how = _RETURNING if returning else _PLAIN
     if not returning and p.loaded is not None and dialect.name in ("mysql", "mariadb"):
         how = _LAST_ID
@@ -757,13 +771,14 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         )
     # Written: the ORM's UPDATE of this object has nothing left to send.
     for key, value in written:
-        attributes.set_committed_value(obj, key, value)
+        _set_committed(state, key, value)
     if info.onupdate and p.returned is not None:
         # Columns the UPDATE set by itself: what the row holds now.
         for key, col in info.columns:
             if key in info.onupdate and col.name in p.returned:
-                attributes.set_committed_value(obj, key, p.returned[col.name])
+                _set_committed(state, key, p.returned[col.name])
     p.conn = conn
+    p.key = tuple(pk)
     return True
 
 
@@ -878,12 +893,12 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
     if conn is None or any(p.conn is not conn for p in items):
         conn = session.connection(bind_arguments={"mapper": info.mapper})
     now = datetime.now(UTC)
+    found = [_row_of(info, p) for p in items]  # before the keys: it may unset p.key
     keys = [_identity(p) for p in items]
     if any(p.insert for p in items):
         _continue_history(conn, info, [p for p in items if p.insert])
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for p, key in zip(items, keys, strict=True):
-        known = _row_of(info, p)
+    for p, key, known in zip(items, keys, found, strict=True):
         if known is not None:
             rows[key] = known
         elif p.fused and p.returned is not None:
@@ -919,8 +934,8 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
                     current,
                     current_version,
                 )
-        attributes.set_committed_value(p.obj, "revision", revision)
-        attributes.set_committed_value(p.obj, "version", version)
+        _set_committed(p.state, "revision", revision)
+        _set_committed(p.state, "version", version)
         if not p.snapshot or p.fused:
             continue
         colls = collections.get(key) or {rel.key: [] for rel in info.m2m}
@@ -948,7 +963,10 @@ def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
     if p.insert or p.conn is None:
         return None
     if _changed_since(p):
-        return None  # the ORM wrote more after revstore's UPDATE: the row has moved on
+        # The ORM wrote more after revstore's UPDATE: the row has moved on (its key too,
+        # maybe: read it from the object again).
+        p.key = None
+        return None
     if p.returned is not None:
         return p.returned
     if p.bumped is None or p.loaded is None:
@@ -972,7 +990,7 @@ def _changed_since(p: _Pending) -> bool:
     ``before_update`` listener that ran after revstore's, then the ORM's UPDATE)."""
     keys = p.info.keys
     return any(
-        key in keys and attributes.get_history(p.obj, key, PASSIVE_NO_INITIALIZE).has_changes()
+        key in keys and p.state.get_history(key, PASSIVE_NO_INITIALIZE).has_changes()
         for key in list(p.state.committed_state)
     )
 
@@ -1007,7 +1025,16 @@ def _stored_as_given(col: Column[Any], value: object) -> bool:
     return False
 
 
+def _set_committed(state: InstanceState[Any], key: str, value: Any) -> None:
+    """``attributes.set_committed_value`` on a state at hand: the value as loaded, no
+    change to flush."""
+    impl: Any = state.manager[key].impl  # typed loosely by SQLAlchemy
+    impl.set_committed_value(state, state.dict, value)
+
+
 def _identity(p: _Pending) -> tuple[Any, ...]:
+    if p.key is not None:
+        return p.key
     # The identity key is only assigned after after_flush: read the flushed key values.
     key = p.state.mapper.primary_key_from_instance(p.obj)
     if any(v is None for v in key):
@@ -1113,7 +1140,8 @@ def _read_collections(
 
 @event.listens_for(Session, "do_orm_execute")
 def _refuse_bulk(state: ORMExecuteState) -> None:
-    if not (state.is_update or state.is_delete or state.is_insert):
+    # Every ORM statement comes here (session.get too): a SELECT leaves at once.
+    if not state.statement.is_dml:
         return
     names = [m.class_.__name__ for m in state.all_mappers if issubclass(m.class_, Versioned)]
     table = getattr(state.statement, "table", None)
