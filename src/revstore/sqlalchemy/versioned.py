@@ -193,7 +193,8 @@ class VersionedInfo:
     _m2m: list[RelationshipProperty[Any]] | None = None
     _mapper: Mapper[Any] | None = field(default=None)
     _tracked: frozenset[str] | None = None
-    _history_names: frozenset[str] | None = None
+    _own: list[str] | None = None
+    _given: list[tuple[str, str | None, type | None, int | None]] | None = None
     _insert: Insert | None = None
     _heads: dict[tuple[int, bool], Update] = field(default_factory=dict)
     _onupdate: frozenset[str] | None = None
@@ -273,10 +274,21 @@ class VersionedInfo:
         return self._tracked
 
     @property
-    def history_names(self) -> frozenset[str]:
-        if self._history_names is None:
-            self._history_names = frozenset(c.name for c in self.history.columns)
-        return self._history_names
+    def own(self) -> list[str]:
+        """The names of the columns a snapshot copies from the row (all of the table's
+        but revision/version: the history has a column of each)."""
+        if self._own is None:
+            self._own = [name for name, _, _ in self.plain]
+        return self._own
+
+    @property
+    def given(self) -> list[tuple[str, str | None, type | None, int | None]]:
+        """Per column of ``plain``: its name, attribute key, and the one Python type
+        (with the longest length for text) the server reads back as given
+        (``_stored_as_given``), or None: a value of it is read back."""
+        if self._given is None:
+            self._given = [(name, key, *_stored_as_given(col)) for name, key, col in self.plain]
+        return self._given
 
     @property
     def history_insert(self) -> Insert:
@@ -513,6 +525,9 @@ def _add_history_table(mapper: Mapper[Any], cls: type[Any]) -> None:
 # ----------------------------------------------------------------- values as JSON
 
 
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """A column value as plain JSON, for the content hash, the diff and collections."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -541,7 +556,11 @@ def content_of(
     info: VersionedInfo, values: Mapping[str, Any], collections: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The JSON document of one state: attribute key → value, plus each collection."""
-    doc: dict[str, Any] = {key: jsonable(values[col.name]) for key, col in info.columns}
+    doc: dict[str, Any] = {}
+    for key, col in info.columns:
+        value = values[col.name]
+        # Text, numbers, booleans and None are JSON as they are (most columns).
+        doc[key] = value if type(value) in _AS_IS else jsonable(value)
     doc.update(collections)
     return doc
 
@@ -916,7 +935,10 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
         rows.update(_reread(conn, info, [k for k in keys if k not in rows]))
     collections = _read_collections(conn, info, keys) if info.m2m else {}
     meta = info.meta
-    history_names = info.history_names
+    own = info.own
+    m_version, m_revision, m_author, m_summary, m_created, m_hash, m_colls = (
+        meta[name] for name in (*META_COLUMNS, COLLECTIONS)
+    )
     snapshots: list[dict[str, Any]] = []
     for p, key in zip(items, keys, strict=True):
         row = rows[key]
@@ -940,18 +962,14 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
             continue
         colls = collections.get(key) or {rel.key: [] for rel in info.m2m}
         doc = content_of(info, row, colls)
-        values = {name: value for name, value in row.items() if name in history_names}
-        values.update(
-            {
-                meta["version"]: version,
-                meta["revision"]: revision,
-                meta["author"]: p.change.author,
-                meta["summary"]: p.change.summary,
-                meta["created_at"]: now,
-                meta["content_hash"]: content_hash(canonical_json(doc)),
-                meta[COLLECTIONS]: colls or None,
-            }
-        )
+        values = {name: row[name] for name in own}
+        values[m_version] = version
+        values[m_revision] = revision
+        values[m_author] = p.change.author
+        values[m_summary] = p.change.summary
+        values[m_created] = now
+        values[m_hash] = content_hash(canonical_json(doc))
+        values[m_colls] = colls or None
         snapshots.append(values)
     if snapshots:
         send(conn, info.history_insert, snapshots)
@@ -1000,29 +1018,33 @@ def _row_as_written(p: _Pending) -> dict[str, Any] | None:
     loaded or is of a type the server may store otherwise (then the row is read)."""
     state_dict = p.state.dict
     row: dict[str, Any] = {}
-    for name, key, col in p.info.plain:
-        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
+    for name, key, kind, length in p.info.given:
+        if key is None or key not in state_dict:
             return None
-        row[name] = state_dict[key]
+        value: Any = state_dict[key]
+        if value is not None and (
+            type(value) is not kind or (length is not None and len(value) > length)
+        ):
+            return None
+        row[name] = value
     return row
 
 
-def _stored_as_given(col: Column[Any], value: object) -> bool:
-    """Whether MariaDB/MySQL reads ``value`` back unchanged from ``col`` (in strict mode,
-    its default), so the snapshot and its hash are what a re-read would give. Anything
-    else (dates, decimals, floats, JSON, CHAR, enums, custom types) is re-read."""
-    if value is None:
-        return True
+def _stored_as_given(col: Column[Any]) -> tuple[type | None, int | None]:
+    """The type of the values MariaDB/MySQL reads back unchanged from ``col`` (in strict
+    mode, its default), so the snapshot and its hash are what a re-read would give, and
+    for text the longest such value; (None, None) when none is (dates, decimals, floats,
+    JSON, CHAR, enums, custom types: re-read). None itself always is."""
     kind = col.type
     if isinstance(kind, Boolean):
-        return type(value) is bool
+        return bool, None
     if isinstance(kind, Integer):
-        return type(value) is int
+        return int, None
     if isinstance(kind, String) and not isinstance(kind, (CHAR, NCHAR, SAEnum)):
         # CHAR drops trailing spaces; a longer value than the column is an error in
         # strict mode, but cut short without it.
-        return type(value) is str and (kind.length is None or len(value) <= kind.length)
-    return False
+        return str, kind.length
+    return None, None
 
 
 def _set_committed(state: InstanceState[Any], key: str, value: Any) -> None:
