@@ -32,6 +32,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
 from typing import Any, ClassVar
+from typing import cast as typed
 
 from sqlalchemy import (
     JSON,
@@ -1023,7 +1024,7 @@ def _row_as_written(p: _Pending) -> dict[str, Any] | None:
             return None
         value: Any = state_dict[key]
         if value is not None and (
-            type(value) is not kind or (length is not None and len(value) > length)
+            type(value) is not kind or (length is not None and len(typed(str, value)) > length)
         ):
             return None
         row[name] = value
