@@ -195,6 +195,7 @@ class VersionedInfo:
     _mapper: Mapper[Any] | None = field(default=None)
     _tracked: frozenset[str] | None = None
     _own: list[str] | None = None
+    _meta_names: tuple[str, ...] | None = None
     _given: list[tuple[str, str | None, type | None, int | None]] | None = None
     _insert: Insert | None = None
     _heads: dict[tuple[int, bool], Update] = field(default_factory=dict)
@@ -281,6 +282,13 @@ class VersionedInfo:
         if self._own is None:
             self._own = [name for name, _, _ in self.plain]
         return self._own
+
+    @property
+    def meta_names(self) -> tuple[str, ...]:
+        """The history's names of ``META_COLUMNS`` then ``COLLECTIONS``, in that order."""
+        if self._meta_names is None:
+            self._meta_names = tuple(self.meta[name] for name in (*META_COLUMNS, COLLECTIONS))
+        return self._meta_names
 
     @property
     def given(self) -> list[tuple[str, str | None, type | None, int | None]]:
@@ -935,11 +943,8 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
     if len(rows) < len(keys):
         rows.update(_reread(conn, info, [k for k in keys if k not in rows]))
     collections = _read_collections(conn, info, keys) if info.m2m else {}
-    meta = info.meta
     own = info.own
-    m_version, m_revision, m_author, m_summary, m_created, m_hash, m_colls = (
-        meta[name] for name in (*META_COLUMNS, COLLECTIONS)
-    )
+    m_version, m_revision, m_author, m_summary, m_created, m_hash, m_colls = info.meta_names
     snapshots: list[dict[str, Any]] = []
     for p, key in zip(items, keys, strict=True):
         row = rows[key]
