@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, String, event, insert, select
+from sqlalchemy import Integer, String, event, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from versioned_models import make_engine
+from versioned_models import snapshots, tables_engine
 
 import revstore.sqlalchemy as rs
 from revstore.content import canonical_json, content_hash
@@ -36,18 +36,7 @@ class Page(rs.Versioned, Base):
 
 @pytest.fixture
 def eng(backend_url: str) -> Iterator[Engine]:
-    engine = make_engine(backend_url)
-    Base.metadata.create_all(engine)
-    yield engine
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-
-
-def snapshots(engine: Engine, key: int) -> list[dict[str, Any]]:
-    hist = Page.__versioned__.history
-    with engine.connect() as conn:
-        rows = conn.execute(select(hist).where(hist.c.id == key).order_by(hist.c.version))
-        return [dict(r._mapping) for r in rows]
+    yield from tables_engine(backend_url, Base.metadata)
 
 
 def edit(engine: Engine, key: int, text: str) -> None:
@@ -107,7 +96,7 @@ def test_same_snapshot_on_the_cursor_and_through_execute(eng: Engine) -> None:
     # The listener heard revstore's own statements too (or PostgreSQL's one statement).
     assert "UPDATE" in sent or "WITH" in sent
     info = Page.__versioned__
-    ones, twos = snapshots(eng, 1), snapshots(eng, 2)
+    ones, twos = snapshots(eng, Page, 1), snapshots(eng, Page, 2)
     assert len(ones) == len(twos) == 2
     for one, two in zip(ones, twos, strict=True):
         for name in ("version", "revision", "text", "n", "note", "author", "collections"):
@@ -127,7 +116,7 @@ def test_a_failure_on_the_cursor_is_sqlalchemys_and_rolls_back(eng: Engine) -> N
         # The number the next snapshot takes, taken already behind revstore's back.
         row = {c.name: None for c in hist.columns}
         row.update(id=1, text="x", n=0, version=2, revision=2, content_hash="0" * 64)
-        row["created_at"] = snapshots(eng, 1)[0]["created_at"]
+        row["created_at"] = snapshots(eng, Page, 1)[0]["created_at"]
         conn.execute(insert(hist), row)
     with Session(eng) as s:
         page = s.get(Page, 1)
