@@ -8,8 +8,10 @@ lock that UPDATE takes (SQLite: the writer lock); the ORM then has nothing left 
 for the object. That UPDATE is one statement per model and shape, built once, so
 SQLAlchemy's compiled cache serves it without building or cache-keying a statement per
 object, and no engine-wide event hook is needed (they cost every statement of every
-connection). An object the fast path does not cover (a SQL expression among its values,
-a changed primary key, ``version_id_col``, ``onupdate`` columns without RETURNING) gets
+connection); on SQLite and MariaDB/MySQL it and the snapshot's INSERT go on the driver's
+cursor when nothing would notice (``direct``). An object the fast path does not cover
+(a SQL expression among its values, a changed primary key, ``version_id_col``,
+``onupdate`` columns without RETURNING) gets
 ``revision = revision + 1`` as a value instead, and the ORM's own UPDATE. ``after_flush``
 then writes the snapshots in the same transaction, from the row as that UPDATE left it:
 returned by the UPDATE itself where the database has ``UPDATE … RETURNING`` (PostgreSQL,
