@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.default import CACHE_HIT
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
-from versioned_models import Models, make_engine
+from versioned_models import Models, snapshots, tables_engine
 
 import revstore
 import revstore.sqlalchemy as rs
@@ -55,24 +55,13 @@ class Stamped(rs.Versioned, Base):
 
 @pytest.fixture
 def eng(backend_url: str) -> Iterator[Engine]:
-    engine = make_engine(backend_url)
-    Base.metadata.create_all(engine)
-    yield engine
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    yield from tables_engine(backend_url, Base.metadata)
 
 
 def stored(engine: Engine, model: Any, key: int) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(model.__table__).where(model.__table__.c.id == key)).one()
     return dict(row._mapping)
-
-
-def snapshots(engine: Engine, model: Any, key: int) -> list[dict[str, Any]]:
-    hist = model.__versioned__.history
-    with engine.connect() as conn:
-        rows = conn.execute(select(hist).where(hist.c.id == key).order_by(hist.c.version))
-        return [dict(r._mapping) for r in rows]
 
 
 def same_as_head(engine: Engine, model: Any, key: int, names: list[str]) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, MetaData, String, Table, create_engine
+from sqlalchemy import Column, ForeignKey, MetaData, String, Table, create_engine, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -40,6 +41,24 @@ class Models:
     Prompt: Any
     Tag: Any
     suffix: str
+
+
+def tables_engine(url: str, metadata: MetaData) -> Iterator[Engine]:
+    """An engine with ``metadata``'s tables, created first and dropped after (a test
+    module's own models: ``yield from tables_engine(backend_url, Base.metadata)``)."""
+    engine = make_engine(url)
+    metadata.create_all(engine)
+    yield engine
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+def snapshots(engine: Engine, model: Any, key: int) -> list[dict[str, Any]]:
+    """The history rows of the ``model`` row ``id = key``, oldest first."""
+    hist = model.__versioned__.history
+    with engine.connect() as conn:
+        rows = conn.execute(select(hist).where(hist.c.id == key).order_by(hist.c.version))
+        return [dict(r._mapping) for r in rows]
 
 
 def make_models(suffix: str | None = None) -> Models:

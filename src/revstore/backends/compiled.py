@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Executable
+from sqlalchemy import Connection, Executable
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.engine.row import Row
@@ -263,6 +263,44 @@ def driver_rows(
             shapes[sql] = metadata
     key_to_index = metadata._key_to_index
     return [Row(metadata, None, key_to_index, t) for t in data]
+
+
+def on_cursor(
+    conn: Connection,
+    sql: str,
+    params: Any,
+    many: bool,
+    shape: Shape | None,
+    driver_shapes: dict[str, SimpleResultMetaData],
+) -> Rows:
+    """Send one statement on ``conn``'s driver cursor (its text and driver values from
+    ``StatementCache.prepare``, or driver SQL with ``shape`` None) and buffer its result.
+    A failure goes through the ``Connection``'s own handling, so it is wrapped, and a
+    lost connection invalidated (with the pool), exactly as there."""
+    driver: Any = conn.connection.dbapi_connection  # checked out: never None
+    cursor = driver.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, params)
+        elif params is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, params)
+        description = cursor.description
+        data = cursor.fetchall() if description is not None else None
+        rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
+    except BaseException as exc:
+        # Raises the wrapped error (and invalidates a lost connection); an
+        # interruption (KeyboardInterrupt) drops the connection, as SQLAlchemy does.
+        conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+        raise  # unreachable: the handler always raises
+    finally:
+        cursor.close()
+    if data is None:
+        return Rows(None, rowcount, lastrowid)
+    if shape is not None:
+        return Rows(shape.rows(conn.dialect, cursor, data), rowcount, lastrowid)
+    return Rows(driver_rows(sql, cursor, data, driver_shapes), rowcount, lastrowid)
 
 
 class Rows:

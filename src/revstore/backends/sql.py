@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
-from revstore.backends.compiled import Rows, Shape, StatementCache, driver_rows
+from revstore.backends.compiled import Shape, StatementCache, on_cursor
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, GroupCommit, Locked
@@ -208,32 +208,7 @@ class SqlBackend:
             sql, params, many, shape = self.statements.prepare(op.statement, op.params)
         else:
             sql, params, many = op.sql, op.params, False
-        driver: Any = conn.connection.dbapi_connection  # checked out: never None
-        cursor = driver.cursor()
-        try:
-            if many:
-                cursor.executemany(sql, params)
-            elif params is None:
-                cursor.execute(sql)
-            else:
-                cursor.execute(sql, params)
-            description = cursor.description
-            data = cursor.fetchall() if description is not None else None
-            rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
-        except BaseException as exc:
-            # Raises the wrapped error (and invalidates a lost connection); an
-            # interruption (KeyboardInterrupt) drops the connection, as SQLAlchemy does.
-            conn._handle_dbapi_exception(exc, sql, params, cursor, None)
-            raise  # unreachable: the handler always raises
-        finally:
-            cursor.close()
-        if data is None:
-            return Rows(None, rowcount, lastrowid)
-        if shape is not None:
-            return Rows(shape.rows(self.engine.dialect, cursor, data), rowcount, lastrowid)
-        return Rows(
-            driver_rows(sql, cursor, data, self.statements.driver_shapes), rowcount, lastrowid
-        )
+        return on_cursor(conn, sql, params, many, shape, self.statements.driver_shapes)
 
     def run(self, step: Step[T], wait: bool = True) -> T:
         """Run a protocol on a pooled connection with no transaction around it: reads,

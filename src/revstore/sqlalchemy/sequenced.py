@@ -21,6 +21,7 @@ dropped from the flush, and :func:`append` returns the stored row instead.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -163,6 +164,11 @@ class SequencePlan:
 # ---------------------------------------------------------------- set-up at class creation
 
 
+_mapped: weakref.WeakSet[type[Sequenced]] = weakref.WeakSet()
+"""The Sequenced models of this process: while there are none, the flush and statement
+hooks have nothing to look for (applications that only use ``Versioned``)."""
+
+
 @event.listens_for(Sequenced, "after_mapper_constructed", propagate=True)
 def _set_up(mapper: Mapper[Any], cls: type[Sequenced]) -> None:
     """Add the unique constraints and the counter table, once per mapped table."""
@@ -172,6 +178,7 @@ def _set_up(mapper: Mapper[Any], cls: type[Sequenced]) -> None:
     ):
         return  # a subclass: the base's table holds the sequences
     cls.__revstore_sequence__ = _plan(mapper, cls)
+    _mapped.add(cls)
 
 
 def _plan(mapper: Mapper[Any], cls: type[Sequenced]) -> SequencePlan:
@@ -258,6 +265,8 @@ def _plan_of(obj: object) -> SequencePlan | None:
 
 @event.listens_for(Session, "before_flush")
 def _before_flush(session: Session, _flush: UOWTransaction, _instances: object) -> None:
+    if not _mapped:
+        return
     groups: dict[tuple[SequencePlan, object], list[Sequenced]] = {}
     for obj in session.new:
         plan = _plan_of(obj)
@@ -374,7 +383,7 @@ def _before_insert(mapper: Mapper[Any], conn: Connection, obj: Sequenced) -> Non
 def _refuse_bulk(state: ORMExecuteState) -> None:
     """An ORM bulk INSERT / UPDATE statement bypasses the flush: refused with a clear
     error rather than rows without a sequence (or renumbered rows)."""
-    if not (state.is_insert or state.is_update):
+    if not _mapped or not (state.is_insert or state.is_update):
         return
     mapper = state.bind_mapper
     if mapper is not None and isinstance(

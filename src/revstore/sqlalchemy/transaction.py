@@ -130,11 +130,21 @@ class Plan:
     """The decisions of one attempt, free of I/O: the calls that end it and what a
     failure means. ``retry`` is set when the attempt failed transiently."""
 
-    __slots__ = ("dialect", "retry")
+    __slots__ = ("_dialect", "retry", "session")
 
-    def __init__(self, dialect: str | None) -> None:
-        self.dialect = dialect
+    def __init__(self, dialect: str | None, session: Session | None = None) -> None:
+        self._dialect = dialect
+        self.session = session
+        """The attempt's session, whose bind names the dialect when a failure needs it."""
         self.retry: Retryable | None = None
+
+    @property
+    def dialect(self) -> str | None:
+        # Looked up at the first failure: an attempt that succeeds never needs it.
+        if self.session is not None:
+            self._dialect = _bind_dialect(self.session)
+            self.session = None
+        return self._dialect
 
     def end(self, error: BaseException | None) -> Generator[Call, None, bool]:
         """Yields the session calls that end the attempt; a call that failed is thrown
@@ -229,7 +239,7 @@ class Attempt:
 
     def __enter__(self) -> Session:
         session = self._session = self._sessions()
-        self.plan.dialect = _bind_dialect(session)
+        self.plan.session = session
         return session
 
     def __exit__(
@@ -337,7 +347,7 @@ class AsyncAttempt:
 
     async def __aenter__(self) -> AsyncSession:
         session = self._session = self._sessions()
-        self.plan.dialect = _bind_dialect(session.sync_session)
+        self.plan.session = session.sync_session
         return session
 
     async def __aexit__(

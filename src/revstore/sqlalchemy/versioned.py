@@ -8,8 +8,10 @@ lock that UPDATE takes (SQLite: the writer lock); the ORM then has nothing left 
 for the object. That UPDATE is one statement per model and shape, built once, so
 SQLAlchemy's compiled cache serves it without building or cache-keying a statement per
 object, and no engine-wide event hook is needed (they cost every statement of every
-connection). An object the fast path does not cover (a SQL expression among its values,
-a changed primary key, ``version_id_col``, ``onupdate`` columns without RETURNING) gets
+connection); on SQLite and MariaDB/MySQL it and the snapshot's INSERT go on the driver's
+cursor when nothing would notice (``direct``). An object the fast path does not cover
+(a SQL expression among its values, a changed primary key, ``version_id_col``,
+``onupdate`` columns without RETURNING) gets
 ``revision = revision + 1`` as a value instead, and the ORM's own UPDATE. ``after_flush``
 then writes the snapshots in the same transaction, from the row as that UPDATE left it:
 returned by the UPDATE itself where the database has ``UPDATE … RETURNING`` (PostgreSQL,
@@ -32,6 +34,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
 from typing import Any, ClassVar
+from typing import cast as typed
 
 from sqlalchemy import (
     JSON,
@@ -52,6 +55,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -77,6 +81,7 @@ from sqlalchemy.types import CHAR, NCHAR
 from revstore.config import MAX_AUTHOR, MAX_SUMMARY
 from revstore.content import canonical_json, content_hash, optional_text
 from revstore.errors import InvalidInput, RevstoreError, VersionConflict
+from revstore.sqlalchemy.direct import execute as send
 
 HISTORY_SUFFIX = "_versions"
 META_COLUMNS = ("version", "revision", "author", "summary", "created_at", "content_hash")
@@ -191,7 +196,9 @@ class VersionedInfo:
     _m2m: list[RelationshipProperty[Any]] | None = None
     _mapper: Mapper[Any] | None = field(default=None)
     _tracked: frozenset[str] | None = None
-    _history_names: frozenset[str] | None = None
+    _own: list[str] | None = None
+    _meta_names: tuple[str, ...] | None = None
+    _given: list[tuple[str, str | None, type | None, int | None]] | None = None
     _insert: Insert | None = None
     _heads: dict[tuple[int, bool], Update] = field(default_factory=dict)
     _onupdate: frozenset[str] | None = None
@@ -271,10 +278,28 @@ class VersionedInfo:
         return self._tracked
 
     @property
-    def history_names(self) -> frozenset[str]:
-        if self._history_names is None:
-            self._history_names = frozenset(c.name for c in self.history.columns)
-        return self._history_names
+    def own(self) -> list[str]:
+        """The names of the columns a snapshot copies from the row (all of the table's
+        but revision/version: the history has a column of each)."""
+        if self._own is None:
+            self._own = [name for name, _, _ in self.plain]
+        return self._own
+
+    @property
+    def meta_names(self) -> tuple[str, ...]:
+        """The history's names of ``META_COLUMNS`` then ``COLLECTIONS``, in that order."""
+        if self._meta_names is None:
+            self._meta_names = tuple(self.meta[name] for name in (*META_COLUMNS, COLLECTIONS))
+        return self._meta_names
+
+    @property
+    def given(self) -> list[tuple[str, str | None, type | None, int | None]]:
+        """Per column of ``plain``: its name, attribute key, and the one Python type
+        (with the longest length for text) the server reads back as given
+        (``_stored_as_given``), or None: a value of it is read back."""
+        if self._given is None:
+            self._given = [(name, key, *_stored_as_given(col)) for name, key, col in self.plain]
+        return self._given
 
     @property
     def history_insert(self) -> Insert:
@@ -315,14 +340,17 @@ class VersionedInfo:
         if stmt is not None:
             return stmt
         table = self.table
-        bump: ColumnElement[Any] = table.c.revision + 1
+        # The 1 in the SQL text, not a bound parameter: every value of a call is then
+        # one of its parameters (``direct`` sends them as they are).
+        one = literal_column("1", BigInteger)
+        bump: ColumnElement[Any] = table.c.revision + one
         if how == _LAST_ID:
             # LAST_INSERT_ID(expr) is expr, and the server sends it back in the UPDATE's
             # own reply (cursor.lastrowid): the new revision without another statement.
             bump = func.last_insert_id(bump)
         values: dict[Any, Any] = {table.c.revision: bump}
         if snapshot:
-            values[table.c.version] = table.c.version + 1
+            values[table.c.version] = table.c.version + one
         pk_binds = zip(self.pk, self.pk_keys, strict=True)
         where = and_(*(col == bindparam(name, type_=col.type) for col, (_, name) in pk_binds))
         stmt = update(table).where(where).values(values)
@@ -508,6 +536,9 @@ def _add_history_table(mapper: Mapper[Any], cls: type[Any]) -> None:
 # ----------------------------------------------------------------- values as JSON
 
 
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """A column value as plain JSON, for the content hash, the diff and collections."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -536,7 +567,11 @@ def content_of(
     info: VersionedInfo, values: Mapping[str, Any], collections: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The JSON document of one state: attribute key → value, plus each collection."""
-    doc: dict[str, Any] = {key: jsonable(values[col.name]) for key, col in info.columns}
+    doc: dict[str, Any] = {}
+    for key, col in info.columns:
+        value = values[col.name]
+        # Text, numbers, booleans and None are JSON as they are (most columns).
+        doc[key] = value if type(value) in _AS_IS else jsonable(value)
     doc.update(collections)
     return doc
 
@@ -564,6 +599,8 @@ class _Pending:
     """PostgreSQL: the snapshot was inserted by the UPDATE's own statement."""
     bumped: int | None = None
     """MariaDB/MySQL: the revision the UPDATE set, from its ``LAST_INSERT_ID(…)``."""
+    key: tuple[Any, ...] | None = None
+    """The primary key revstore's UPDATE named (it never changes one)."""
 
 
 def _is_mysql(conn: Connection) -> bool:
@@ -578,8 +615,10 @@ def _has_changes(state: InstanceState[Any], info: VersionedInfo) -> bool:
     if not committed:
         return False
     tracked = info.tracked
-    attrs = state.attrs
-    return any(key in tracked and attrs[key].history.has_changes() for key in list(committed))
+    return any(
+        key in tracked and state.get_history(key, PASSIVE_NO_INITIALIZE).has_changes()
+        for key in list(committed)
+    )
 
 
 def _pk_clause(cols: Sequence[ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]) -> Any:
@@ -623,7 +662,8 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
         state = attributes.instance_state(obj)
         committed = state.committed_state
         if ("revision" in committed or "version" in committed) and any(
-            state.attrs[k].history.has_changes() for k in ("revision", "version")
+            state.get_history(k, PASSIVE_NO_INITIALIZE).has_changes()
+            for k in ("revision", "version")
         ):
             # The session would write the value it was given: a number from Python.
             raise InvalidInput(
@@ -642,7 +682,11 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: An
             unchanged.append(obj)
             continue
         if info.m2m:
-            moved = [rel for rel in info.m2m if state.attrs[rel.key].history.has_changes()]
+            moved = [
+                rel
+                for rel in info.m2m
+                if state.get_history(rel.key, PASSIVE_NO_INITIALIZE).has_changes()
+            ]
             if moved and state.identity is not None:
                 _rebase_collections(session, obj, state, info, moved)
                 if not _has_changes(state, info):  # another writer had set the same already
@@ -695,7 +739,6 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
     returning = dialect.update_returning and info.table.implicit_returning
     if info.onupdate and not returning:
         return False  # values computed by the UPDATE: let the ORM handle them, re-read
-    obj = p.obj
     params: dict[str, Any] = {}
     written: list[tuple[str, Any]] = []
     committed = state.committed_state
@@ -704,7 +747,7 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         col = keys.get(key)
         if col is None:
             continue  # a collection, or revision/version (refused in before_flush)
-        added = attributes.get_history(obj, key, PASSIVE_NO_INITIALIZE).added
+        added = state.get_history(key, PASSIVE_NO_INITIALIZE).added
         if not added:
             continue
         value = added[0]
@@ -717,11 +760,13 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         params[col.key] = value
         written.append((key, value))
     state_dict = state.dict
+    pk: list[Any] = []
     for key, name in info.pk_keys:
         value = state_dict.get(key)
         if value is None:
             return False
         params[name] = value
+        pk.append(value)
     how = _RETURNING if returning else _PLAIN
     if not returning and p.loaded is not None and dialect.name in ("mysql", "mariadb"):
         how = _LAST_ID
@@ -731,20 +776,18 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         for i, (key, _) in enumerate(written):
             params[f"rs_set_{i}"] = params.pop(keys[key].key)
         stmt = info.fused_update(tuple(key for key, _ in written))
-        row = conn.execute(stmt, params).one_or_none()
-        matched = 0 if row is None else 1
-        if row is not None:
-            found = dict(row._mapping)
-            p.fused = bool(found.pop("rs_snapped"))
-            p.returned = found
-    elif how == _RETURNING:
-        result = conn.execute(info.head_update(how, p.snapshot), params)
-        row = result.one_or_none()
-        matched = 0 if row is None else 1
-        if row is not None:
-            p.returned = dict(row._mapping)
     else:
-        result = conn.execute(info.head_update(how, p.snapshot), params)
+        stmt = info.head_update(how, p.snapshot)
+    result = send(conn, stmt, params)
+    if fused is not None or how == _RETURNING:
+        row = result.first()  # the WHERE names the whole primary key: one row at most
+        matched = 0 if row is None else 1
+        if row is not None:
+            returned = dict(row._mapping)
+            if fused is not None:
+                p.fused = bool(returned.pop("rs_snapped"))
+            p.returned = returned
+    else:
         matched = result.rowcount
         if how == _LAST_ID:
             bumped = result.lastrowid
@@ -758,13 +801,14 @@ def _write_head(conn: Connection, p: _Pending) -> bool:
         )
     # Written: the ORM's UPDATE of this object has nothing left to send.
     for key, value in written:
-        attributes.set_committed_value(obj, key, value)
+        _set_committed(state, key, value)
     if info.onupdate and p.returned is not None:
         # Columns the UPDATE set by itself: what the row holds now.
         for key, col in info.columns:
             if key in info.onupdate and col.name in p.returned:
-                attributes.set_committed_value(obj, key, p.returned[col.name])
+                _set_committed(state, key, p.returned[col.name])
     p.conn = conn
+    p.key = tuple(pk)
     return True
 
 
@@ -879,12 +923,12 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
     if conn is None or any(p.conn is not conn for p in items):
         conn = session.connection(bind_arguments={"mapper": info.mapper})
     now = datetime.now(UTC)
+    found = [_row_of(info, p) for p in items]  # before the keys: it may unset p.key
     keys = [_identity(p) for p in items]
     if any(p.insert for p in items):
         _continue_history(conn, info, [p for p in items if p.insert])
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for p, key in zip(items, keys, strict=True):
-        known = _row_of(info, p)
+    for p, key, known in zip(items, keys, found, strict=True):
         if known is not None:
             rows[key] = known
         elif p.fused and p.returned is not None:
@@ -901,8 +945,8 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
     if len(rows) < len(keys):
         rows.update(_reread(conn, info, [k for k in keys if k not in rows]))
     collections = _read_collections(conn, info, keys) if info.m2m else {}
-    meta = info.meta
-    history_names = info.history_names
+    own = info.own
+    m_version, m_revision, m_author, m_summary, m_created, m_hash, m_colls = info.meta_names
     snapshots: list[dict[str, Any]] = []
     for p, key in zip(items, keys, strict=True):
         row = rows[key]
@@ -920,27 +964,23 @@ def _write_snapshots(session: Session, info: VersionedInfo, items: list[_Pending
                     current,
                     current_version,
                 )
-        attributes.set_committed_value(p.obj, "revision", revision)
-        attributes.set_committed_value(p.obj, "version", version)
+        _set_committed(p.state, "revision", revision)
+        _set_committed(p.state, "version", version)
         if not p.snapshot or p.fused:
             continue
         colls = collections.get(key) or {rel.key: [] for rel in info.m2m}
         doc = content_of(info, row, colls)
-        values = {name: value for name, value in row.items() if name in history_names}
-        values.update(
-            {
-                meta["version"]: version,
-                meta["revision"]: revision,
-                meta["author"]: p.change.author,
-                meta["summary"]: p.change.summary,
-                meta["created_at"]: now,
-                meta["content_hash"]: content_hash(canonical_json(doc)),
-                meta[COLLECTIONS]: colls or None,
-            }
-        )
+        values = {name: row[name] for name in own}
+        values[m_version] = version
+        values[m_revision] = revision
+        values[m_author] = p.change.author
+        values[m_summary] = p.change.summary
+        values[m_created] = now
+        values[m_hash] = content_hash(canonical_json(doc))
+        values[m_colls] = colls or None
         snapshots.append(values)
     if snapshots:
-        conn.execute(info.history_insert, snapshots)
+        send(conn, info.history_insert, snapshots)
 
 
 def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
@@ -949,7 +989,10 @@ def _row_of(info: VersionedInfo, p: _Pending) -> dict[str, Any] | None:
     if p.insert or p.conn is None:
         return None
     if _changed_since(p):
-        return None  # the ORM wrote more after revstore's UPDATE: the row has moved on
+        # The ORM wrote more after revstore's UPDATE: the row has moved on (its key too,
+        # maybe: read it from the object again).
+        p.key = None
+        return None
     if p.returned is not None:
         return p.returned
     if p.bumped is None or p.loaded is None:
@@ -973,7 +1016,7 @@ def _changed_since(p: _Pending) -> bool:
     ``before_update`` listener that ran after revstore's, then the ORM's UPDATE)."""
     keys = p.info.keys
     return any(
-        key in keys and attributes.get_history(p.obj, key, PASSIVE_NO_INITIALIZE).has_changes()
+        key in keys and p.state.get_history(key, PASSIVE_NO_INITIALIZE).has_changes()
         for key in list(p.state.committed_state)
     )
 
@@ -983,32 +1026,45 @@ def _row_as_written(p: _Pending) -> dict[str, Any] | None:
     loaded or is of a type the server may store otherwise (then the row is read)."""
     state_dict = p.state.dict
     row: dict[str, Any] = {}
-    for name, key, col in p.info.plain:
-        if key is None or key not in state_dict or not _stored_as_given(col, state_dict[key]):
+    for name, key, kind, length in p.info.given:
+        if key is None or key not in state_dict:
             return None
-        row[name] = state_dict[key]
+        value: Any = state_dict[key]
+        if value is not None and (
+            type(value) is not kind or (length is not None and len(typed(str, value)) > length)
+        ):
+            return None
+        row[name] = value
     return row
 
 
-def _stored_as_given(col: Column[Any], value: object) -> bool:
-    """Whether MariaDB/MySQL reads ``value`` back unchanged from ``col`` (in strict mode,
-    its default), so the snapshot and its hash are what a re-read would give. Anything
-    else (dates, decimals, floats, JSON, CHAR, enums, custom types) is re-read."""
-    if value is None:
-        return True
+def _stored_as_given(col: Column[Any]) -> tuple[type | None, int | None]:
+    """The type of the values MariaDB/MySQL reads back unchanged from ``col`` (in strict
+    mode, its default), so the snapshot and its hash are what a re-read would give, and
+    for text the longest such value; (None, None) when none is (dates, decimals, floats,
+    JSON, CHAR, enums, custom types: re-read). None itself always is."""
     kind = col.type
     if isinstance(kind, Boolean):
-        return type(value) is bool
+        return bool, None
     if isinstance(kind, Integer):
-        return type(value) is int
+        return int, None
     if isinstance(kind, String) and not isinstance(kind, (CHAR, NCHAR, SAEnum)):
         # CHAR drops trailing spaces; a longer value than the column is an error in
         # strict mode, but cut short without it.
-        return type(value) is str and (kind.length is None or len(value) <= kind.length)
-    return False
+        return str, kind.length
+    return None, None
+
+
+def _set_committed(state: InstanceState[Any], key: str, value: Any) -> None:
+    """``attributes.set_committed_value`` on a state at hand: the value as loaded, no
+    change to flush."""
+    impl: Any = state.manager[key].impl  # typed loosely by SQLAlchemy
+    impl.set_committed_value(state, state.dict, value)
 
 
 def _identity(p: _Pending) -> tuple[Any, ...]:
+    if p.key is not None:
+        return p.key
     # The identity key is only assigned after after_flush: read the flushed key values.
     key = p.state.mapper.primary_key_from_instance(p.obj)
     if any(v is None for v in key):
@@ -1114,7 +1170,8 @@ def _read_collections(
 
 @event.listens_for(Session, "do_orm_execute")
 def _refuse_bulk(state: ORMExecuteState) -> None:
-    if not (state.is_update or state.is_delete or state.is_insert):
+    # Every ORM statement comes here (session.get too): a SELECT leaves at once.
+    if not state.statement.is_dml:
         return
     names = [m.class_.__name__ for m in state.all_mappers if issubclass(m.class_, Versioned)]
     table = getattr(state.statement, "table", None)
