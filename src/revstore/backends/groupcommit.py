@@ -204,12 +204,11 @@ class _Batching(Generic[Req, Res]):
         that does not lead is queued."""
         key = self._key(request)
         with self._lock:
-            if self._chaining and key in self._chains:
-                return self._join_chain(request, key, signal)
             # A key in flight or hot is sent alone, or in its chain (module docstring).
-            if key in self._busy or (key in self._hot and self._clock() < self._hot[key]):
-                if self._chaining:
-                    return self._join_chain(request, key, signal)
+            hot = key in self._busy or (key in self._hot and self._clock() < self._hot[key])
+            if self._chaining and (hot or key in self._chains):
+                return self._join_chain(request, key, signal)
+            if hot:
                 self.stats.solo_writes += 1
                 return None, False
             self._hot.pop(key, None)
