@@ -31,7 +31,7 @@ from revstore.backends.ops import Raw, Step
 from revstore.backends.strategy import Tx
 from revstore.config import parse_url
 from revstore.content import Canonical
-from revstore.errors import InvalidInput, NotFound, VersionConflict
+from revstore.errors import InvalidInput, NotFound, RevstoreError, VersionConflict
 from revstore.operations import write_intent
 from revstore.record import Mode, Record
 from testdbs import backend_url_for
@@ -264,7 +264,7 @@ def test_a_row_held_elsewhere_does_not_stall_its_batch(batched_store: Store, ns:
     if s.backend_name != "mysql":
         pytest.skip("SQLite has no row locks: its writers share one write lock anyway")
     s.put("blocker", {"b": 0}, namespace=ns)
-    for r in ("x", "y", "z"):
+    for r in ("a", "x", "y", "z"):
         s.put(r, {"v": 0}, namespace=ns)
     out: list[Any] = []
     gc = s.backend.batches
@@ -279,22 +279,24 @@ def test_a_row_held_elsewhere_does_not_stall_its_batch(batched_store: Store, ns:
                         lambda: s.put("y", {"v": 1}, namespace=ns),
                         lambda: s.put("x", {"v": 1}, namespace=ns),
                         lambda: s.put("z", {"v": 1}, namespace=ns),
+                        # Before x in the batch's order: its change outlives x's failed
+                        # statement (which undoes only itself) and commits.
+                        lambda: s.put("a", {"v": 1}, namespace=ns),
                     ],
                 )
             )
         )
         batch.start()
-        # y and z land while x is still held (within the 1 s wait, plus slack).
+        # a, y and z land while x is still held (within the 1 s wait, plus slack).
         wait_until(
-            lambda: (
-                s.get("y", namespace=ns).revision == 2 and s.get("z", namespace=ns).revision == 2
-            ),
-            "y and z to commit while x is held",
+            lambda: all(s.get(r, namespace=ns).revision == 2 for r in ("a", "y", "z")),
+            "a, y and z to commit while x is held",
         )
         assert s.get("x", namespace=ns).revision == 1
     batch.join(30)
-    assert [getattr(r, "revision", r) for r in out] == [2, 2, 2]
+    assert [getattr(r, "revision", r) for r in out] == [2, 2, 2, 2]
     assert s.get("x", namespace=ns).content == {"v": 1}
+    assert s.get("a", namespace=ns).content == {"v": 1}
     assert gc.stats.locked_writes == locked_before + 1
 
 
@@ -374,3 +376,118 @@ def test_a_write_failing_before_it_changed_rows_costs_no_resend() -> None:
     with pytest.raises(Tainted) as tainted:
         drive([Pending("k", ok), Pending("k", write(True))])
     assert tainted.value.index == 1
+
+
+def test_a_batch_of_puts_creates_revives_and_decides_each_in_order(
+    batched_store: Store, ns: str
+) -> None:
+    """A batch of plain puts goes in shared statements (``counter_puts_together``),
+    except the puts to an absent or deleted record, which go after them the general
+    way, in their order: every put is decided at its turn either way."""
+    s = batched_store
+    s.put("blocker", {"b": 0}, namespace=ns)
+    s.put("live", {"v": 0}, namespace=ns)
+    s.put("gone", {"v": 0}, namespace=ns)
+    s.delete("gone", namespace=ns)  # revision 2
+    out = one_batch(
+        s,
+        ns,
+        [
+            lambda: s.put("new", {"v": 1}, namespace=ns),  # created: 1
+            lambda: s.put("live", {"v": 1}, expected_revision=1, namespace=ns),  # 2
+            lambda: s.put("new", {"v": 2}, expected_revision=1, namespace=ns),  # 2
+            lambda: s.put("gone", {"v": 1}, expected_revision=1, namespace=ns),  # deleted
+            lambda: s.put("gone", {"v": 1}, namespace=ns),  # revived: 3
+            lambda: s.put("live", {"v": 1}, namespace=ns),  # unchanged
+            lambda: s.put("new", {"v": 3}, expected_revision=1, namespace=ns),  # head 2
+            lambda: s.put("live", {"v": 2}, create_version=False, namespace=ns),  # 3
+        ],
+    )
+    assert out[0].revision == 1 and out[0].created
+    assert (out[1].revision, out[1].version) == (2, 2) and not out[1].created
+    assert (out[2].revision, out[2].version) == (2, 2)
+    assert isinstance(out[3], VersionConflict) and out[3].current is None
+    assert out[4].revision == 3 and out[4].created
+    assert out[5].unchanged and out[5].revision == 2 and out[5].content == {"v": 1}
+    assert isinstance(out[6], VersionConflict) and out[6].current_revision == 2
+    assert out[6].current is not None and out[6].current.content == {"v": 2}
+    assert (out[7].revision, out[7].version) == (3, 2)
+    live = s.get("live", namespace=ns)
+    assert (live.revision, live.version, live.content) == (3, 2, {"v": 2})
+    assert live.created_at == out[1].created_at == out[7].created_at
+    assert [(v.version, v.revision) for v in s.history("live", namespace=ns).versions] == [
+        (1, 1),
+        (2, 2),
+    ]
+    assert [(v.version, v.content) for v in s.history("new", namespace=ns).versions] == [
+        (1, {"v": 1}),
+        (2, {"v": 2}),
+    ]
+    assert s.get("gone", namespace=ns).content == {"v": 1}
+
+
+@contextmanager
+def refusing_poison(store: Store, ns: str) -> Iterator[None]:
+    """A trigger that refuses any head of ``ns`` holding "poison": a refusal the input
+    validation knows nothing of, made by the database inside a batch's statement."""
+    url = parse_url(store.url)
+    name = f"refuse_{abs(hash(ns)) % 10**9}"
+    if store.backend_name == "sqlite":
+        conn = sqlite3.connect(url.url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute(
+            f"CREATE TRIGGER {name} BEFORE UPDATE ON revstore_records "
+            f"WHEN NEW.namespace = '{ns}' AND instr(NEW.content, 'poison') > 0 "
+            "BEGIN SELECT RAISE(ABORT, 'refuse_poison'); END"
+        )
+        try:
+            yield
+        finally:
+            conn.execute(f"DROP TRIGGER {name}")
+            conn.close()
+        return
+    u = make_url(url.sqlalchemy())
+    my = pymysql.connect(
+        host=u.host,
+        port=u.port or 3306,
+        user=u.username,
+        password=u.password or "",
+        database=u.database,
+        autocommit=True,
+    )
+    try:
+        with my.cursor() as cur:
+            cur.execute(
+                f"CREATE TRIGGER {name} BEFORE UPDATE ON revstore_records FOR EACH ROW "
+                f"IF NEW.namespace = '{ns}' AND INSTR(NEW.content, 'poison') > 0 THEN "
+                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refuse_poison'; END IF"
+            )
+        yield
+    finally:
+        with my.cursor() as cur:
+            cur.execute(f"DROP TRIGGER IF EXISTS {name}")
+        my.close()
+
+
+def test_a_put_the_database_refuses_fails_alone_among_puts(batched_store: Store, ns: str) -> None:
+    """The puts' shared statements fail as a whole for one put's reason: the batch is
+    sent again with each write on its own, so only that put fails."""
+    s = batched_store
+    s.put("blocker", {"b": 0}, namespace=ns)
+    for r in ("a", "victim", "b"):
+        s.put(r, {"v": 0}, namespace=ns)
+    with refusing_poison(s, ns):
+        out = one_batch(
+            s,
+            ns,
+            [
+                lambda: s.put("a", {"v": 1}, namespace=ns),
+                lambda: s.put("victim", {"v": "poison"}, namespace=ns),
+                lambda: s.put("b", {"v": 1}, namespace=ns),
+                lambda: s.put("a", {"v": 2}, namespace=ns),
+            ],
+        )
+    assert [getattr(r, "revision", None) for r in out] == [2, None, 2, 3]
+    assert isinstance(out[1], RevstoreError) and "refuse_poison" in str(out[1])
+    assert s.get("victim", namespace=ns).revision == 1
+    assert s.get("a", namespace=ns).content == {"v": 2}
+    assert [v.version for v in s.history("a", namespace=ns).versions] == [1, 2, 3]

@@ -342,9 +342,11 @@ class AsyncSqlBackend:
             put = await (self._puts.submit(intent) if self._puts else self._put_one(intent))
             if put is not None:
                 return written_head(intent, *put)
+        together = self.strategy.put_together(self.protocol, intent, transform, claim)
         return await self.commit(
             lambda: self.strategy.record_write(self.protocol, intent, transform, claim),
             (intent.namespace, intent.id),
+            intent if together else None,
         )
 
     async def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
@@ -380,26 +382,39 @@ class AsyncSqlBackend:
     async def _append_chain(self, batches: list[AppendBatch]) -> list[Appended | None]:
         return await self.run(self_committing(self.dialect.append_chain(batches)))
 
-    async def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
+    async def commit(
+        self, make: Callable[[], Tx[T]], key: tuple[str, str], put: WriteIntent | None = None
+    ) -> T:
         """As ``SqlBackend.commit``."""
         if self.batches is None or not self.strategy.batchable:
             tx = make()
             return await self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = await self.batches.submit(Pending(key, make))
+        outcome: Outcome[T] = await self.batches.submit(Pending(key, make, put))
         return outcome.get()
 
     async def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
         tx = pending.make()
         return Outcome(await self.transaction(tx.step, tx.begin))
 
-    async def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any] | Locked]:
+    async def _commit_together(
+        self, batch: list[Pending[Any]], together: bool = True
+    ) -> list[Outcome[Any] | Locked]:
         if len(batch) == 1:
             return [await self._commit_alone(batch[0])]
         try:
-            outcomes = await self.transaction(one_by_one(batch, self.dialect.batch_lock_wait))
+            outcomes = await self.transaction(
+                one_by_one(
+                    batch,
+                    self.dialect.batch_lock_wait,
+                    self.protocol.counter_puts_together if together else None,
+                )
+            )
         except Tainted as tainted:
-            # Rolled back: the others again, then the tainted write alone.
             i = tainted.index
+            if i is None:
+                # Rolled back: again, each write on its own protocol.
+                return await self._commit_together(batch, together=False)
+            # Rolled back: the others again, then the tainted write alone.
             results = await self._commit_together([p for k, p in enumerate(batch) if k != i])
             try:
                 alone: Outcome[Any] | Locked = await self._commit_alone(batch[i])

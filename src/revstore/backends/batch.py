@@ -44,6 +44,7 @@ from revstore.errors import (
     VersionConflict,
 )
 from revstore.failures import LockWaitTimedOut, Retryable
+from revstore.record import Record, WriteIntent
 
 T = TypeVar("T")
 
@@ -57,6 +58,9 @@ class Pending(Generic[T]):
 
     key: Hashable
     make: Callable[[], Tx[T]]
+    put: WriteIntent | None = None
+    """Set for a plain counter put (no claim, no patch): what ``Together`` needs to send
+    it with the batch's other puts in shared statements."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +106,25 @@ taints the batch."""
 
 class Tainted(Exception):
     """Write ``index`` of a batch failed for its own reason after it had changed rows:
-    the batch's transaction must be rolled back and sent again without it."""
+    the batch's transaction must be rolled back and sent again without it. ``index``
+    None: a statement shared by several puts (``Together``) failed for a reason that
+    may be any one of theirs; the batch must be sent again with each write on its own
+    protocol, which finds the guilty one."""
 
-    def __init__(self, index: int) -> None:
-        super().__init__(f"write {index} of the batch failed after changing rows")
+    def __init__(self, index: int | None) -> None:
+        what = "the puts' shared statements" if index is None else f"write {index}"
+        super().__init__(f"{what} of the batch failed after changing rows")
         self.index = index
 
 
+Together = Callable[[Sequence[WriteIntent]], Step[list[Record | VersionConflict | None]]]
+"""Plain puts of a batch in shared statements (``Protocol.counter_puts_together``)."""
+
+
 def one_by_one(
-    batch: Sequence[Pending[Any]], lock_wait: tuple[str, str] | None = None
+    batch: Sequence[Pending[Any]],
+    lock_wait: tuple[str, str] | None = None,
+    together: Together | None = None,
 ) -> Step[list[Outcome[Any]]]:
     """The body of the batch's transaction: every write of ``batch``, in ``ordered``
     order; each one's outcome, in the batch's order. ``lock_wait``: the dialect's
@@ -120,13 +134,16 @@ def one_by_one(
     its own reason before it changed anything (a conflict, an absent record: the
     common failures, decided on what it read) just gets its error; one that fails
     after it changed rows (rare: a refused value, a lost idempotency claim) raises
-    ``Tainted``, and the executor's shell sends the batch again without it."""
+    ``Tainted``, and the executor's shell sends the batch again without it.
+
+    ``together``: when every write of the batch is a plain put, they go first in a few
+    shared statements (``Together``); those it hands back run one by one after them."""
     if lock_wait is None:
-        return (yield from _one_by_one(batch))
+        return (yield from _one_by_one(batch, together))
     shorten, restore = lock_wait
     yield Raw(shorten)
     try:
-        outcomes = yield from _one_by_one(batch)
+        outcomes = yield from _one_by_one(batch, together)
     except GeneratorExit:
         raise  # abandoned with its connection: nothing more can be sent
     except BaseException:
@@ -139,9 +156,17 @@ def one_by_one(
     return outcomes
 
 
-def _one_by_one(batch: Sequence[Pending[Any]]) -> Step[list[Outcome[Any]]]:
+def _one_by_one(
+    batch: Sequence[Pending[Any]], together: Together | None
+) -> Step[list[Outcome[Any]]]:
     outcomes: list[Outcome[Any] | None] = [None] * len(batch)
-    for i in ordered(batch):
+    order = ordered(batch)
+    puts = [p.put for p in batch]
+    if together is not None and len(batch) > 1 and all(puts):
+        order = yield from _together(
+            together, [cast(WriteIntent, puts[i]) for i in order], order, outcomes
+        )
+    for i in order:
         watch = _Watch(batch[i].make().step)
         try:
             value = yield from watch.run()
@@ -160,6 +185,34 @@ def _one_by_one(batch: Sequence[Pending[Any]]) -> Step[list[Outcome[Any]]]:
         else:
             outcomes[i] = Outcome(value)
     return [o for o in outcomes if o is not None]
+
+
+def _together(
+    together: Together,
+    intents: list[WriteIntent],
+    order: list[int],
+    outcomes: list[Outcome[Any] | None],
+) -> Step[list[int]]:
+    """Send ``intents`` (the batch's puts in ``order``) through ``together``, filling
+    ``outcomes``; the indexes it handed back, still in order."""
+    try:
+        results = yield from together(intents)
+    except LockWaitTimedOut:
+        # A row held elsewhere: the one-by-one way tells which write waits alone.
+        raise Tainted(None) from None
+    except BaseException as exc:
+        if not own_failure(exc):
+            raise  # the whole batch's, as for any write
+        raise Tainted(None) from exc
+    rest = []
+    for i, result in zip(order, results, strict=True):
+        if result is None:
+            rest.append(i)
+        elif isinstance(result, VersionConflict):
+            outcomes[i] = Outcome(error=result)
+        else:
+            outcomes[i] = Outcome(result)
+    return rest
 
 
 class _Watch(Generic[T]):

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.engine.row import Row
 from sqlalchemy.exc import (
+    DBAPIError,
     InvalidRequestError,
     MultipleResultsFound,
     NoResultFound,
@@ -290,8 +291,20 @@ def on_cursor(
         data = cursor.fetchall() if description is not None else None
         rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
     except BaseException as exc:
-        # Raises the wrapped error (and invalidates a lost connection); an
-        # interruption (KeyboardInterrupt) drops the connection, as SQLAlchemy does.
+        dialect = conn.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        if isinstance(exc, dbapi_error) and not dialect.is_disconnect(exc, driver, cursor):
+            # Wrapped as SQLAlchemy would, but not through its handler: seeing no
+            # transaction of its own (this one began with driver SQL), the handler
+            # would roll back the connection, and with it the writes this transaction
+            # made before the failed statement, which the database itself keeps (a
+            # failed statement undoes only itself). A batch goes on after a write's
+            # own failure; it must not commit without the writes before it.
+            raise DBAPIError.instance(
+                sql, params, exc, dbapi_error, dialect=dialect, ismulti=many
+            ) from exc
+        # A lost connection (invalidated, with the pool) or an interruption
+        # (KeyboardInterrupt: the connection is dropped), as SQLAlchemy does.
         conn._handle_dbapi_exception(exc, sql, params, cursor, None)
         raise  # unreachable: the handler always raises
     finally:

@@ -11,14 +11,15 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, func
+from sqlalchemy import Connection, Engine, bindparam, func, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
+from revstore import schema
 from revstore.backends.groupcommit import Locked
-from revstore.backends.ops import Step
+from revstore.backends.ops import Execute, Step
 from revstore.config import DatabaseURL
 from revstore.errors import RevstoreError
 from revstore.record import WriteIntent
@@ -32,6 +33,15 @@ Appended = tuple[int, datetime]
 Bumped = tuple[int, int, datetime | str]
 """What a counter statement took for a record: revision, version and the record's
 ``created_at`` (as the driver returns it)."""
+
+_HEAD_COLUMNS = ("revision", "version", "content", "content_hash", "updated_at")
+_R = schema.records
+# Bind names differ from the column names, which an UPDATE's SET reserves for itself.
+_UPDATE_HEADS = (
+    update(_R)
+    .where(_R.c.namespace == bindparam("h_namespace"), _R.c.id == bindparam("h_id"))
+    .values({c: bindparam(f"h_{c}") for c in _HEAD_COLUMNS})
+)
 
 
 def stream_counter_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
@@ -158,6 +168,14 @@ class Dialect:
         apply (absent, deleted, unchanged or a failed expectation: the general path
         decides, in the same transaction). Only where ``counter_puts``."""
         raise NotImplementedError
+
+    def write_heads(self, heads: list[dict[str, Any]]) -> Execute:
+        """The statement that sets the heads a batch of puts decided
+        (``Protocol.counter_puts_together``): rows that exist and that this transaction
+        holds, each given as all its columns. Here an executemany of one UPDATE (a loop
+        in the driver's C code on SQLite)."""
+        keys = ("namespace", "id", *_HEAD_COLUMNS)
+        return Execute(_UPDATE_HEADS, [{f"h_{k}": h[k] for k in keys} for h in heads])
 
     one_statement_writes: ClassVar[bool] = False
     """Whether the dialect has self-committing counter statements (``put_one`` …),

@@ -103,6 +103,17 @@ _HEAD_AFTER_BUMP = text(
     "SELECT revision, version, created_at FROM revstore_records WHERE namespace = :ns AND id = :id"
 )
 
+_HEAD_UPSERT = mysql_insert(schema.records)
+# Every row it names exists and is locked by the batch's transaction, so this always
+# takes the UPDATE branch; as an INSERT, PyMySQL sends an executemany of it as one
+# multi-row statement (an UPDATE would be one round trip per row).
+_WRITE_HEADS = _HEAD_UPSERT.on_duplicate_key_update(
+    {
+        c: _HEAD_UPSERT.inserted[c]
+        for c in ("revision", "version", "content", "content_hash", "updated_at")
+    }
+)
+
 CREATED_KEYS = 8192
 """Bound on the records whose created_at a dialect remembers (cleared when reached)."""
 
@@ -326,6 +337,9 @@ class MysqlDialect(Dialect):
             self.created.clear()
         self.created[key] = head[2]
         return int(head[0]), int(head[1]), head[2]
+
+    def write_heads(self, heads: list[dict[str, Any]]) -> Execute:
+        return Execute(_WRITE_HEADS, heads)
 
     def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
         result = yield Execute(_BUMP_STREAM, stream_counter_params(batch, ts))

@@ -25,11 +25,14 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Row,
+    Select,
+    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -38,8 +41,14 @@ from revstore import config, schema
 from revstore.apikeys import ApiKey
 from revstore.backends.dialect import Dialect
 from revstore.backends.ops import COMMIT, Execute, Raw, Step
-from revstore.content import Canonical
-from revstore.errors import AmbiguousCommit, ClaimLost, NotFound, VersionCompacted
+from revstore.content import JSON, Canonical
+from revstore.errors import (
+    AmbiguousCommit,
+    ClaimLost,
+    NotFound,
+    VersionCompacted,
+    VersionConflict,
+)
 from revstore.failures import Disconnected, LostRace
 from revstore.idempotency import IN_PROGRESS, Applied, Claim, KeyRow
 from revstore.record import (
@@ -210,6 +219,108 @@ def appended(batch: AppendBatch, first: int, ts: datetime) -> AppendResult:
 
 _INSERT_VERSION = insert(V)
 _INSERT_ITEMS = insert(I)
+
+
+def _version_params(intent: WriteIntent, plan: Plan, ts: datetime) -> dict[str, Any]:
+    """A snapshot row of the write ``intent`` at the numbers of ``plan``."""
+    return {
+        "namespace": intent.namespace,
+        "record_id": intent.id,
+        "version": plan.version,
+        "revision": plan.revision,
+        "content": intent.content_text,
+        "content_hash": intent.content_hash,
+        "author": intent.author,
+        "summary": intent.summary,
+        "created_at": ts,
+    }
+
+
+_HEADS_LOCKED: dict[int, Select[Any]] = {}
+
+
+def _heads_locked(n: int) -> Select[Any]:
+    """The head rows of ``n`` records (parameters ``ns0``, ``id0``, …), locked: one
+    statement per ``n``, built once. An OR of primary keys, which both SQLite and
+    InnoDB read as point lookups (InnoDB locks them in key order, as ``ordered`` does)."""
+    stmt = _HEADS_LOCKED.get(n)
+    if stmt is None:
+        keys = [
+            and_(R.c.namespace == bindparam(f"ns{k}"), R.c.id == bindparam(f"id{k}"))
+            for k in range(n)
+        ]
+        stmt = _HEADS_LOCKED[n] = select(R).where(or_(*keys)).with_for_update()
+    return stmt
+
+
+class _BatchHead:
+    """A head as ``Protocol.counter_puts_together`` moves it along its puts."""
+
+    __slots__ = (
+        "changed",
+        "content",
+        "created_at",
+        "hash",
+        "key",
+        "revision",
+        "row",
+        "ts",
+        "version",
+    )
+
+    def __init__(self, row: Row[Any]) -> None:
+        m = row._mapping
+        self.row = row
+        self.key = (m["namespace"], m["id"])
+        self.revision, self.version = int(m["revision"]), int(m["version"])
+        self.hash: str = m["content_hash"]
+        self.created_at = utc(m["created_at"])
+        self.ts = utc(m["updated_at"])
+        self.changed = False
+        self.content: tuple[str, JSON] | None = None  # (text, value) once a put changed it
+
+    def head(self) -> Head:
+        return Head(self.revision, self.version, self.hash, False)
+
+    def apply(self, intent: WriteIntent, plan: Plan, ts: datetime) -> None:
+        self.revision, self.version, self.hash, self.ts = (
+            plan.revision,
+            plan.version,
+            intent.content_hash,
+            ts,
+        )
+        self.content = (intent.content_text, intent.content_value)
+        self.changed = True
+
+    def record(self, unchanged: bool = False) -> Record:
+        if self.content is None:
+            return record_of(self.row, unchanged)
+        return Record(
+            self.key[0],
+            self.key[1],
+            self.revision,
+            self.version,
+            self.content[1],
+            self.hash,
+            self.created_at,
+            self.ts,
+            unchanged=unchanged,
+        )
+
+    def values(self) -> dict[str, Any]:
+        """The head row's new values, keyed by column (``Dialect.write_heads``)."""
+        assert self.content is not None
+        return {
+            "namespace": self.key[0],
+            "id": self.key[1],
+            "revision": self.revision,
+            "version": self.version,
+            "content": self.content[0],
+            "content_hash": self.hash,
+            "deleted": False,
+            "created_at": self.created_at,
+            "updated_at": self.ts,
+        }
 
 
 # ---------------------------------------------------------------- prebuilt statements
@@ -491,20 +602,7 @@ class Protocol:
     def _insert_version(intent: WriteIntent, plan: Plan, ts: datetime) -> Execute:
         # One statement object with the values as parameters: SQLAlchemy compiles it
         # once, where ``.values(...)`` would build (and key) a new statement per write.
-        return Execute(
-            _INSERT_VERSION,
-            {
-                "namespace": intent.namespace,
-                "record_id": intent.id,
-                "version": plan.version,
-                "revision": plan.revision,
-                "content": intent.content_text,
-                "content_hash": intent.content_hash,
-                "author": intent.author,
-                "summary": intent.summary,
-                "created_at": ts,
-            },
-        )
+        return Execute(_INSERT_VERSION, _version_params(intent, plan, ts))
 
     def _update_record(
         self, intent: WriteIntent, plan: Plan, row: Row[Any], ts: datetime, cas: int | None
@@ -561,6 +659,60 @@ class Protocol:
             plan = Plan(Action.UPDATE, revision=revision, version=version, snapshot=True)
             yield self._insert_version(intent, plan, ts)
         return written_head(intent, revision, version, created_at, ts)
+
+    def counter_puts_together(
+        self, intents: Sequence[WriteIntent]
+    ) -> Step[list[Record | VersionConflict | None]]:
+        """Plain puts of one batch (``batch.one_by_one``) in three statements, whatever
+        their number: read every head they write (locked), decide each put in order
+        with the core's rules (``plan_write``) on the head the puts before it left, then
+        write the final heads and every snapshot.
+
+        Each put's result, in order: its head, its ``VersionConflict``, or None when the
+        general path must decide it (an absent or deleted record, and every later put
+        of that record, which must come after it). Runs inside the batch's write
+        transaction: SQLite's write lock, or the row locks taken here (MariaDB), keep
+        every head read here unchanged until COMMIT."""
+        keys = list(dict.fromkeys((i.namespace, i.id) for i in intents))
+        params = {}
+        for k, (ns, rid) in enumerate(keys):
+            params[f"ns{k}"], params[f"id{k}"] = ns, rid
+        rows = (yield Execute(_heads_locked(len(keys)), params)).all()
+        heads: dict[tuple[str, str], _BatchHead] = {}
+        for row in rows:
+            m = row._mapping
+            if not m["deleted"]:
+                heads[(m["namespace"], m["id"])] = _BatchHead(row)
+        ts = now()
+        results: list[Record | VersionConflict | None] = []
+        snapshots: list[dict[str, Any]] = []
+        for intent in intents:
+            head = heads.get((intent.namespace, intent.id))
+            if head is None:
+                # Absent or deleted (creation, revival), or after such a put: from here
+                # on this record's puts go the general way, in their order.
+                results.append(None)
+                continue
+            try:
+                plan = plan_write(head.head(), intent, head.record)
+            except VersionConflict as conflict:
+                results.append(conflict)
+                continue
+            if plan.action is Action.UNCHANGED:
+                results.append(head.record(unchanged=True))
+                continue
+            head.apply(intent, plan, ts)
+            if plan.snapshot:
+                snapshots.append(_version_params(intent, plan, ts))
+            results.append(head.record())
+        # Keys of the absent or deleted records never appear in ``heads``: the heads
+        # written here are exactly those that took a put.
+        changed = [h.values() for h in heads.values() if h.changed]
+        if changed:
+            yield self.dialect.write_heads(changed)
+        if snapshots:
+            yield Execute(_INSERT_VERSION, snapshots)
+        return results
 
     # ---------------------------------------------------------------- streams
 

@@ -310,9 +310,11 @@ class SqlBackend:
             done = self.one_statement_put(intent)
             if done is not None:
                 return done
+        together = self.strategy.put_together(self.protocol, intent, transform, claim)
         return self.commit(
             lambda: self.strategy.record_write(self.protocol, intent, transform, claim),
             (intent.namespace, intent.id),
+            intent if together else None,
         )
 
     def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
@@ -333,28 +335,41 @@ class SqlBackend:
             (batch.namespace, batch.stream_id),
         )
 
-    def commit(self, make: Callable[[], Tx[T]], key: tuple[str, str]) -> T:
+    def commit(
+        self, make: Callable[[], Tx[T]], key: tuple[str, str], put: WriteIntent | None = None
+    ) -> T:
         """Run a write's transaction: alone, or with group commit in the transaction
-        of a batch (``batch``)."""
+        of a batch (``batch``). ``put``: the write is a plain put (``Pending.put``)."""
         if self.batches is None or not self.strategy.batchable:
             tx = make()
             return self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = self.batches.submit(Pending(key, make))
+        outcome: Outcome[T] = self.batches.submit(Pending(key, make, put))
         return outcome.get()
 
     def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
         tx = pending.make()
         return Outcome(self.transaction(tx.step, tx.begin))
 
-    def _commit_together(self, batch: list[Pending[Any]]) -> list[Outcome[Any] | Locked]:
+    def _commit_together(
+        self, batch: list[Pending[Any]], together: bool = True
+    ) -> list[Outcome[Any] | Locked]:
         if len(batch) == 1:
             # Nobody to share with: no savepoint round trips.
             return [self._commit_alone(batch[0])]
         try:
-            outcomes = self.transaction(one_by_one(batch, self.dialect.batch_lock_wait))
+            outcomes = self.transaction(
+                one_by_one(
+                    batch,
+                    self.dialect.batch_lock_wait,
+                    self.protocol.counter_puts_together if together else None,
+                )
+            )
         except Tainted as tainted:
-            # Rolled back: the others again, then the tainted write alone.
             i = tainted.index
+            if i is None:
+                # Rolled back: again, each write on its own protocol.
+                return self._commit_together(batch, together=False)
+            # Rolled back: the others again, then the tainted write alone.
             results = self._commit_together([p for k, p in enumerate(batch) if k != i])
             try:
                 alone: Outcome[Any] | Locked = self._commit_alone(batch[i])

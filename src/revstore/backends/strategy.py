@@ -73,6 +73,14 @@ class Strategy:
         """The same for an append."""
         return False
 
+    def put_together(
+        self, p: Protocol, intent: WriteIntent, transform: Transform | None, claim: Claim | None
+    ) -> bool:
+        """Whether this write, in a batch of such puts only, may go in the batch's
+        shared statements (``Protocol.counter_puts_together``) instead of its own
+        ``record_write``: the same rules, applied to the same heads, in the same order."""
+        return False
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -141,6 +149,18 @@ class Counter(Lock):
 
     def one_statement_append(self, batch: AppendBatch, claim: Claim | None) -> bool:
         return claim is None and batch.item_ids is None
+
+    def put_together(
+        self, p: Protocol, intent: WriteIntent, transform: Transform | None, claim: Claim | None
+    ) -> bool:
+        # Exactly the puts that take counter_put in record_write, less the claimed ones
+        # (whose key is settled in their own statements).
+        return (
+            p.dialect.counter_puts
+            and claim is None
+            and transform is None
+            and (intent.mode is Mode.PUT)
+        )
 
 
 _BY_NAME: dict[str, Strategy] = {s.name: s for s in (Counter(), Lock(), Optimistic())}
