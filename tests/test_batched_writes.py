@@ -1,5 +1,5 @@
 """Group commit on SQLite and MariaDB (``backends/batch.py``): concurrent write
-transactions of one process run in one transaction, each in its own savepoint, and each
+transactions of one process run in one transaction, one after the other, and each
 keeps its own outcome, evaluated at its turn.
 
 Both APIs: ``Store`` (threads, ``GroupCommit``) and ``AsyncStore`` (tasks,
@@ -389,6 +389,16 @@ def test_a_batch_of_puts_creates_revives_and_decides_each_in_order(
     s.put("live", {"v": 0}, namespace=ns)
     s.put("gone", {"v": 0}, namespace=ns)
     s.delete("gone", namespace=ns)  # revision 2
+    # AsyncStore on SQLite batches on its sync executor (backends/threaded.py).
+    protocol = getattr(s.backend, "sync", s.backend).protocol
+    shared = protocol.counter_puts_together
+    sent: list[int] = []
+
+    def counted(intents: Any) -> Any:
+        sent.append(len(intents))
+        return shared(intents)
+
+    protocol.counter_puts_together = counted  # type: ignore[method-assign]
     out = one_batch(
         s,
         ns,
@@ -403,6 +413,7 @@ def test_a_batch_of_puts_creates_revives_and_decides_each_in_order(
             lambda: s.put("live", {"v": 2}, create_version=False, namespace=ns),  # 3
         ],
     )
+    assert sent == [8], "the puts went through the shared statements, once"
     assert out[0].revision == 1 and out[0].created
     assert (out[1].revision, out[1].version) == (2, 2) and not out[1].created
     assert (out[2].revision, out[2].version) == (2, 2)

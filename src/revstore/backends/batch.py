@@ -21,6 +21,12 @@ all of them. Each write keeps its own outcome:
   retry policy handles as for its own transaction. A lost COMMIT is an
   ``AmbiguousCommit`` for every write, as for one.
 
+A batch of plain puts only (``Pending.put``) first goes through ``Together``
+(``Protocol.counter_puts_together``): three statements for all of them, the same rules
+applied in the same order. What it hands back (creations, revivals) runs one by one
+after it; a refusal of its shared statements (which may be any one put's) sends the
+batch again one by one, which finds the guilty write.
+
 The executor's shell only queues the writes (``groupcommit``) and runs ``one_by_one``
 as the body of one transaction on one connection.
 """
