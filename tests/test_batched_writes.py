@@ -31,7 +31,13 @@ from revstore.backends.ops import Raw, Step
 from revstore.backends.strategy import Tx
 from revstore.config import parse_url
 from revstore.content import Canonical
-from revstore.errors import InvalidInput, NotFound, RevstoreError, VersionConflict
+from revstore.errors import (
+    InvalidInput,
+    NotFound,
+    RevstoreError,
+    SequenceConflict,
+    VersionConflict,
+)
 from revstore.operations import write_intent
 from revstore.record import Mode, Record
 from testdbs import backend_url_for
@@ -391,14 +397,14 @@ def test_a_batch_of_puts_creates_revives_and_decides_each_in_order(
     s.delete("gone", namespace=ns)  # revision 2
     # AsyncStore on SQLite batches on its sync executor (backends/threaded.py).
     protocol = getattr(s.backend, "sync", s.backend).protocol
-    shared = protocol.counter_puts_together
+    shared = protocol.writes_together
     sent: list[int] = []
 
     def counted(intents: Any) -> Any:
         sent.append(len(intents))
         return shared(intents)
 
-    protocol.counter_puts_together = counted  # type: ignore[method-assign]
+    protocol.writes_together = counted  # type: ignore[method-assign]
     out = one_batch(
         s,
         ns,
@@ -502,3 +508,53 @@ def test_a_put_the_database_refuses_fails_alone_among_puts(batched_store: Store,
     assert s.get("victim", namespace=ns).revision == 1
     assert s.get("a", namespace=ns).content == {"v": 2}
     assert [v.version for v in s.history("a", namespace=ns).versions] == [1, 2, 3]
+
+
+def test_a_batch_of_puts_and_appends_keeps_each_stream_contiguous(
+    batched_store: Store, ns: str
+) -> None:
+    """Plain appends share the batch's statements with the puts: each batch of items
+    contiguous, each ``expected_sequence`` checked at its turn, a new stream created
+    the general way after them, in its order."""
+    s = batched_store
+    s.put("blocker", {"b": 0}, namespace=ns)
+    s.put("r", {"v": 0}, namespace=ns)
+    s.append("chat", [{"m": 0}], namespace=ns)
+    protocol = getattr(s.backend, "sync", s.backend).protocol
+    shared = protocol.writes_together
+    sent: list[int] = []
+
+    def counted(writes: Any) -> Any:
+        sent.append(len(writes))
+        return shared(writes)
+
+    protocol.writes_together = counted  # type: ignore[method-assign]
+    out = one_batch(
+        s,
+        ns,
+        [
+            lambda: s.append("chat", [{"m": 1}, {"m": 2}], namespace=ns),  # 2-3
+            lambda: s.append("new", [{"m": "a"}], namespace=ns),  # a new stream: 1
+            lambda: s.append("chat", [{"m": 9}], expected_sequence=1, namespace=ns),  # stale
+            lambda: s.put("r", {"v": 1}, namespace=ns),  # 2
+            lambda: s.append("new", [{"m": "b"}], expected_sequence=1, namespace=ns),  # 2
+            lambda: s.append("chat", [{"m": 3}], expected_sequence=3, namespace=ns),  # 4
+        ],
+    )
+    assert sent == [6], "the writes went through the shared statements, once"
+    assert (out[0].first_sequence, out[0].last_sequence) == (2, 3)
+    assert out[1].first_sequence == 1
+    assert isinstance(out[2], SequenceConflict) and out[2].current_sequence == 3
+    assert out[3].revision == 2
+    assert out[4].first_sequence == 2
+    assert (out[5].first_sequence, out[5].last_sequence) == (4, 4)
+    chat = s.read("chat", namespace=ns)
+    assert [(i.sequence, i.body) for i in chat.items] == [
+        (1, {"m": 0}),
+        (2, {"m": 1}),
+        (3, {"m": 2}),
+        (4, {"m": 3}),
+    ]
+    assert [i.body for i in s.read("new", namespace=ns).items] == [{"m": "a"}, {"m": "b"}]
+    info = s.stream_info("chat", namespace=ns)
+    assert (info.last_sequence, info.item_count) == (4, 4)

@@ -359,9 +359,11 @@ class AsyncSqlBackend:
             done = await (self._appends.submit(batch) if self._appends else self._append_one(batch))
             if done is not None:
                 return appended(batch, *done)
+        together = self.strategy.append_together(self.protocol, batch, claim)
         return await self.commit(
             lambda: self.strategy.stream_append(self.protocol, batch, claim),
             (batch.namespace, batch.stream_id),
+            batch if together else None,
         )
 
     async def _put_one(self, intent: WriteIntent) -> Put | None:
@@ -383,13 +385,16 @@ class AsyncSqlBackend:
         return await self.run(self_committing(self.dialect.append_chain(batches)))
 
     async def commit(
-        self, make: Callable[[], Tx[T]], key: tuple[str, str], put: WriteIntent | None = None
+        self,
+        make: Callable[[], Tx[T]],
+        key: tuple[str, str],
+        shared: WriteIntent | AppendBatch | None = None,
     ) -> T:
         """As ``SqlBackend.commit``."""
         if self.batches is None or not self.strategy.batchable:
             tx = make()
             return await self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = await self.batches.submit(Pending(key, make, put))
+        outcome: Outcome[T] = await self.batches.submit(Pending(key, make, shared))
         return outcome.get()
 
     async def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
@@ -406,7 +411,7 @@ class AsyncSqlBackend:
                 one_by_one(
                     batch,
                     self.dialect.batch_lock_wait,
-                    self.protocol.counter_puts_together if together else None,
+                    self.protocol.writes_together if together else None,
                 )
             )
         except Tainted as tainted:

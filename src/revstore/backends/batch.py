@@ -21,9 +21,10 @@ all of them. Each write keeps its own outcome:
   retry policy handles as for its own transaction. A lost COMMIT is an
   ``AmbiguousCommit`` for every write, as for one.
 
-A batch of plain puts only (``Pending.put``) first goes through ``Together``
-(``Protocol.counter_puts_together``): three statements for all of them, the same rules
-applied in the same order. What it hands back (creations, revivals) runs one by one
+A batch of plain puts and appends only (``Pending.shared``) first goes through
+``Together`` (``Protocol.writes_together``): a few statements for all of them (per
+table: a locked read, the new heads, the new rows), the same rules applied in the same
+order. What it hands back (creations, revivals) runs one by one
 after it; a refusal of its shared statements (which may be any one put's) sends the
 batch again one by one, which finds the guilty write.
 
@@ -43,6 +44,7 @@ from sqlalchemy import TextClause
 from revstore.backends.ops import Op, Raw, Step
 from revstore.backends.strategy import Tx
 from revstore.errors import (
+    Conflict,
     DuplicateItem,
     NotFound,
     RevstoreError,
@@ -51,6 +53,7 @@ from revstore.errors import (
 )
 from revstore.failures import LockWaitTimedOut, Retryable
 from revstore.record import Record, WriteIntent
+from revstore.stream import AppendBatch, AppendResult
 
 T = TypeVar("T")
 
@@ -64,9 +67,9 @@ class Pending(Generic[T]):
 
     key: Hashable
     make: Callable[[], Tx[T]]
-    put: WriteIntent | None = None
-    """Set for a plain counter put (no claim, no patch): what ``Together`` needs to send
-    it with the batch's other puts in shared statements."""
+    shared: WriteIntent | AppendBatch | None = None
+    """Set for a plain counter put or append (no claim, no patch, no item ids): what
+    ``Together`` needs to send it with the batch's other writes in shared statements."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +126,11 @@ class Tainted(Exception):
         self.index = index
 
 
-Together = Callable[[Sequence[WriteIntent]], Step[list[Record | VersionConflict | None]]]
-"""Plain puts of a batch in shared statements (``Protocol.counter_puts_together``)."""
+Together = Callable[
+    [Sequence[WriteIntent | AppendBatch]],
+    Step[list[Record | AppendResult | Conflict | None]],
+]
+"""Plain puts and appends of a batch in shared statements (``Protocol.writes_together``)."""
 
 
 def one_by_one(
@@ -142,8 +148,9 @@ def one_by_one(
     after it changed rows (rare: a refused value, a lost idempotency claim) raises
     ``Tainted``, and the executor's shell sends the batch again without it.
 
-    ``together``: when every write of the batch is a plain put, they go first in a few
-    shared statements (``Together``); those it hands back run one by one after them."""
+    ``together``: when every write of the batch is a plain put or append, they go first
+    in a few shared statements (``Together``); those it hands back run one by one after
+    them."""
     if lock_wait is None:
         return (yield from _one_by_one(batch, together))
     shorten, restore = lock_wait
@@ -167,11 +174,10 @@ def _one_by_one(
 ) -> Step[list[Outcome[Any]]]:
     outcomes: list[Outcome[Any] | None] = [None] * len(batch)
     order = ordered(batch)
-    puts = [p.put for p in batch]
-    if together is not None and len(batch) > 1 and all(puts):
-        order = yield from _together(
-            together, [cast(WriteIntent, puts[i]) for i in order], order, outcomes
-        )
+    shared = [p.shared for p in batch]
+    if together is not None and len(batch) > 1 and all(w is not None for w in shared):
+        writes = [cast(WriteIntent | AppendBatch, shared[i]) for i in order]
+        order = yield from _together(together, writes, order, outcomes)
     for i in order:
         watch = _Watch(batch[i].make().step)
         try:
@@ -195,14 +201,14 @@ def _one_by_one(
 
 def _together(
     together: Together,
-    intents: list[WriteIntent],
+    writes: list[WriteIntent | AppendBatch],
     order: list[int],
     outcomes: list[Outcome[Any] | None],
 ) -> Step[list[int]]:
-    """Send ``intents`` (the batch's puts in ``order``) through ``together``, filling
+    """Send ``writes`` (the batch's, in ``order``) through ``together``, filling
     ``outcomes``; the indexes it handed back, still in order."""
     try:
-        results = yield from together(intents)
+        results = yield from together(writes)
     except LockWaitTimedOut:
         # A row held elsewhere: the one-by-one way tells which write waits alone.
         raise Tainted(None) from None
@@ -214,7 +220,7 @@ def _together(
     for i, result in zip(order, results, strict=True):
         if result is None:
             rest.append(i)
-        elif isinstance(result, VersionConflict):
+        elif isinstance(result, Conflict):
             outcomes[i] = Outcome(error=result)
         else:
             outcomes[i] = Outcome(result)

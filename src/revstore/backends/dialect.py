@@ -34,14 +34,23 @@ Bumped = tuple[int, int, datetime | str]
 """What a counter statement took for a record: revision, version and the record's
 ``created_at`` (as the driver returns it)."""
 
-_HEAD_COLUMNS = ("revision", "version", "content", "content_hash", "updated_at")
-_R = schema.records
-# Bind names differ from the column names, which an UPDATE's SET reserves for itself.
-_UPDATE_HEADS = (
-    update(_R)
-    .where(_R.c.namespace == bindparam("h_namespace"), _R.c.id == bindparam("h_id"))
-    .values({c: bindparam(f"h_{c}") for c in _HEAD_COLUMNS})
-)
+HEAD_COLUMNS = {
+    "revstore_records": ("revision", "version", "content", "content_hash", "updated_at"),
+    "revstore_streams": ("last_sequence", "item_count", "updated_at"),
+}
+"""What a batch's shared statements change in a head row (``Dialect.write_heads``)."""
+
+
+def _update_heads(table: Any) -> Any:
+    # Bind names differ from the column names, which an UPDATE's SET reserves.
+    return (
+        update(table)
+        .where(table.c.namespace == bindparam("h_namespace"), table.c.id == bindparam("h_id"))
+        .values({c: bindparam(f"h_{c}") for c in HEAD_COLUMNS[table.name]})
+    )
+
+
+_UPDATE_HEADS = {t.name: _update_heads(t) for t in (schema.records, schema.streams)}
 
 
 def stream_counter_params(batch: AppendBatch, ts: datetime) -> dict[str, Any]:
@@ -169,13 +178,13 @@ class Dialect:
         decides, in the same transaction). Only where ``counter_puts``."""
         raise NotImplementedError
 
-    def write_heads(self, heads: list[dict[str, Any]]) -> Execute:
-        """The statement that sets the heads a batch of puts decided
-        (``Protocol.counter_puts_together``): rows that exist and that this transaction
-        holds, each given as all its columns. Here an executemany of one UPDATE (a loop
-        in the driver's C code on SQLite)."""
-        keys = ("namespace", "id", *_HEAD_COLUMNS)
-        return Execute(_UPDATE_HEADS, [{f"h_{k}": h[k] for k in keys} for h in heads])
+    def write_heads(self, table: Any, heads: list[dict[str, Any]]) -> Execute:
+        """The statement that sets the head rows of ``table`` (records or streams) a
+        batch decided (``Protocol.writes_together``): rows that exist and that this
+        transaction holds, each given as all its columns. Here an executemany of one
+        UPDATE (a loop in the driver's C code on SQLite)."""
+        keys = ("namespace", "id", *HEAD_COLUMNS[table.name])
+        return Execute(_UPDATE_HEADS[table.name], [{f"h_{k}": h[k] for k in keys} for h in heads])
 
     one_statement_writes: ClassVar[bool] = False
     """Whether the dialect has self-committing counter statements (``put_one`` …),

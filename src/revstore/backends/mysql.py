@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from revstore import schema
-from revstore.backends.dialect import Bumped, Dialect, counter_params, stream_counter_params
+from revstore.backends.dialect import (
+    HEAD_COLUMNS,
+    Bumped,
+    Dialect,
+    counter_params,
+    stream_counter_params,
+)
 from revstore.backends.ops import Execute, Step
 from revstore.backends.sql import SqlBackend, install_liveness_probe
 from revstore.config import (
@@ -103,16 +109,16 @@ _HEAD_AFTER_BUMP = text(
     "SELECT revision, version, created_at FROM revstore_records WHERE namespace = :ns AND id = :id"
 )
 
-_HEAD_UPSERT = mysql_insert(schema.records)
-# Every row it names exists and is locked by the batch's transaction, so this always
-# takes the UPDATE branch; as an INSERT, PyMySQL sends an executemany of it as one
-# multi-row statement (an UPDATE would be one round trip per row).
-_WRITE_HEADS = _HEAD_UPSERT.on_duplicate_key_update(
-    {
-        c: _HEAD_UPSERT.inserted[c]
-        for c in ("revision", "version", "content", "content_hash", "updated_at")
-    }
-)
+
+def _heads_upsert(table: Any) -> Any:
+    # Every row it names exists and is locked by the batch's transaction, so this always
+    # takes the UPDATE branch; as an INSERT, PyMySQL sends an executemany of it as one
+    # multi-row statement (an UPDATE would be one round trip per row).
+    upsert = mysql_insert(table)
+    return upsert.on_duplicate_key_update({c: upsert.inserted[c] for c in HEAD_COLUMNS[table.name]})
+
+
+_WRITE_HEADS = {t.name: _heads_upsert(t) for t in (schema.records, schema.streams)}
 
 CREATED_KEYS = 8192
 """Bound on the records whose created_at a dialect remembers (cleared when reached)."""
@@ -338,8 +344,8 @@ class MysqlDialect(Dialect):
         self.created[key] = head[2]
         return int(head[0]), int(head[1]), head[2]
 
-    def write_heads(self, heads: list[dict[str, Any]]) -> Execute:
-        return Execute(_WRITE_HEADS, heads)
+    def write_heads(self, table: Any, heads: list[dict[str, Any]]) -> Execute:
+        return Execute(_WRITE_HEADS[table.name], heads)
 
     def bump_stream(self, batch: AppendBatch, ts: datetime) -> Step[int | None]:
         result = yield Execute(_BUMP_STREAM, stream_counter_params(batch, ts))

@@ -45,7 +45,9 @@ from revstore.content import JSON, Canonical
 from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
+    Conflict,
     NotFound,
+    SequenceConflict,
     VersionCompacted,
     VersionConflict,
 )
@@ -236,21 +238,44 @@ def _version_params(intent: WriteIntent, plan: Plan, ts: datetime) -> dict[str, 
     }
 
 
-_HEADS_LOCKED: dict[int, Select[Any]] = {}
+def _item_rows(batch: AppendBatch, first: int, ts: datetime) -> list[dict[str, Any]]:
+    """The rows of ``batch``'s items, from sequence ``first``."""
+    ids: Sequence[str | None] = batch.item_ids or [None] * len(batch.bodies)
+    return [
+        {
+            "namespace": batch.namespace,
+            "stream_id": batch.stream_id,
+            "sequence": first + k,
+            "item_id": item_id,
+            "body": body.text,
+            "body_hash": body.hash,
+            "created_at": ts,
+        }
+        for k, (item_id, body) in enumerate(zip(ids, batch.bodies, strict=True))
+    ]
 
 
-def _heads_locked(n: int) -> Select[Any]:
-    """The head rows of ``n`` records (parameters ``ns0``, ``id0``, …), locked: one
-    statement per ``n``, built once. An OR of primary keys, which both SQLite and
-    InnoDB read as point lookups (InnoDB locks them in key order, as ``ordered`` does)."""
-    stmt = _HEADS_LOCKED.get(n)
+_HEADS_LOCKED: dict[tuple[str, int], Select[Any]] = {}
+
+
+def _heads_locked(table: Any, keys: Sequence[tuple[str, str]]) -> Execute:
+    """A read of the rows of ``table`` (records or streams) at ``keys``, locked: an OR
+    of primary keys, which SQLite and InnoDB both read as point lookups (InnoDB locks
+    them in key order, as ``batch.ordered`` does). One statement per table and number
+    of keys, built once."""
+    unique = list(dict.fromkeys(keys))
+    n = len(unique)
+    stmt = _HEADS_LOCKED.get((table.name, n))
     if stmt is None:
-        keys = [
-            and_(R.c.namespace == bindparam(f"ns{k}"), R.c.id == bindparam(f"id{k}"))
+        match = [
+            and_(table.c.namespace == bindparam(f"ns{k}"), table.c.id == bindparam(f"id{k}"))
             for k in range(n)
         ]
-        stmt = _HEADS_LOCKED[n] = select(R).where(or_(*keys)).with_for_update()
-    return stmt
+        stmt = _HEADS_LOCKED[(table.name, n)] = select(table).where(or_(*match)).with_for_update()
+    params: dict[str, Any] = {}
+    for k, (namespace, key) in enumerate(unique):
+        params[f"ns{k}"], params[f"id{k}"] = namespace, key
+    return Execute(stmt, params)
 
 
 class _BatchHead:
@@ -660,59 +685,98 @@ class Protocol:
             yield self._insert_version(intent, plan, ts)
         return written_head(intent, revision, version, created_at, ts)
 
-    def counter_puts_together(
-        self, intents: Sequence[WriteIntent]
-    ) -> Step[list[Record | VersionConflict | None]]:
-        """Plain puts of one batch (``batch.one_by_one``) in three statements, whatever
-        their number: read every head they write (locked), decide each put in order
-        with the core's rules (``plan_write``) on the head the puts before it left, then
-        write the final heads and every snapshot.
+    def writes_together(
+        self, writes: Sequence[WriteIntent | AppendBatch]
+    ) -> Step[list[Record | AppendResult | Conflict | None]]:
+        """Plain puts and appends of one batch (``batch.one_by_one``) in a few shared
+        statements, whatever their number: read the heads they write (locked), decide
+        each write in order with the core's rules (``plan_write``, ``check_expected``)
+        on the head the writes before it left, then write the final heads, every
+        snapshot and every item.
 
-        Each put's result, in order: its head, its ``VersionConflict``, or None when the
-        general path must decide it (an absent or deleted record, and every later put
-        of that record, which must come after it). Runs inside the batch's write
-        transaction: SQLite's write lock, or the row locks taken here (MariaDB), keep
-        every head read here unchanged until COMMIT."""
-        keys = list(dict.fromkeys((i.namespace, i.id) for i in intents))
-        params = {}
-        for k, (ns, rid) in enumerate(keys):
-            params[f"ns{k}"], params[f"id{k}"] = ns, rid
-        rows = (yield Execute(_heads_locked(len(keys)), params)).all()
+        Each write's result, in order: its head or its append, its conflict, or None
+        when the general path must decide it (an absent or deleted record, a new stream,
+        and every later write to it, which must come after it). Runs inside the batch's
+        write transaction: SQLite's write lock, or the row locks taken here (MariaDB),
+        keep every head read here unchanged until COMMIT. Records first, then streams:
+        every batch of every process takes its row locks in that order."""
+        results: list[Record | AppendResult | Conflict | None] = [None] * len(writes)
+        puts = [(k, w) for k, w in enumerate(writes) if isinstance(w, WriteIntent)]
+        appends = [(k, w) for k, w in enumerate(writes) if isinstance(w, AppendBatch)]
+        if puts:
+            yield from self._puts_together(puts, results)
+        if appends:
+            yield from self._appends_together(appends, results)
+        return results
+
+    def _puts_together(
+        self,
+        puts: list[tuple[int, WriteIntent]],
+        results: list[Record | AppendResult | Conflict | None],
+    ) -> Step[None]:
+        rows = yield _heads_locked(R, [(i.namespace, i.id) for _, i in puts])
         heads: dict[tuple[str, str], _BatchHead] = {}
         for row in rows:
-            m = row._mapping
-            if not m["deleted"]:
-                heads[(m["namespace"], m["id"])] = _BatchHead(row)
+            if not row._mapping["deleted"]:
+                live = _BatchHead(row)
+                heads[live.key] = live
         ts = now()
-        results: list[Record | VersionConflict | None] = []
         snapshots: list[dict[str, Any]] = []
-        for intent in intents:
+        for k, intent in puts:
             head = heads.get((intent.namespace, intent.id))
             if head is None:
-                # Absent or deleted (creation, revival), or after such a put: from here
-                # on this record's puts go the general way, in their order.
-                results.append(None)
+                # Absent or deleted (creation, revival): this record's puts go the
+                # general way, in their order.
                 continue
             try:
                 plan = plan_write(head.head(), intent, head.record)
             except VersionConflict as conflict:
-                results.append(conflict)
+                results[k] = conflict
                 continue
             if plan.action is Action.UNCHANGED:
-                results.append(head.record(unchanged=True))
+                results[k] = head.record(unchanged=True)
                 continue
             head.apply(intent, plan, ts)
             if plan.snapshot:
                 snapshots.append(_version_params(intent, plan, ts))
-            results.append(head.record())
-        # Keys of the absent or deleted records never appear in ``heads``: the heads
-        # written here are exactly those that took a put.
+            results[k] = head.record()
         changed = [h.values() for h in heads.values() if h.changed]
         if changed:
-            yield self.dialect.write_heads(changed)
+            yield self.dialect.write_heads(R, changed)
         if snapshots:
             yield Execute(_INSERT_VERSION, snapshots)
-        return results
+
+    def _appends_together(
+        self,
+        appends: list[tuple[int, AppendBatch]],
+        results: list[Record | AppendResult | Conflict | None],
+    ) -> Step[None]:
+        rows = yield _heads_locked(S, [(b.namespace, b.stream_id) for _, b in appends])
+        streams: dict[tuple[str, str], dict[str, Any]] = {
+            (m["namespace"], m["id"]): dict(m) for m in (row._mapping for row in rows)
+        }
+        ts = now()
+        items: list[dict[str, Any]] = []
+        for k, batch in appends:
+            stream = streams.get((batch.namespace, batch.stream_id))
+            if stream is None:
+                continue  # a new stream: created the general way, with what follows
+            try:
+                check_expected(batch.stream_id, batch.expected, stream["last_sequence"])
+            except SequenceConflict as conflict:
+                results[k] = conflict
+                continue
+            first = stream["last_sequence"] + 1
+            items.extend(_item_rows(batch, first, ts))
+            stream["last_sequence"] += len(batch.bodies)
+            stream["item_count"] += len(batch.bodies)
+            stream["updated_at"] = ts
+            results[k] = appended(batch, first, ts)
+        moved = [s for s in streams.values() if s["updated_at"] is ts]
+        if moved:
+            yield self.dialect.write_heads(S, moved)
+        if items:
+            yield Execute(_INSERT_ITEMS, items)
 
     # ---------------------------------------------------------------- streams
 
@@ -847,22 +911,7 @@ class Protocol:
 
     @staticmethod
     def _insert_items(batch: AppendBatch, first: int, ts: datetime) -> Execute:
-        ids: Sequence[str | None] = batch.item_ids or [None] * len(batch.bodies)
-        return Execute(
-            _INSERT_ITEMS,
-            [
-                {
-                    "namespace": batch.namespace,
-                    "stream_id": batch.stream_id,
-                    "sequence": first + k,
-                    "item_id": item_id,
-                    "body": body.text,
-                    "body_hash": body.hash,
-                    "created_at": ts,
-                }
-                for k, (item_id, body) in enumerate(zip(ids, batch.bodies, strict=True))
-            ],
-        )
+        return Execute(_INSERT_ITEMS, _item_rows(batch, first, ts))
 
     def counter_append(self, batch: AppendBatch) -> Step[AppendResult]:
         """An append by the dialect's counter statement, inside a write transaction."""

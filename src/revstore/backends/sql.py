@@ -330,20 +330,26 @@ class SqlBackend:
             done = self.one_statement_append(batch)
             if done is not None:
                 return done
+        together = self.strategy.append_together(self.protocol, batch, claim)
         return self.commit(
             lambda: self.strategy.stream_append(self.protocol, batch, claim),
             (batch.namespace, batch.stream_id),
+            batch if together else None,
         )
 
     def commit(
-        self, make: Callable[[], Tx[T]], key: tuple[str, str], put: WriteIntent | None = None
+        self,
+        make: Callable[[], Tx[T]],
+        key: tuple[str, str],
+        shared: WriteIntent | AppendBatch | None = None,
     ) -> T:
         """Run a write's transaction: alone, or with group commit in the transaction
-        of a batch (``batch``). ``put``: the write is a plain put (``Pending.put``)."""
+        of a batch (``batch``). ``shared``: the write is a plain put or append
+        (``Pending.shared``)."""
         if self.batches is None or not self.strategy.batchable:
             tx = make()
             return self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = self.batches.submit(Pending(key, make, put))
+        outcome: Outcome[T] = self.batches.submit(Pending(key, make, shared))
         return outcome.get()
 
     def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:
@@ -361,7 +367,7 @@ class SqlBackend:
                 one_by_one(
                     batch,
                     self.dialect.batch_lock_wait,
-                    self.protocol.counter_puts_together if together else None,
+                    self.protocol.writes_together if together else None,
                 )
             )
         except Tainted as tainted:

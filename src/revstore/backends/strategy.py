@@ -76,9 +76,13 @@ class Strategy:
     def put_together(
         self, p: Protocol, intent: WriteIntent, transform: Transform | None, claim: Claim | None
     ) -> bool:
-        """Whether this write, in a batch of such puts only, may go in the batch's
-        shared statements (``Protocol.counter_puts_together``) instead of its own
+        """Whether this write, in a batch of such writes only, may go in the batch's
+        shared statements (``Protocol.writes_together``) instead of its own
         ``record_write``: the same rules, applied to the same heads, in the same order."""
+        return False
+
+    def append_together(self, p: Protocol, batch: AppendBatch, claim: Claim | None) -> bool:
+        """The same for an append, instead of its own ``stream_append``."""
         return False
 
     def __repr__(self) -> str:
@@ -159,8 +163,12 @@ class Counter(Lock):
             p.dialect.counter_puts
             and claim is None
             and transform is None
-            and (intent.mode is Mode.PUT)
+            and intent.mode is Mode.PUT
         )
+
+    def append_together(self, p: Protocol, batch: AppendBatch, claim: Claim | None) -> bool:
+        # Those that take counter_append in stream_append, less the claimed ones.
+        return p.dialect.counter_appends and claim is None and batch.item_ids is None
 
 
 _BY_NAME: dict[str, Strategy] = {s.name: s for s in (Counter(), Lock(), Optimistic())}
