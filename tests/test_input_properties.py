@@ -336,3 +336,60 @@ def test_canonical_form_is_total(value: Any) -> None:
     assert canonical_json(body.value) == body.text
     if isinstance(value, float):
         assert math.isfinite(value)
+
+
+# Objects of scalars, as records usually are, with the values at the edges of the
+# rules (the flat fast path of ``content._flat``) and a few that only the full check
+# refuses or accepts (subclasses, non-str keys, tuples, nesting).
+class _Color(int):
+    pass
+
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**4299, max_value=10**4301),
+    st.floats(allow_nan=True, allow_infinity=True),
+    TEXT,
+    st.builds(_Color, st.integers(-5, 5)),
+    st.tuples(st.integers()),
+    st.lists(st.integers(), max_size=2),
+)
+KEYS = st.one_of(TEXT, st.integers(-2, 2), st.booleans(), st.none())
+
+
+@given(st.dictionaries(KEYS, SCALARS, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_objects_of_scalars_get_the_same_verdict_and_value_on_the_fast_path(
+    doc: dict[Any, Any],
+) -> None:
+    """``Canonical`` takes a flat object by a shortcut: it must refuse exactly what the
+    full check refuses, and hand back exactly what decoding its canonical text gives
+    (same value, same key order)."""
+    import json
+
+    from revstore.content import Canonical, _validate_tree
+
+    def reference() -> tuple[str, Any] | None:
+        # The path before the shortcut: the full check, json.dumps, UTF-8, decode.
+        try:
+            _validate_tree(doc, "content")
+            text = json.dumps(
+                doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+            text.encode("utf-8")
+        except (InvalidInput, UnicodeEncodeError):
+            return None
+        return text, json.loads(text)
+
+    expected = reference()
+    try:
+        c = Canonical(doc, max_bytes=10**7)
+    except InvalidInput:
+        assert expected is None, "the fast path refused what the full check accepts"
+        return
+    assert expected is not None, "the fast path accepted what the full check refuses"
+    text, decoded = expected
+    assert c.text == text
+    assert c.value == decoded and list(c.value) == list(decoded)
