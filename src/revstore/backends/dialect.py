@@ -146,6 +146,12 @@ class Dialect:
         """Hook run before the schema lock is taken (SQLite switches the file to WAL)."""
 
     @contextmanager
+    def write_gate(self, begin: str) -> Iterator[None]:
+        """Held around a transaction opened with ``begin`` (SQLite: the writers of every
+        process queue here rather than in the file lock's busy handler). Nothing here."""
+        yield
+
+    @contextmanager
     def schema_lock(
         self, conn: Connection, rollback: Callable[[Connection], None]
     ) -> Iterator[None]:

@@ -250,9 +250,11 @@ class SqlBackend:
         On any error (and on an interruption) the transaction is rolled back, or the
         connection dropped, before it goes back to the pool; retryable errors are
         re-run by the caller's retry policy."""
+        begin = begin or self.dialect.begin_write
         conn = self._connect()
         try:
-            return self.drive(conn, in_transaction(step, begin or self.dialect.begin_write))
+            with self.dialect.write_gate(begin):
+                return self.drive(conn, in_transaction(step, begin))
         except BaseException:
             self._rollback(conn)
             raise
