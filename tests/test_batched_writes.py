@@ -19,9 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pymysql
 import pytest
-from sqlalchemy.engine import make_url
 
 from apis import APIS, open_store
 from revstore import Store
@@ -40,7 +38,7 @@ from revstore.errors import (
 )
 from revstore.operations import write_intent
 from revstore.record import Mode, Record
-from testdbs import backend_url_for
+from testdbs import backend_url_for, mysql_connection
 
 BATCHED = ("sqlite", "mysql")
 
@@ -70,15 +68,7 @@ def held(store: Store, ns: str, record: str = "blocker") -> Iterator[None]:
             conn.execute("ROLLBACK")
             conn.close()
         return
-    u = make_url(url.sqlalchemy())
-    my = pymysql.connect(
-        host=u.host,
-        port=u.port or 3306,
-        user=u.username,
-        password=u.password or "",
-        database=u.database,
-        autocommit=False,
-    )
+    my = mysql_connection(store, autocommit=False)
     try:
         with my.cursor() as cur:
             cur.execute("BEGIN")
@@ -134,6 +124,22 @@ def one_batch(store: Store, ns: str, calls: list[Callable[[], Any]]) -> list[Any
         t.join(30)
     assert (gc.stats.batches, gc.stats.batched_writes) == (before[0] + 1, before[1] + len(calls))
     return results
+
+
+def count_shared(store: Store) -> list[int]:
+    """From now on, the size of every batch sent through the shared statements
+    (``Protocol.writes_together``) of ``store``, in a list."""
+    # AsyncStore on SQLite batches on its sync executor (backends/threaded.py).
+    protocol = getattr(store.backend, "sync", store.backend).protocol
+    shared = protocol.writes_together
+    sent: list[int] = []
+
+    def counted(writes: Any) -> Any:
+        sent.append(len(writes))
+        return shared(writes)
+
+    protocol.writes_together = counted  # type: ignore[method-assign]
+    return sent
 
 
 def test_mixed_preconditions_are_each_decided_at_their_turn(batched_store: Store, ns: str) -> None:
@@ -395,16 +401,7 @@ def test_a_batch_of_puts_creates_revives_and_decides_each_in_order(
     s.put("live", {"v": 0}, namespace=ns)
     s.put("gone", {"v": 0}, namespace=ns)
     s.delete("gone", namespace=ns)  # revision 2
-    # AsyncStore on SQLite batches on its sync executor (backends/threaded.py).
-    protocol = getattr(s.backend, "sync", s.backend).protocol
-    shared = protocol.writes_together
-    sent: list[int] = []
-
-    def counted(intents: Any) -> Any:
-        sent.append(len(intents))
-        return shared(intents)
-
-    protocol.writes_together = counted  # type: ignore[method-assign]
+    sent = count_shared(s)
     out = one_batch(
         s,
         ns,
@@ -462,15 +459,7 @@ def refusing_poison(store: Store, ns: str) -> Iterator[None]:
             conn.execute(f"DROP TRIGGER {name}")
             conn.close()
         return
-    u = make_url(url.sqlalchemy())
-    my = pymysql.connect(
-        host=u.host,
-        port=u.port or 3306,
-        user=u.username,
-        password=u.password or "",
-        database=u.database,
-        autocommit=True,
-    )
+    my = mysql_connection(store, autocommit=True)
     try:
         with my.cursor() as cur:
             cur.execute(
@@ -520,15 +509,7 @@ def test_a_batch_of_puts_and_appends_keeps_each_stream_contiguous(
     s.put("blocker", {"b": 0}, namespace=ns)
     s.put("r", {"v": 0}, namespace=ns)
     s.append("chat", [{"m": 0}], namespace=ns)
-    protocol = getattr(s.backend, "sync", s.backend).protocol
-    shared = protocol.writes_together
-    sent: list[int] = []
-
-    def counted(writes: Any) -> Any:
-        sent.append(len(writes))
-        return shared(writes)
-
-    protocol.writes_together = counted  # type: ignore[method-assign]
+    sent = count_shared(s)
     out = one_batch(
         s,
         ns,

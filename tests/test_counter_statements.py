@@ -11,13 +11,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pymysql
 import pytest
-from sqlalchemy.engine import make_url
 
 from apis import APIS, open_store
-from revstore.config import parse_url
-from testdbs import require_server
+from testdbs import mysql_connection, require_server
 
 
 @pytest.fixture(params=APIS)
@@ -35,15 +32,7 @@ def ns() -> str:
 
 def behind_its_back(store: Any, sql: str, *args: Any) -> None:
     """Run ``sql`` on a connection that is not the store's, and commit it."""
-    u = make_url(parse_url(store.url).sqlalchemy())
-    conn = pymysql.connect(
-        host=u.host,
-        port=u.port or 3306,
-        user=u.username,
-        password=u.password or "",
-        database=u.database,
-        autocommit=True,
-    )
+    conn = mysql_connection(store, autocommit=True)
     try:
         with conn.cursor() as cur:
             assert cur.execute(sql, args) == 1

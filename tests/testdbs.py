@@ -12,6 +12,7 @@ workers in one database would see each other's tables vanish and sessions die.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
@@ -109,3 +110,21 @@ def _create_database(url: str) -> None:
                 conn.execute(text(create))
     finally:
         engine.dispose()
+
+
+def mysql_connection(store: Store, autocommit: bool) -> Any:
+    """A PyMySQL connection of the test's own to ``store``'s MariaDB database (not from
+    the store's pool): to hold rows, change them behind its back, or add triggers."""
+    import pymysql
+
+    from revstore.config import parse_url
+
+    u = make_url(parse_url(store.url).sqlalchemy())
+    return pymysql.connect(
+        host=u.host,
+        port=u.port or 3306,
+        user=u.username,
+        password=u.password or "",
+        database=u.database,
+        autocommit=autocommit,
+    )

@@ -41,7 +41,7 @@ from revstore import config, schema
 from revstore.apikeys import ApiKey
 from revstore.backends.dialect import Dialect
 from revstore.backends.ops import COMMIT, Execute, Raw, Step
-from revstore.content import JSON, Canonical
+from revstore.content import Canonical
 from revstore.errors import (
     AmbiguousCommit,
     ClaimLost,
@@ -279,19 +279,10 @@ def _heads_locked(table: Any, keys: Sequence[tuple[str, str]]) -> Execute:
 
 
 class _BatchHead:
-    """A head as ``Protocol.counter_puts_together`` moves it along its puts."""
+    """A head as ``Protocol._puts_together`` moves it along its puts: as read, then as
+    the last put that changed it left it (``written_head``)."""
 
-    __slots__ = (
-        "changed",
-        "content",
-        "created_at",
-        "hash",
-        "key",
-        "revision",
-        "row",
-        "ts",
-        "version",
-    )
+    __slots__ = ("created_at", "hash", "key", "last", "revision", "row", "ts", "version")
 
     def __init__(self, row: Row[Any]) -> None:
         m = row._mapping
@@ -299,10 +290,9 @@ class _BatchHead:
         self.key = (m["namespace"], m["id"])
         self.revision, self.version = int(m["revision"]), int(m["version"])
         self.hash: str = m["content_hash"]
-        self.created_at = utc(m["created_at"])
+        self.created_at = m["created_at"]
         self.ts = utc(m["updated_at"])
-        self.changed = False
-        self.content: tuple[str, JSON] | None = None  # (text, value) once a put changed it
+        self.last: WriteIntent | None = None  # the last put that changed it
 
     def head(self) -> Head:
         return Head(self.revision, self.version, self.hash, False)
@@ -314,33 +304,23 @@ class _BatchHead:
             intent.content_hash,
             ts,
         )
-        self.content = (intent.content_text, intent.content_value)
-        self.changed = True
+        self.last = intent
 
     def record(self, unchanged: bool = False) -> Record:
-        if self.content is None:
+        if self.last is None:
             return record_of(self.row, unchanged)
-        return Record(
-            self.key[0],
-            self.key[1],
-            self.revision,
-            self.version,
-            self.content[1],
-            self.hash,
-            self.created_at,
-            self.ts,
-            unchanged=unchanged,
-        )
+        head = written_head(self.last, self.revision, self.version, self.created_at, self.ts)
+        return dataclasses.replace(head, unchanged=True) if unchanged else head
 
     def values(self) -> dict[str, Any]:
         """The head row's new values, keyed by column (``Dialect.write_heads``)."""
-        assert self.content is not None
+        assert self.last is not None
         return {
             "namespace": self.key[0],
             "id": self.key[1],
             "revision": self.revision,
             "version": self.version,
-            "content": self.content[0],
+            "content": self.last.content_text,
             "content_hash": self.hash,
             "deleted": False,
             "created_at": self.created_at,
@@ -740,7 +720,7 @@ class Protocol:
             if plan.snapshot:
                 snapshots.append(_version_params(intent, plan, ts))
             results[k] = head.record()
-        changed = [h.values() for h in heads.values() if h.changed]
+        changed = [h.values() for h in heads.values() if h.last is not None]
         if changed:
             yield self.dialect.write_heads(R, changed)
         if snapshots:
