@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
@@ -146,6 +148,30 @@ def test_waiters_are_served_without_new_traffic() -> None:
         results = [f.result(timeout=10) for f in futures]
     assert results == [1] * 20  # every waiter served (a starved one times out above)
     assert len(ledger.batches) < 20  # and they were served in batches
+
+
+def test_writes_queued_while_the_leader_waits_to_enter_join_its_batch() -> None:
+    # ``lead_within`` (SQLite: the write gate another process holds): the leader takes
+    # its batch only once inside, so every write that queued meanwhile goes with it.
+    door = threading.Event()
+    entered: list[int] = []
+
+    @contextmanager
+    def within() -> Iterator[None]:
+        door.wait(10)
+        entered.append(1)
+        yield
+
+    ledger = Ledger(delay=0.0)
+    gc = GroupCommit(ledger.one, ledger.many, key=lambda r: r[0], lead_within=within)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(gc.submit, (f"k{i}", i)) for i in range(8)]
+        deadline = time.monotonic() + 10
+        while len(gc._queue) < 7 and time.monotonic() < deadline:
+            time.sleep(0.001)  # the first write leads and waits at the door
+        door.set()
+        assert [f.result(timeout=10) for f in futures] == [1] * 8
+    assert [len(b) for b in ledger.batches] == [8] and entered == [1]
 
 
 def test_max_batch_bounds_a_statement() -> None:

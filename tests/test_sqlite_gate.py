@@ -14,6 +14,7 @@ import fcntl
 import multiprocessing
 import os
 import threading
+import time
 from pathlib import Path
 
 from revstore import Store
@@ -54,6 +55,30 @@ def test_a_gate_held_elsewhere_costs_a_writer_at_most_the_busy_timeout(tmp_path:
     # Released: the gate works again, and the writer that gave up on it left no lock.
     assert s.put("r", {"v": 1}).revision == 2
     s.close()
+
+
+def test_a_transaction_inside_its_threads_gate_passes_through(tmp_path: Path) -> None:
+    # A batch's leader holds the gate around the batch's transactions (group commit's
+    # ``lead_within``): they must not wait for it again, nor let it go early.
+    gate = WriteGate(str(tmp_path / "g-revstore-gate"))
+    other = os.open(tmp_path / "g-revstore-gate", os.O_RDWR | os.O_CREAT)
+    try:
+        with gate.held(5):
+            started = time.monotonic()
+            with gate.held(4):
+                pass
+            # Not a speed claim: a gate waited for would have cost the 4 s bound.
+            assert time.monotonic() - started < 2, "the inner transaction waited for its own gate"
+            # Still held by this thread after the inner one ended.
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                raise AssertionError("the inner transaction let the gate go")
+            except BlockingIOError:
+                pass
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the outer ends
+        fcntl.flock(other, fcntl.LOCK_UN)
+    finally:
+        os.close(other)
 
 
 def test_a_gate_in_a_read_only_directory_is_left_out(tmp_path: Path) -> None:

@@ -45,12 +45,13 @@ This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, Final, Generic, Protocol, TypeVar, cast
+from typing import Any, ContextManager, Final, Generic, Protocol, TypeVar, cast
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -339,7 +340,12 @@ class _Batching(Generic[Req, Res]):
 class GroupCommit(_Batching[Req, Res]):
     """Batches concurrent ``submit`` calls of threads on distinct keys into
     ``run_many`` calls (see ``_Batching``), and with ``run_chain`` those on one key into
-    chains; the caller that leads sends the batch or the chain."""
+    chains; the caller that leads sends the batch or the chain.
+
+    ``lead_within``: a context a leader enters before it takes its batch and leaves
+    after sending it (SQLite: the write gate that the processes on one file queue at).
+    The writes that queue while the leader waits there join its batch, instead of
+    waiting for the next one."""
 
     def __init__(
         self,
@@ -347,12 +353,14 @@ class GroupCommit(_Batching[Req, Res]):
         run_many: Callable[[list[Req]], Sequence[Res | Locked]],
         key: Callable[[Req], Hashable],
         run_chain: Callable[[list[Req]], Sequence[Res]] | None = None,
+        lead_within: Callable[[], ContextManager[None]] = contextlib.nullcontext,
         **options: Any,
     ) -> None:
         super().__init__(key, chaining=run_chain is not None, **options)
         self._run_one = run_one
         self._run_many = run_many
         self._run_chain = run_chain
+        self._lead_within = lead_within
 
     def submit(self, request: Req) -> Res:
         slot, lead = self._arrive(request, _ThreadSignal)
@@ -388,17 +396,18 @@ class GroupCommit(_Batching[Req, Res]):
         return self._run_chain(requests)
 
     def _lead(self, own: _Slot[Req, Res]) -> None:
-        batch = self._take(own)
-        todo = [batch]
-        while todo:
-            part = todo.pop(0)
-            try:
-                results: Sequence[Res | Locked] | BaseException = self._send(
-                    own, [s.request for s in part]
-                )
-            except BaseException as exc:
-                results = exc
-            todo[:0] = self._settle(part, results)
+        with self._lead_within():
+            batch = self._take(own)
+            todo = [batch]
+            while todo:
+                part = todo.pop(0)
+                try:
+                    results: Sequence[Res | Locked] | BaseException = self._send(
+                        own, [s.request for s in part]
+                    )
+                except BaseException as exc:
+                    results = exc
+                todo[:0] = self._settle(part, results)
         successor = self._finish(batch)
         for s in batch[1:]:
             s.signal.set()

@@ -127,6 +127,7 @@ class SqlBackend:
                 self._commit_together,
                 key=id,
                 max_leaders=dialect.batch_leaders,
+                lead_within=lambda: dialect.write_gate(dialect.begin_write),
             )
             if group_commit
             else None

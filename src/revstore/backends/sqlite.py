@@ -293,6 +293,9 @@ class WriteGate:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.Lock()
+        # The thread holding the gate: a transaction inside a batch whose leader took it
+        # (``GroupCommit(lead_within=…)``) passes through.
+        self._owner: int | None = None
         self._fd: int | None = None
         self._pid = 0
         self._requests: queue.SimpleQueue[tuple[int, Future[bool]]] | None = None
@@ -322,10 +325,15 @@ class WriteGate:
 
     @contextmanager
     def held(self, timeout_s: float) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._owner == me:
+            yield  # taken by this thread's batch around this transaction
+            return
         if not self._local.acquire(timeout=timeout_s):
             yield  # the threads ahead hold it that long: SQLite's lock decides
             return
         try:
+            self._owner = me
             fd = self._file()
             locked = self._lock(fd, timeout_s)
             try:
@@ -334,6 +342,7 @@ class WriteGate:
                 if locked:
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
+            self._owner = None
             self._local.release()
 
     def _lock(self, fd: int, timeout_s: float) -> bool:
