@@ -51,7 +51,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, ContextManager, Final, Generic, Protocol, TypeVar, cast
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -353,7 +353,7 @@ class GroupCommit(_Batching[Req, Res]):
         run_many: Callable[[list[Req]], Sequence[Res | Locked]],
         key: Callable[[Req], Hashable],
         run_chain: Callable[[list[Req]], Sequence[Res]] | None = None,
-        lead_within: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+        lead_within: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
         **options: Any,
     ) -> None:
         super().__init__(key, chaining=run_chain is not None, **options)
