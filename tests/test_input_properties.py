@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from revstore import Store
@@ -338,9 +338,10 @@ def test_canonical_form_is_total(value: Any) -> None:
         assert math.isfinite(value)
 
 
-# Objects of scalars, as records usually are, with the values at the edges of the
-# rules (the flat fast path of ``content._flat``) and a few that only the full check
-# refuses or accepts (subclasses, non-str keys, tuples, nesting).
+# Objects of scalars and of arrays or objects of scalars, as records usually are, with
+# the values at the edges of the rules (the fast path of ``content._shallow``) and a few
+# that only the full check refuses or accepts (subclasses, non-str keys, tuples, deeper
+# nesting).
 class _Color(int):
     pass
 
@@ -357,16 +358,22 @@ SCALARS = st.one_of(
     st.lists(st.integers(), max_size=2),
 )
 KEYS = st.one_of(TEXT, st.integers(-2, 2), st.booleans(), st.none())
+MEMBERS = st.one_of(
+    SCALARS,
+    st.lists(SCALARS, max_size=4),
+    st.dictionaries(KEYS, SCALARS, max_size=4),
+)
 
 
-@given(st.dictionaries(KEYS, SCALARS, max_size=6))
+@given(st.dictionaries(KEYS, MEMBERS, max_size=6))
+@example({"m": {"b": 1, "a": "x"}, "l": [1.5, None], "a": {"z": True, "y": -0.0}})
 @settings(max_examples=300, deadline=None)
 def test_objects_of_scalars_get_the_same_verdict_and_value_on_the_fast_path(
     doc: dict[Any, Any],
 ) -> None:
-    """``Canonical`` takes a flat object by a shortcut: it must refuse exactly what the
-    full check refuses, and hand back exactly what decoding its canonical text gives
-    (same value, same key order)."""
+    """``Canonical`` takes a shallow object by a shortcut: it must refuse exactly what
+    the full check refuses, and hand back exactly what decoding its canonical text gives
+    (same value, same key order at every level)."""
     import json
 
     from revstore.content import Canonical, _validate_tree
@@ -392,4 +399,11 @@ def test_objects_of_scalars_get_the_same_verdict_and_value_on_the_fast_path(
     assert expected is not None, "the fast path accepted what the full check refuses"
     text, decoded = expected
     assert c.text == text
-    assert c.value == decoded and list(c.value) == list(decoded)
+    assert c.value == decoded
+    # Key order at every level: the texts in insertion order must match too.
+    assert json.dumps(c.value) == json.dumps(decoded)
+    # A copy: changing the caller's document later changes nothing stored.
+    for member in doc.values():
+        if isinstance(member, (list, dict)):
+            member.clear()
+    assert json.dumps(c.value) == json.dumps(decoded)

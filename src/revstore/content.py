@@ -44,15 +44,10 @@ _BAD_TEXT = re.compile(f"[\x00\ud800-\udfff{_NONCHARACTERS}]")
 _BAD_ID = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_NONCHARACTERS}]")
 
 
-def _flat(value: JSON) -> bool:
-    """Whether ``value`` is an object of scalars that ``validate_json`` would pass: the
-    common shape of a record, checked without its stack (a third of its cost here).
-    Exact types only: a subclass (an ``IntEnum``, a ``bool`` key) takes the full check."""
-    if type(value) is not dict:
-        return False
-    for key, item in value.items():
-        if type(key) is not str:
-            return False
+def _scalars(members: Any) -> bool:
+    """Whether every one of ``members`` is a JSON scalar ``validate_json`` would pass.
+    Exact types only: a subclass (an ``IntEnum``) takes the full check."""
+    for item in members:
         kind = type(item)
         if kind is str or kind is bool or item is None:
             continue
@@ -66,9 +61,43 @@ def _flat(value: JSON) -> bool:
     return True
 
 
+def _shallow(value: JSON) -> JSON | None:
+    """The common shape of a record, checked without the full check's stack: an object
+    whose members are scalars, or arrays or objects of scalars. Returns the value as its
+    canonical text decodes (a copy, objects in key order), or None for any other shape,
+    which the full check then takes (a list that is a tuple, a key that is not a str)."""
+    if type(value) is not dict:
+        return None
+    copy: dict[str, JSON] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            return None
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            pass
+        elif kind is int:
+            if not -_INT_BOUND < item < _INT_BOUND:
+                return None
+        elif kind is float:
+            if not math.isfinite(item):
+                return None
+        elif kind is list:
+            if not _scalars(item):
+                return None
+            item = list(item)
+        elif kind is dict:
+            if not (all(type(k) is str for k in item) and _scalars(item.values())):
+                return None
+            item = dict(sorted(item.items()))
+        else:
+            return None
+        copy[key] = item
+    return dict(sorted(copy.items()))
+
+
 def validate_json(value: JSON, what: str = "content") -> None:
     """Raise InvalidInput unless ``value`` is plain JSON (no NaN, sets, bytes, non-str keys)."""
-    if not _flat(value):
+    if _shallow(value) is None:
         _validate_tree(value, what)
 
 
@@ -154,8 +183,8 @@ class Canonical:
     __slots__ = ("hash", "size", "text", "value")
 
     def __init__(self, value: JSON, *, max_bytes: int, what: str = "content") -> None:
-        flat = _flat(value)
-        if not flat:
+        shallow = _shallow(value)
+        if shallow is None:
             _validate_tree(value, what)
         self.text = canonical_json(value)
         data = utf8(self.text, what)  # encoded once: measured, then hashed
@@ -166,8 +195,8 @@ class Canonical:
                 f"over the limit of {max_bytes} bytes"
             )
         # The value as the canonical text decodes (a copy: the caller's object may
-        # change later). For an object of scalars that is its items in key order.
-        self.value: JSON = dict(sorted(value.items())) if flat else json.loads(self.text)
+        # change later); for the common shape, the copy ``_shallow`` made.
+        self.value: JSON = json.loads(self.text) if shallow is None else shallow
         self.hash = hashlib.sha256(data).hexdigest()
 
 
