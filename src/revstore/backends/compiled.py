@@ -17,7 +17,7 @@ server receives what it did through SQLAlchemy.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Executable
@@ -94,12 +94,17 @@ class Shape:
         self.result_processors: list[Any] | None = None
         self.text_metadata: SimpleResultMetaData | None = None
 
-    def driver_params(self, compiled_params: dict[str, Any]) -> tuple[str, Any]:
+    def driver_params(
+        self, compiled_params: dict[str, Any], processors: dict[str, Any] | None = None
+    ) -> tuple[str, Any]:
         """The text and the driver's values for one set of compiled parameters (a dict,
-        or a tuple for a positional driver)."""
+        or a tuple for a positional driver). ``processors``: the bind processors to use
+        instead of the statement's (``memoized``)."""
         for key, value in self.prefetch:
             compiled_params[key] = value
-        sql, processors, positions = self.sql, self.processors, self.positions
+        sql, positions = self.sql, self.positions
+        if processors is None:
+            processors = self.processors
         if self.expanding:
             expanded = self.compiled._process_parameters_for_postcompile(compiled_params)
             sql = expanded.statement
@@ -220,6 +225,7 @@ class StatementCache:
             return sql, one, False, shape
         binds = None if collected else shape.binds
         sets = []
+        processors = memoized(shape.processors) if many and shape.processors else None
         for group, m in enumerate(distilled):
             try:
                 if binds is None:
@@ -234,7 +240,7 @@ class StatementCache:
                     extracted_parameters=extracted,
                     _collected_params=collected,
                 )
-            sets.append(shape.driver_params(values))
+            sets.append(shape.driver_params(values, processors))
         if many:
             if shape.expanding:
                 raise InvalidRequestError(
@@ -314,6 +320,27 @@ def on_cursor(
     if shape is not None:
         return Rows(shape.rows(conn.dialect, cursor, data), rowcount, lastrowid)
     return Rows(driver_rows(sql, cursor, data, driver_shapes), rowcount, lastrowid)
+
+
+def memoized(processors: dict[str, Any]) -> dict[str, Any]:
+    """The bind processors, each remembering what it gave for a value it was given
+    before (the same object): the rows of one executemany share their timestamp, which
+    SQLite's ``DATETIME`` processor then formats once, not once a row."""
+
+    def once(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        done: dict[int, tuple[Any, Any]] = {}
+
+        def process(value: Any) -> Any:
+            seen = done.get(id(value))
+            if seen is not None and seen[0] is value:
+                return seen[1]
+            out = processor(value)
+            done[id(value)] = (value, out)  # the value kept: its id is not reused
+            return out
+
+        return process
+
+    return {key: once(p) for key, p in processors.items()}
 
 
 class Rows:
