@@ -42,7 +42,7 @@ def test_each_row_of_an_executemany_gets_the_values_it_gets_alone(name: str) -> 
     # values, a shared one again after the others.
     stamps = [shared, shared, base, base + timedelta(0), base + timedelta(microseconds=1), shared]
     rows = [_item(n, at) for n, at in enumerate(stamps, 1)]
-    sql, many_params, many, _ = cache.prepare(_INSERT_ITEMS, rows)
+    _sql, many_params, many, _ = cache.prepare(_INSERT_ITEMS, rows)
     assert many and len(many_params) == len(rows)
     alone = [cache.prepare(_INSERT_ITEMS, row)[1] for row in rows]
     assert many_params == alone
