@@ -539,3 +539,47 @@ def test_a_batch_of_puts_and_appends_keeps_each_stream_contiguous(
     assert [i.body for i in s.read("new", namespace=ns).items] == [{"m": "a"}, {"m": "b"}]
     info = s.stream_info("chat", namespace=ns)
     assert (info.last_sequence, info.item_count) == (4, 4)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_connection_keeps_a_batchs_short_lock_wait_only_for_batches(
+    api: str, sqlite_url: str
+) -> None:
+    """MariaDB: a batch waits at most 1 s for a row lock; everything else the session's
+    default. A connection keeps the setting between batches (no statement to shorten
+    and restore it around each), and a use outside a batch restores it first."""
+    s = open_store(api, backend_url_for("mysql", sqlite_url), pool_size=1, max_overflow=0)
+    try:
+        s.create_schema()
+        backend = s.backend  # one pooled connection: every call below is on it
+
+        def read(sql: str) -> Step[Any]:
+            rows = yield Raw(sql)
+            return rows.first()[-1]
+
+        def wait(how: str) -> int:
+            step = read("SELECT @@SESSION.innodb_lock_wait_timeout")
+            if how == "read":
+                return int(backend.run(step))
+            return int(backend.transaction(step, short_lock_wait=how == "batch"))
+
+        def sets() -> int:
+            # SET statements this session received (the setting's own, and no other).
+            return int(
+                backend.transaction(
+                    read("SHOW SESSION STATUS LIKE 'Com_set_option'"), short_lock_wait=True
+                )
+            )
+
+        default = wait("read")
+        assert default > 1
+        assert wait("batch") == 1
+        before = sets()
+        for _ in range(3):
+            assert wait("batch") == 1
+        assert sets() == before  # kept from batch to batch: no statement sent
+        assert wait("transaction") == default  # restored for a transaction outside
+        assert wait("batch") == 1
+        assert wait("read") == default  # and for anything run without one
+    finally:
+        s.close()

@@ -25,7 +25,7 @@ from typing import Protocol as Interface
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
+from revstore.backends.batch import Outcome, Pending, Tainted, lock_wait, one_by_one
 from revstore.backends.dialect import Appended, Dialect, Put
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, AsyncGroupCommit, Locked
@@ -57,6 +57,11 @@ class Link(Interface):
 
     @property
     def invalidated(self) -> bool: ...
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        """What the executor notes of the connection (its session settings), kept with
+        the driver connection and dropped with it."""
 
     async def send(self, op: Op) -> Any:
         """Run one statement; its buffered result (the ``Result`` API the protocols
@@ -103,6 +108,10 @@ class EngineLink:
     @property
     def invalidated(self) -> bool:
         return self.conn.invalidated
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self.conn.info
 
     async def send(self, op: Op) -> Any:
         if isinstance(op, Execute):
@@ -242,6 +251,11 @@ class AsyncSqlBackend:
     async def _engine_checkout(self) -> EngineLink:
         return EngineLink(await (await self.engine()).connect())
 
+    async def _lock_wait(self, link: Link, short: bool) -> None:
+        setting = lock_wait(link.info, self.dialect.batch_lock_wait, short)
+        if setting is not None:
+            await self.drive(link, setting)
+
     @staticmethod
     async def _release(link: Link) -> None:
         try:
@@ -284,6 +298,7 @@ class AsyncSqlBackend:
         """A protocol with no transaction around it (reads, re-runnable statements)."""
         link = await self._connect(self._checkout, wait)
         try:
+            await self._lock_wait(link, short=False)
             return await self.drive(link, step)
         except asyncio.CancelledError as exc:
             # The statement may still be running on this connection: never reuse it.
@@ -296,9 +311,12 @@ class AsyncSqlBackend:
         """A read of one row by key (``operations.point_read_call``): here, a read."""
         return await self.run(make())
 
-    async def transaction(self, step: Step[T], begin: str | None = None) -> T:
+    async def transaction(
+        self, step: Step[T], begin: str | None = None, short_lock_wait: bool = False
+    ) -> T:
         link = await self._connect(self._checkout)
         try:
+            await self._lock_wait(link, short_lock_wait)
             return await self.drive(link, in_transaction(step, begin or self.dialect.begin_write))
         except BaseException as exc:
             await self._abandon(link, exc)
@@ -408,11 +426,8 @@ class AsyncSqlBackend:
             return [await self._commit_alone(batch[0])]
         try:
             outcomes = await self.transaction(
-                one_by_one(
-                    batch,
-                    self.dialect.batch_lock_wait,
-                    self.protocol.writes_together if together else None,
-                )
+                one_by_one(batch, self.protocol.writes_together if together else None),
+                short_lock_wait=True,
             )
         except Tainted as tainted:
             i = tainted.index

@@ -34,7 +34,6 @@ as the body of one transaction on one connection.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
@@ -134,13 +133,11 @@ Together = Callable[
 
 
 def one_by_one(
-    batch: Sequence[Pending[Any]],
-    lock_wait: tuple[str, str] | None = None,
-    together: Together | None = None,
+    batch: Sequence[Pending[Any]], together: Together | None = None
 ) -> Step[list[Outcome[Any]]]:
     """The body of the batch's transaction: every write of ``batch``, in ``ordered``
-    order; each one's outcome, in the batch's order. ``lock_wait``: the dialect's
-    statements that shorten, then restore, row lock waits (``Dialect.batch_lock_wait``).
+    order; each one's outcome, in the batch's order. The executor runs it on a
+    connection whose row lock waits are short (``lock_wait``).
 
     No savepoints (each would cost two round trips per write): a write that fails for
     its own reason before it changed anything (a conflict, an absent record: the
@@ -151,22 +148,39 @@ def one_by_one(
     ``together``: when every write of the batch is a plain put or append, they go first
     in a few shared statements (``Together``); those it hands back run one by one after
     them."""
-    if lock_wait is None:
-        return (yield from _one_by_one(batch, together))
-    shorten, restore = lock_wait
-    yield Raw(shorten)
-    try:
-        outcomes = yield from _one_by_one(batch, together)
-    except GeneratorExit:
-        raise  # abandoned with its connection: nothing more can be sent
-    except BaseException:
-        # The connection goes back to the pool: restore the setting unless the
-        # connection is gone (the executor then drops it), and report the failure.
-        with contextlib.suppress(RevstoreError):
-            yield Raw(restore)
-        raise
-    yield Raw(restore)
-    return outcomes
+    return (yield from _one_by_one(batch, together))
+
+
+SHORT_LOCK_WAIT = "revstore.short_lock_wait"
+"""Key, in a connection's ``info`` (kept with the driver connection, dropped with it),
+that is present while its session waits briefly for row locks (``lock_wait``)."""
+
+
+def lock_wait(
+    info: dict[Any, Any], settings: tuple[str, str] | None, short: bool
+) -> Step[None] | None:
+    """The statement that sets how long a connection waits for a row lock, when this
+    use of it needs another wait than the one it has (None: it has the right one).
+
+    A batch's statements wait ``short`` (``Dialect.batch_lock_wait``): one busy record
+    must not stall the unrelated writes batched with it. Everything else waits the
+    session's default. The setting stays with the connection after its transaction,
+    and is changed only when a use needs the other one: a connection that goes from
+    batch to batch costs no statement, where shortening and restoring around every
+    batch cost two round trips."""
+    if settings is None or (SHORT_LOCK_WAIT in info) is short:
+        return None
+    return _set_lock_wait(info, settings[0] if short else settings[1], short)
+
+
+def _set_lock_wait(info: dict[Any, Any], sql: str, short: bool) -> Step[None]:
+    # Noted once the server has answered: a statement that failed changed nothing, or
+    # its connection is dropped (and its info with it).
+    yield Raw(sql)
+    if short:
+        info[SHORT_LOCK_WAIT] = True
+    else:
+        info.pop(SHORT_LOCK_WAIT, None)
 
 
 def _one_by_one(

@@ -105,8 +105,9 @@ class Dialect:
     """Whether, with ``async_in_threads``, a read of one row by key runs on the event
     loop's thread, on a connection that never waits for a lock (SQLite in WAL)."""
     batch_lock_wait: ClassVar[tuple[str, str] | None] = None
-    """Statements that shorten, then restore, how long a batch's statements wait for a
-    row lock (None: the database has no row locks, or no such setting)."""
+    """Statements that shorten, and restore, how long a connection's statements wait for
+    a row lock: short in a batch (``batch.lock_wait``). None: the database has no row
+    locks, or no such setting."""
     driver_cursor: ClassVar[bool] = False
     """Whether the sync executor sends the protocols' statements on the driver's cursor
     (``SqlBackend._on_driver``) rather than through SQLAlchemy's ``Connection``: the

@@ -209,7 +209,8 @@ class MysqlDialect(Dialect):
     # A batch waits at most 1 s for a row another client holds (a long transaction
     # elsewhere), then hands that write back to its writer to wait alone: one busy
     # record must not stall the unrelated writes batched with it for the server's
-    # default 50 s. The session's default is restored before the batch commits.
+    # default 50 s. The session's default is restored before the connection is used
+    # for anything but a batch (``batch.lock_wait``).
     batch_lock_wait: ClassVar[tuple[str, str] | None] = (
         "SET SESSION innodb_lock_wait_timeout = 1",
         "SET SESSION innodb_lock_wait_timeout = DEFAULT",

@@ -74,7 +74,7 @@ def wrapped(
 class PsycopgLink:
     """One pooled connection, checked out by one caller at a time (``aio.Link``)."""
 
-    __slots__ = ("born", "conn", "cursor", "idle_since", "invalidated", "pool")
+    __slots__ = ("born", "conn", "cursor", "idle_since", "info", "invalidated", "pool")
 
     def __init__(self, pool: PsycopgPool, conn: psycopg.AsyncConnection[Any]) -> None:
         self.pool = pool
@@ -85,6 +85,7 @@ class PsycopgLink:
         self.born = time.monotonic()
         self.idle_since = self.born
         self.invalidated = False
+        self.info: dict[Any, Any] = {}
 
     async def send(self, op: Op) -> Rows:
         pool = self.pool

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
-from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
+from revstore.backends.batch import Outcome, Pending, Tainted, lock_wait, one_by_one
 from revstore.backends.compiled import Shape, StatementCache, on_cursor
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
@@ -223,6 +223,7 @@ class SqlBackend:
     def run_on_connection(self, fn: Callable[[Connection], T], wait: bool = True) -> T:
         conn = self._connect(wait)
         try:
+            self._lock_wait(conn, short=False)
             return fn(conn)
         except DB_ERRORS as exc:
             raise self._translate_any(exc) from exc
@@ -246,21 +247,30 @@ class SqlBackend:
 
         return self.run_on_connection(once)
 
-    def transaction(self, step: Step[T], begin: str | None = None) -> T:
+    def transaction(
+        self, step: Step[T], begin: str | None = None, short_lock_wait: bool = False
+    ) -> T:
         """Run a protocol inside one explicit transaction (``protocol.in_transaction``).
         On any error (and on an interruption) the transaction is rolled back, or the
         connection dropped, before it goes back to the pool; retryable errors are
-        re-run by the caller's retry policy."""
+        re-run by the caller's retry policy. ``short_lock_wait``: a batch's (see
+        ``batch.lock_wait``)."""
         begin = begin or self.dialect.begin_write
         conn = self._connect()
         try:
             with self.dialect.write_gate(begin):
+                self._lock_wait(conn, short_lock_wait)
                 return self.drive(conn, in_transaction(step, begin))
         except BaseException:
             self._rollback(conn)
             raise
         finally:
             self._release(conn)
+
+    def _lock_wait(self, conn: Connection, short: bool) -> None:
+        setting = lock_wait(conn.info, self.dialect.batch_lock_wait, short)
+        if setting is not None:
+            self.drive(conn, setting)
 
     @staticmethod
     def _rollback(conn: Connection) -> None:
@@ -367,11 +377,8 @@ class SqlBackend:
             return [self._commit_alone(batch[0])]
         try:
             outcomes = self.transaction(
-                one_by_one(
-                    batch,
-                    self.dialect.batch_lock_wait,
-                    self.protocol.writes_together if together else None,
-                )
+                one_by_one(batch, self.protocol.writes_together if together else None),
+                short_lock_wait=True,
             )
         except Tainted as tainted:
             i = tainted.index
