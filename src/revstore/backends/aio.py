@@ -335,6 +335,7 @@ class AsyncSqlBackend:
             return self.schema_version
         link = await self._connect(self._engine_checkout)
         try:
+            await self._lock_wait(link, short=False)
             version = await link.conn.run_sync(ensure_schema, self.dialect, self.migrator)
         except DB_ERRORS as exc:
             raise translate_any(self.dialect, exc) from exc

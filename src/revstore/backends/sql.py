@@ -295,6 +295,7 @@ class SqlBackend:
             return self.schema_version
         conn = self._connect()
         try:
+            self._lock_wait(conn, short=False)
             version = ensure_schema(conn, self.dialect, self.migrator)
         except SQLAlchemyError as exc:
             raise self._translate_any(exc) from exc
