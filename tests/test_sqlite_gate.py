@@ -119,3 +119,33 @@ def test_a_forked_child_takes_the_gate_on_its_own_file(tmp_path: Path) -> None:
             child.start()
             child.join(30)
         assert child.exitcode == 0
+
+
+def test_a_writer_waiting_at_the_gate_holds_no_connection(tmp_path: Path) -> None:
+    # A batch's leader holds the gate while it takes its batch, then needs a connection.
+    # A writer outside batches (retention) that took the only pooled connection before
+    # queueing at the gate would leave the leader none until one of them gave up.
+    s = Store(_url(tmp_path), pool_size=1, max_overflow=0)
+    s.backend.dialect.busy_timeout_ms = 60_000  # a give-up this test would notice
+    s.put("r", {"v": 0})
+    holder = os.open(tmp_path / "gate.db-revstore-gate", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process writing
+    done = threading.Event()
+    try:
+        leader = threading.Thread(target=lambda: (s.put("x", {"v": 1}), done.set()), daemon=True)
+        leader.start()  # leads its batch: holds the gate, waits for the flock
+        time.sleep(0.3)
+        writer = threading.Thread(
+            target=lambda: s.set_retention("default", keep_last=5), daemon=True
+        )
+        writer.start()  # queues at the gate behind the leader
+        time.sleep(0.3)
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+    # Not a speed claim: with no connection to be had the put would wait 30-60 s.
+    assert done.wait(20), "the batch's leader found no connection"
+    writer.join(30)
+    assert not writer.is_alive()
+    assert s.get("x").revision == 1 and s.get_retention("default")[0].keep_last == 5
+    s.close()

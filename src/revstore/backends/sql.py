@@ -256,16 +256,19 @@ class SqlBackend:
         re-run by the caller's retry policy. ``short_lock_wait``: a batch's (see
         ``batch.lock_wait``)."""
         begin = begin or self.dialect.begin_write
-        conn = self._connect()
-        try:
-            with self.dialect.write_gate(begin):
+        # The gate before the connection, as a batch's leader takes them (it holds the
+        # gate while it takes its batch): a writer holding a connection while it waits
+        # for the gate could leave the leader none in a small pool.
+        with self.dialect.write_gate(begin):
+            conn = self._connect()
+            try:
                 self._lock_wait(conn, short_lock_wait)
                 return self.drive(conn, in_transaction(step, begin))
-        except BaseException:
-            self._rollback(conn)
-            raise
-        finally:
-            self._release(conn)
+            except BaseException:
+                self._rollback(conn)
+                raise
+            finally:
+                self._release(conn)
 
     def _lock_wait(self, conn: Connection, short: bool) -> None:
         setting = lock_wait(conn.info, self.dialect.batch_lock_wait, short)
