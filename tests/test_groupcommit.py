@@ -7,15 +7,25 @@ tested against the real server in ``test_postgresql_group_commit.py``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
 
-from revstore.backends.groupcommit import HOT_SECONDS, LOCKED, GroupCommit, Locked
+from revstore.backends import groupcommit
+from revstore.backends.groupcommit import (
+    HOT_SECONDS,
+    LOCKED,
+    AsyncGroupCommit,
+    GroupCommit,
+    Locked,
+    _ThreadSignal,
+)
 from revstore.errors import AmbiguousCommit, Retryable, Unavailable
 
 
@@ -434,3 +444,119 @@ def test_a_write_skipped_on_a_row_held_elsewhere_joins_its_keys_chain() -> None:
     assert sorted(r for i, r in enumerate(results) if i % 2) == list(range(1, 101))
     assert all(r == 1 for i, r in enumerate(results) if not i % 2)
     assert gc.stats.locked_writes >= 1
+
+
+def _first_chain_of_three(
+    gc: GroupCommit[tuple[str, int], int | None], ledger: ChainLedger
+) -> None:
+    """Make ``hot`` a key whose last chain carried three writes: one write in flight
+    alone, three queued behind it, sent together when it is done."""
+    with gc._lock:
+        gc._hot["hot"] = time.monotonic() + 60  # found locked: its writes go to chains
+    first = threading.Thread(target=gc.submit, args=(("hot", 0),))
+    first.start()
+    wait_for(lambda: gc._chains.get("hot") is not None)
+    behind = [threading.Thread(target=gc.submit, args=(("hot", v),)) for v in (1, 2, 3)]
+    for i, t in enumerate(behind):
+        t.start()  # queued in this order
+        wait_for(lambda i=i: len(gc._chains.get("hot") or ()) == i + 1)
+    first.join(10)
+    for t in behind:
+        t.join(10)
+    assert ledger.chains and ledger.chains[-1] == [("hot", 1), ("hot", 2), ("hot", 3)]
+
+
+def wait_for(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_new_chain_waits_for_the_writers_of_the_last_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The writers of a hot key come back together after its chain: the first of them
+    # waits for the others instead of going alone (one commit, not two).
+    monkeypatch.setattr(groupcommit, "GATHER_SECONDS", 10.0)  # only the writes end it
+    ledger = ChainLedger(delay=0.05)
+    gc = chained(ledger)
+    _first_chain_of_three(gc, ledger)
+    ones = len([b for b in ledger.batches if len(b) == 1])
+    writers = [threading.Thread(target=gc.submit, args=(("hot", v),)) for v in (4, 5, 6)]
+    for t in writers:
+        t.start()
+        time.sleep(0.01)  # one after the other: the first leads, and waits
+    for t in writers:
+        t.join(10)
+    assert ledger.chains[-1] == [("hot", 4), ("hot", 5), ("hot", 6)]
+    assert len([b for b in ledger.batches if len(b) == 1]) == ones  # none went alone
+    assert ledger.values["hot"] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_a_lone_write_after_a_chain_waits_at_most_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(groupcommit, "GATHER_SECONDS", 0.05)
+    ledger = ChainLedger(delay=0.01)
+    gc = chained(ledger)
+    _first_chain_of_three(gc, ledger)
+    assert gc.submit(("hot", 4)) == 5  # nobody else came: it went alone after the wait
+    assert not gc._gathering
+
+
+def test_a_key_gone_cold_waits_for_nobody() -> None:
+    now = [0.0]
+    ledger = ChainLedger(delay=0.01)
+    gc: GroupCommit[tuple[str, int], int | None] = GroupCommit(
+        ledger.one, ledger.many, key=lambda r: r[0], run_chain=ledger.chain, clock=lambda: now[0]
+    )
+    with gc._lock:
+        gc._chains["hot"] = deque()
+    gc._finish_chain("hot", 3)  # a chain of three just ended
+    now[0] += HOT_SECONDS * 2  # long ago
+    with gc._lock:
+        slot, lead = gc._join_chain(("hot", 1), "hot", lambda: _ThreadSignal())
+    assert lead and slot.gather == 0 and slot.gathered is None
+
+
+def test_a_new_chain_waits_for_the_writers_of_the_last_one_on_asyncio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(groupcommit, "GATHER_SECONDS", 10.0)  # only the writes end it
+    sent: list[list[int]] = []
+    applied: list[int] = []
+
+    async def apply(values: list[int]) -> list[int | None]:
+        sent.append(values)
+        await asyncio.sleep(0.05)
+        applied.extend(values)
+        return [len(applied) - len(values) + k + 1 for k in range(len(values))]
+
+    async def one(req: tuple[str, int]) -> int | None:
+        return (await apply([req[1]]))[0]
+
+    async def many(reqs: list[tuple[str, int]]) -> list[int | None]:
+        return await apply([v for _, v in reqs])
+
+    async def main() -> None:
+        gc: AsyncGroupCommit[tuple[str, int], int | None] = AsyncGroupCommit(
+            one, many, key=lambda r: r[0], run_chain=many
+        )
+        gc._hot["hot"] = time.monotonic() + 60  # its writes go to chains
+        first = asyncio.create_task(gc.submit(("hot", 0)))
+        await asyncio.sleep(0.01)
+        behind = []
+        for v in (1, 2, 3):
+            behind.append(asyncio.create_task(gc.submit(("hot", v))))
+            await asyncio.sleep(0.001)
+        await asyncio.gather(first, *behind)
+        assert sent[-1] == [1, 2, 3]
+        later = []
+        for v in (4, 5, 6):
+            later.append(asyncio.create_task(gc.submit(("hot", v))))
+            await asyncio.sleep(0.01)  # one after the other: the first leads, and waits
+        assert await asyncio.gather(*later) == [5, 6, 7]
+        assert sent == [[0], [1, 2, 3], [4, 5, 6]]
+
+    asyncio.run(main())

@@ -60,6 +60,9 @@ HOT_SECONDS = 0.1
 """How long writes to a key found locked go straight to ``run_one``. A time, not a count
 of writes: a key of a spread workload that two processes happened to batch at the same
 moment must not be kept out of batches until it is written again and again."""
+GATHER_SECONDS = 0.001
+"""How long the first write of a new chain on a key whose last chain carried several
+writes waits for as many to queue behind it before it is sent (``_Batching``)."""
 HOT_KEYS = 4096
 """Bound on the keys remembered as hot (the memory is cleared when it is reached)."""
 
@@ -79,7 +82,17 @@ def _every_failure_is_shared(exc: BaseException) -> bool:
 
 
 class _Slot(Generic[Req, Res]):
-    __slots__ = ("chain", "error", "key", "lead", "request", "result", "signal")
+    __slots__ = (
+        "chain",
+        "error",
+        "gather",
+        "gathered",
+        "key",
+        "lead",
+        "request",
+        "result",
+        "signal",
+    )
 
     def __init__(self, request: Req, key: Hashable, signal: _Signal, chain: bool = False) -> None:
         self.request = request
@@ -89,6 +102,10 @@ class _Slot(Generic[Req, Res]):
         self.chain = chain  # queued in its key's chain, not in the batch queue
         self.result: Res | Locked | None = None
         self.error: BaseException | None = None
+        # A new chain's leader: how many writes to wait for behind it, and the signal
+        # set when they have queued (``_Batching._join_chain``).
+        self.gather = 0
+        self.gathered: _Signal | None = None
 
 
 class _Signal(Protocol):
@@ -105,8 +122,8 @@ class _ThreadSignal:
         self._lock = threading.Lock()
         self._lock.acquire()
 
-    def wait(self) -> None:
-        self._lock.acquire()
+    def wait(self, timeout: float = -1) -> None:
+        self._lock.acquire(timeout=timeout)
 
     def set(self) -> None:
         self._lock.release()
@@ -194,6 +211,10 @@ class _Batching(Generic[Req, Res]):
         # A key's chain: present while one of its chains is in flight; holds the writes
         # that queued behind it, in their order of arrival.
         self._chains: dict[Hashable, deque[_Slot[Req, Res]]] = {}
+        # A key's last chain, when it carried several writes: its size and until when
+        # (monotonic) the next chain's leader waits for as many (``_join_chain``).
+        self._last_chain: dict[Hashable, tuple[int, float]] = {}
+        self._gathering: dict[Hashable, _Slot[Req, Res]] = {}  # such leaders, waiting
         self._leaders = 0
         self.stats = GroupCommitStats()
 
@@ -225,13 +246,28 @@ class _Batching(Generic[Req, Res]):
     def _join_chain(
         self, request: Req, key: Hashable, signal: Callable[[], _Signal]
     ) -> tuple[_Slot[Req, Res], bool]:
-        """(Under the lock.) Queue a write in its key's chain, or lead a new one."""
+        """(Under the lock.) Queue a write in its key's chain, or lead a new one.
+
+        The writers of a hot key come back together when its chain is done, and the
+        first of them would otherwise go alone, the others making the next chain: one
+        write, then all the rest, two commits where one would do. So a new chain's
+        leader whose key's last chain carried several writes waits (``GATHER_SECONDS``
+        at most) for as many less one to queue behind it."""
         slot: _Slot[Req, Res] = _Slot(request, key, signal(), chain=True)
         queue = self._chains.get(key)
         if queue is not None:
             queue.append(slot)
+            gathering = self._gathering.get(key)
+            if gathering is not None and len(queue) >= gathering.gather:
+                del self._gathering[key]
+                assert gathering.gathered is not None
+                gathering.gathered.set()
             return slot, False
         self._chains[key] = deque()
+        last = self._last_chain.pop(key, None)
+        if last is not None and self._clock() < last[1]:
+            slot.gather, slot.gathered = last[0] - 1, signal()
+            self._gathering[key] = slot
         return slot, True
 
     def _rechain(
@@ -285,10 +321,16 @@ class _Batching(Generic[Req, Res]):
             s.result = r
         return []
 
+    def _gathered(self, own: _Slot[Req, Res]) -> None:
+        """After a new chain's leader waited: it no longer waits (it may have timed out)."""
+        with self._lock:
+            if self._gathering.get(own.key) is own:
+                del self._gathering[own.key]
+
     def _finish(self, batch: list[_Slot[Req, Res]]) -> _Slot[Req, Res] | None:
         """After a batch: free its keys and pick the next leader (None: nobody waits)."""
         if batch[0].chain:
-            return self._finish_chain(batch[0].key)
+            return self._finish_chain(batch[0].key, len(batch))
         with self._lock:
             for s in batch:
                 if s.error is not None or s.result is not LOCKED:
@@ -303,8 +345,9 @@ class _Batching(Generic[Req, Res]):
                 self._leaders -= 1
         return successor
 
-    def _finish_chain(self, key: Hashable) -> _Slot[Req, Res] | None:
-        """After a chain: the oldest write queued behind it leads the next one."""
+    def _finish_chain(self, key: Hashable, size: int) -> _Slot[Req, Res] | None:
+        """After a chain of ``size`` writes: the oldest write queued behind it leads the
+        next one."""
         with self._lock:
             queue = self._chains[key]
             if queue:
@@ -312,6 +355,10 @@ class _Batching(Generic[Req, Res]):
                 successor.lead = True
                 return successor
             del self._chains[key]
+            if size > 1:
+                if len(self._last_chain) >= HOT_KEYS:
+                    self._last_chain.clear()
+                self._last_chain[key] = (size, self._clock() + HOT_SECONDS)
             # Still hot: its next write goes straight to a chain rather than to a
             # batch, where it would make a second trip whenever another client has it.
             self._mark_hot(key)
@@ -396,6 +443,10 @@ class GroupCommit(_Batching[Req, Res]):
         return self._run_chain(requests)
 
     def _lead(self, own: _Slot[Req, Res]) -> None:
+        if own.gathered is not None:
+            assert isinstance(own.gathered, _ThreadSignal)
+            own.gathered.wait(GATHER_SECONDS)
+            self._gathered(own)
         with self._lead_within():
             batch = self._take(own)
             todo = [batch]
@@ -473,6 +524,11 @@ class AsyncGroupCommit(_Batching[Req, Res]):
         return await self._run_chain(requests)
 
     async def _lead(self, own: _Slot[Req, Res]) -> None:
+        if own.gathered is not None:
+            assert isinstance(own.gathered, _FutureSignal)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(own.gathered.future), GATHER_SECONDS)
+            self._gathered(own)
         batch = self._take(own)
         todo = [batch]
         while todo:
