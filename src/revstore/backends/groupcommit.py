@@ -37,6 +37,9 @@ under one row lock and one commit, each with its own preconditions. A hot record
 takes as many writes per commit as arrived during the previous commit, instead of one
 write per commit behind the row lock (the ceiling of a write-per-statement client).
 A chain waits in the database's lock queue like ``run_one``, outside the leadership.
+The writers of a hot key come back together when its chain is done; the first of a new
+chain then waits (``GATHER_SECONDS`` at most) for as many writes as the last chain
+carried, so that they go in one chain rather than one alone and the rest after it.
 
 This module knows nothing of SQL; the backend supplies ``run_one``, ``run_many``,
 ``run_chain`` and ``shared``.
