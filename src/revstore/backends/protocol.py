@@ -737,8 +737,10 @@ class Protocol:
         }
         ts = now()
         items: list[dict[str, Any]] = []
+        moved: dict[tuple[str, str], dict[str, Any]] = {}  # the streams appended to
         for k, batch in appends:
-            stream = streams.get((batch.namespace, batch.stream_id))
+            key = (batch.namespace, batch.stream_id)
+            stream = streams.get(key)
             if stream is None:
                 continue  # a new stream: created the general way, with what follows
             try:
@@ -751,10 +753,10 @@ class Protocol:
             stream["last_sequence"] += len(batch.bodies)
             stream["item_count"] += len(batch.bodies)
             stream["updated_at"] = ts
+            moved[key] = stream
             results[k] = appended(batch, first, ts)
-        moved = [s for s in streams.values() if s["updated_at"] is ts]
         if moved:
-            yield self.dialect.write_heads(S, moved)
+            yield self.dialect.write_heads(S, list(moved.values()))
         if items:
             yield Execute(_INSERT_ITEMS, items)
 
