@@ -44,21 +44,15 @@ _BAD_TEXT = re.compile(f"[\x00\ud800-\udfff{_NONCHARACTERS}]")
 _BAD_ID = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_NONCHARACTERS}]")
 
 
-def _scalars(members: Any) -> bool:
-    """Whether every one of ``members`` is a JSON scalar ``validate_json`` would pass.
-    Exact types only: a subclass (an ``IntEnum``) takes the full check."""
-    for item in members:
-        kind = type(item)
-        if kind is str or kind is bool or item is None:
-            continue
-        if kind is int:
-            if -_INT_BOUND < item < _INT_BOUND:
-                continue
-            return False
-        if kind is float and math.isfinite(item):
-            continue
-        return False
-    return True
+def _scalar(item: Any) -> bool:
+    """Whether ``item`` is a JSON scalar ``validate_json`` would pass. Exact types only:
+    a subclass (an ``IntEnum``) takes the full check."""
+    kind = type(item)
+    if kind is str or kind is bool or item is None:
+        return True
+    if kind is int:
+        return -_INT_BOUND < item < _INT_BOUND
+    return kind is float and math.isfinite(item)
 
 
 def _shallow(value: JSON) -> JSON | None:
@@ -73,23 +67,15 @@ def _shallow(value: JSON) -> JSON | None:
         if type(key) is not str:
             return None
         kind = type(item)
-        if kind is str or kind is bool or item is None:
-            pass
-        elif kind is int:
-            if not -_INT_BOUND < item < _INT_BOUND:
-                return None
-        elif kind is float:
-            if not math.isfinite(item):
-                return None
-        elif kind is list:
-            if not _scalars(item):
+        if kind is list:
+            if not all(map(_scalar, item)):
                 return None
             item = list(item)
         elif kind is dict:
-            if not (all(type(k) is str for k in item) and _scalars(item.values())):
+            if not (all(type(k) is str for k in item) and all(map(_scalar, item.values()))):
                 return None
             item = dict(sorted(item.items()))
-        else:
+        elif not _scalar(item):
             return None
         copy[key] = item
     return dict(sorted(copy.items()))
