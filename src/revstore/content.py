@@ -51,7 +51,7 @@ def _scalar(item: Any) -> bool:
     if kind is str or kind is bool or item is None:
         return True
     if kind is int:
-        return -_INT_BOUND < item < _INT_BOUND
+        return bool(-_INT_BOUND < item < _INT_BOUND)
     return kind is float and math.isfinite(item)
 
 
