@@ -24,7 +24,7 @@ import pytest
 from apis import APIS, open_store
 from revstore import Store
 from revstore.backends.batch import Outcome, Pending, Tainted, one_by_one
-from revstore.backends.groupcommit import _Batching
+from revstore.backends.groupcommit import LOCKED, _Batching
 from revstore.backends.ops import Raw, Step
 from revstore.backends.strategy import Tx
 from revstore.config import parse_url
@@ -312,6 +312,37 @@ def test_a_row_held_elsewhere_does_not_stall_its_batch(batched_store: Store, ns:
     assert gc.stats.locked_writes == locked_before + 1
 
 
+def test_a_lone_write_on_a_row_held_elsewhere_does_not_hold_up_the_queue(
+    batched_store: Store, ns: str
+) -> None:
+    """MariaDB: the leader's write is alone in its batch and another client holds its
+    row. It waits for the row at most as long as a batch does, then alone, after the
+    leadership is handed on: a write that queued behind it meanwhile commits while the
+    row is still held (until now it waited for the row too, up to the server's 50 s)."""
+    s = batched_store
+    if s.backend_name != "mysql":
+        pytest.skip("SQLite has no row locks: its writers share one write lock anyway")
+    for r in ("x", "y"):
+        s.put(r, {"v": 0}, namespace=ns)
+    gc = s.backend.batches
+    assert isinstance(gc, _Batching)
+    gc._max_leaders = 1  # the write to y can only queue behind the lone write to x
+    locked_before = gc.stats.locked_writes
+    out: list[Any] = []
+    with held(s, ns, "x"):
+        lone = threading.Thread(target=lambda: out.append(s.put("x", {"v": 1}, namespace=ns)))
+        lone.start()
+        wait_until(lambda: gc._leaders == 1, "the lone write to lead")
+        behind = threading.Thread(target=lambda: out.append(s.put("y", {"v": 1}, namespace=ns)))
+        behind.start()
+        wait_until(lambda: s.get("y", namespace=ns).revision == 2, "y to commit while x is held")
+        assert s.get("x", namespace=ns).revision == 1
+    lone.join(30)
+    behind.join(30)
+    assert sorted((r.id, r.revision) for r in out) == [("x", 2), ("y", 2)]
+    assert gc.stats.locked_writes == locked_before + 1
+
+
 def test_a_write_failing_after_it_changed_rows_is_taken_out(batched_store: Store, ns: str) -> None:
     """No savepoints: a write that fails for its own reason after it changed rows (rare:
     a refused value, a lost claim) rolls the batch back; the others are sent again
@@ -350,6 +381,49 @@ def test_a_write_failing_after_it_changed_rows_is_taken_out(batched_store: Store
         out[1].get()
     assert s.get("victim", namespace=ns).revision == 1
     assert s.get("a", namespace=ns).content == s.get("b", namespace=ns).content == {"v": 1}
+
+
+def test_a_write_that_changed_rows_then_met_a_held_row_waits_alone(
+    batched_store: Store, ns: str
+) -> None:
+    """MariaDB: a write of a batch changes a row, then waits for one another client
+    holds. The batch is sent again without it and commits; it is handed back to wait
+    for its row alone (LOCKED), not run again inside the batch's leadership."""
+    s = batched_store
+    if s.backend_name != "mysql":
+        pytest.skip("SQLite has no row locks: its writers share one write lock anyway")
+    for r in ("a", "victim", "b", "x"):
+        s.put(r, {"v": 0}, namespace=ns)
+    backend = s.backend
+
+    def changes_then_waits() -> Tx[None]:
+        def step() -> Step[None]:
+            for record in ("victim", "x"):
+                yield Raw(
+                    "UPDATE revstore_records SET revision = revision + 100 "
+                    f"WHERE namespace = '{ns}' AND id = '{record}'"
+                )
+
+        return Tx(step())
+
+    def put(record: str) -> Callable[[], Tx[Record]]:
+        intent = write_intent(
+            Mode.PUT, ns, record, None, True, None, None, Canonical({"v": 1}, max_bytes=99)
+        )
+        return lambda: backend.strategy.record_write(backend.protocol, intent, None, None)
+
+    with held(s, ns, "x"):
+        out = backend._commit_together(
+            [
+                Pending(("a",), put("a")),
+                Pending(("victim",), changes_then_waits),
+                Pending(("b",), put("b")),
+            ]
+        )
+        # Decided while x is still held.
+        assert out[1] is LOCKED
+        assert out[0].get().revision == 2 and out[2].get().revision == 2
+        assert s.get("victim", namespace=ns).revision == 1  # its change rolled back
 
 
 def test_a_write_failing_before_it_changed_rows_costs_no_resend() -> None:

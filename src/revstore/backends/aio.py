@@ -423,7 +423,13 @@ class AsyncSqlBackend:
     async def _commit_together(
         self, batch: list[Pending[Any]], together: bool = True
     ) -> list[Outcome[Any] | Locked]:
-        if len(batch) == 1:
+        if not batch:
+            return []
+        if len(batch) == 1 and self.dialect.batch_lock_wait is None:
+            # Nobody to share with, and no row lock to wait for briefly (SQLite): its
+            # own transaction. On MariaDB a lone write too waits briefly for a row held
+            # elsewhere, then alone (LOCKED), after the leadership is handed on: the
+            # writes queueing behind it must not wait for that row with it.
             return [await self._commit_alone(batch[0])]
         try:
             outcomes = await self.transaction(
@@ -437,10 +443,12 @@ class AsyncSqlBackend:
                 return await self._commit_together(batch, together=False)
             # Rolled back: the others again, then the tainted write alone.
             results = await self._commit_together([p for k, p in enumerate(batch) if k != i])
-            try:
-                alone: Outcome[Any] | Locked = await self._commit_alone(batch[i])
-            except Exception as exc:
-                alone = Outcome(error=exc)
+            alone: Outcome[Any] | Locked = LOCKED
+            if not tainted.locked:  # else it waits for its row alone, as above
+                try:
+                    alone = await self._commit_alone(batch[i])
+                except Exception as exc:
+                    alone = Outcome(error=exc)
             results.insert(i, alone)
             return results
         return [LOCKED if o.locked else o for o in outcomes]

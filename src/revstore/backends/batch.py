@@ -114,15 +114,18 @@ taints the batch."""
 
 class Tainted(Exception):
     """Write ``index`` of a batch failed for its own reason after it had changed rows:
-    the batch's transaction must be rolled back and sent again without it. ``index``
-    None: a statement shared by several puts (``Together``) failed for a reason that
-    may be any one of theirs; the batch must be sent again with each write on its own
-    protocol, which finds the guilty one."""
+    the batch's transaction must be rolled back and sent again without it. ``locked``:
+    that reason was a row held elsewhere, which the write then waits for alone
+    (``groupcommit.LOCKED``), not inside the batch's leadership. ``index`` None: a
+    statement shared by several puts (``Together``) failed for a reason that may be any
+    one of theirs; the batch must be sent again with each write on its own protocol,
+    which finds the guilty one."""
 
-    def __init__(self, index: int | None) -> None:
+    def __init__(self, index: int | None, locked: bool = False) -> None:
         what = "the puts' shared statements" if index is None else f"write {index}"
         super().__init__(f"{what} of the batch failed after changing rows")
         self.index = index
+        self.locked = locked
 
 
 Together = Callable[
@@ -200,7 +203,7 @@ def _one_by_one(
             # A row held elsewhere: the database rolled back only the waiting
             # statement. The write leaves the batch and waits alone (``Outcome``).
             if watch.changed:
-                raise Tainted(i) from None
+                raise Tainted(i, locked=True) from None
             outcomes[i] = Outcome(locked=True)
         except BaseException as exc:
             if not own_failure(exc):

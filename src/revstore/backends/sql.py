@@ -376,8 +376,13 @@ class SqlBackend:
     def _commit_together(
         self, batch: list[Pending[Any]], together: bool = True
     ) -> list[Outcome[Any] | Locked]:
-        if len(batch) == 1:
-            # Nobody to share with: no savepoint round trips.
+        if not batch:
+            return []
+        if len(batch) == 1 and self.dialect.batch_lock_wait is None:
+            # Nobody to share with, and no row lock to wait for briefly (SQLite): its
+            # own transaction. On MariaDB a lone write too waits briefly for a row held
+            # elsewhere, then alone (LOCKED), after the leadership is handed on: the
+            # writes queueing behind it must not wait for that row with it.
             return [self._commit_alone(batch[0])]
         try:
             outcomes = self.transaction(
@@ -391,10 +396,12 @@ class SqlBackend:
                 return self._commit_together(batch, together=False)
             # Rolled back: the others again, then the tainted write alone.
             results = self._commit_together([p for k, p in enumerate(batch) if k != i])
-            try:
-                alone: Outcome[Any] | Locked = self._commit_alone(batch[i])
-            except Exception as exc:
-                alone = Outcome(error=exc)
+            alone: Outcome[Any] | Locked = LOCKED
+            if not tainted.locked:  # else it waits for its row alone, as above
+                try:
+                    alone = self._commit_alone(batch[i])
+                except Exception as exc:
+                    alone = Outcome(error=exc)
             results.insert(i, alone)
             return results
         return [LOCKED if o.locked else o for o in outcomes]
