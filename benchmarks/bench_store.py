@@ -29,6 +29,7 @@ Run ``python benchmarks/bench_store.py --help``; see benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -48,13 +49,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 HERE = Path(__file__).resolve().parent
 PGBENCH_DIR = HERE / "pgbench"
@@ -72,6 +73,10 @@ RAW = {"postgresql": FLOOR, "sqlite": "sqlite3-only", "mysql": "pymysql-only"}
 """The raw loop per backend (--raw, alias --floor): the write a user codes by hand with
 the same Python driver revstore uses, one write per transaction, the same durability."""
 SOLO = "-solo"
+ASYNC = "-async"
+"""Strategy suffix: that strategy through ``AsyncStore`` (e.g. ``counter-async``). Each
+worker process runs its writers as tasks of one event loop instead of threads, as an
+asyncio service would: ``2x8`` is two processes of eight tasks."""
 """Strategy suffix: that strategy with ``Store(..., group_commit=False)`` (e.g.
 ``counter-solo``), the code before group commit, beside it in the same run."""
 
@@ -139,9 +144,42 @@ class RunResult:
     batch_stats: dict[str, int] | None = None
 
 
+class AsyncWorkerStore:
+    """An ``AsyncStore`` on an event loop of its own thread, with what the worker reads
+    of a store (``backend``, ``stats``) and a blocking ``call``."""
+
+    def __init__(self, url: str, strategy: str, threads: int) -> None:
+        from revstore import AsyncStore  # imported in the worker, after the spawn
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def make() -> Any:
+            # Made inside the loop: its connections and locks belong to it.
+            return AsyncStore(url, strategy=strategy, pool_size=threads, max_overflow=threads)
+
+        self.aio = self.call(make())
+        self.backend, self.stats = self.aio.backend, self.aio.stats
+        self.backend_name = self.aio.backend_name
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        try:
+            self.call(self.aio.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+            self.loop.close()
+
+
 def _open_store(url: str, strategy: str | None, threads: int) -> Any:
     from revstore import Store  # imported in the worker, after the spawn
 
+    if strategy is not None and strategy.endswith(ASYNC):
+        return AsyncWorkerStore(url, strategy.removesuffix(ASYNC), max(threads, 1))
     options: dict[str, Any] = {}
     if strategy is not None and strategy.endswith(SOLO):
         # Only passed when asked: older trees (--baseline) may not know the option.
@@ -216,12 +254,26 @@ def _server_pids(store: Any, threads: int) -> list[int]:
     the connections the run reuses (one writer thread never holds two)."""
     if store.backend_name != "postgresql":
         return []
+    if isinstance(store, AsyncWorkerStore):
+        return [int(pid) for pid in store.call(_async_server_pids(store, threads))]
     conns = [store.backend.engine.connect() for _ in range(threads)]
     try:
         return [int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar()) for c in conns]
     finally:
         for c in conns:
             c.close()
+
+
+async def _async_server_pids(store: AsyncWorkerStore, threads: int) -> list[Any]:
+    """The same for an ``AsyncStore``: ``threads`` reads at once, each holding its pooled
+    connection for a moment, so that they are ``threads`` different connections."""
+    from revstore.backends.ops import Raw
+
+    def step() -> Any:
+        rows = yield Raw("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+        return rows.first()[0]
+
+    return list(await asyncio.gather(*(store.backend.run(step()) for _ in range(threads))))
 
 
 Op = Callable[[str, int], object]
@@ -559,6 +611,56 @@ class RawMysql(RawLoop):
         return put if task["kind"] == "records" else append
 
 
+class _Tally:
+    """One writer's counts, kept apart from the others' until it is done."""
+
+    def __init__(self, task: dict[str, Any], seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.task = task
+        self.n = self.ops = self.items = self.warm_ops = self.acked = 0
+        self.errors: Counter[str] = Counter()
+        self.warm_errors: Counter[str] = Counter()
+        self.latencies: list[float] = []
+
+    def delay(self) -> float:
+        return float(self.task["start"] - time.time())
+
+    def next(self, now: float) -> tuple[str, int] | None:
+        """The next write's key and number; None once the run's end has passed."""
+        if now >= self.task["end"]:
+            return None
+        keys = self.task["keys"]
+        self.n += 1
+        return ("1" if keys == 1 else str(self.rng.randint(1, keys))), self.n
+
+    def done(self, t0: float, t1: float, error: str | None) -> None:
+        measure, end = self.task["measure"], self.task["end"]
+        if error is None:
+            self.acked += 1
+        if t1 < measure:
+            if error is None:
+                self.warm_ops += 1
+            else:
+                self.warm_errors[error] += 1
+        elif t1 < end:
+            if error is None:
+                self.ops += 1
+                self.items += self.task["batch"]
+                self.latencies.append(t1 - t0)
+            else:
+                self.errors[error] += 1
+
+    def add_to(self, out: RunResult, lock: threading.Lock) -> None:
+        with lock:
+            out.ops += self.ops
+            out.acked += self.acked
+            out.items += self.items
+            out.warmup_ops += self.warm_ops
+            out.errors.update(self.errors)
+            out.warmup_errors.update(self.warm_errors)
+            out.latencies.extend(self.latencies)
+
+
 def _writer(
     op: Op,
     task: dict[str, Any],
@@ -566,51 +668,38 @@ def _writer(
     out: RunResult,
     lock: threading.Lock,
 ) -> None:
-    rng = random.Random(seed)
-    keys, batch = task["keys"], task["batch"]
-    start, measure, end = task["start"], task["measure"], task["end"]
-    ops = items = warm_ops = acked = 0
-    errors: Counter[str] = Counter()
-    warm_errors: Counter[str] = Counter()
-    latencies: list[float] = []
-    n = 0
-    delay = start - time.time()
-    if delay > 0:
-        time.sleep(delay)
-    while True:
-        t0 = time.time()
-        if t0 >= end:
-            break
-        key = "1" if keys == 1 else str(rng.randint(1, keys))
-        n += 1
+    tally = _Tally(task, seed)
+    if tally.delay() > 0:
+        time.sleep(tally.delay())
+    while (write := tally.next(t0 := time.time())) is not None:
         error: str | None = None
         try:
-            op(key, n)
+            op(*write)
         except Exception as exc:
             error = type(exc).__name__
-        t1 = time.time()
-        if error is None:
-            acked += 1
-        if t1 < measure:
-            if error is None:
-                warm_ops += 1
-            else:
-                warm_errors[error] += 1
-        elif t1 < end:
-            if error is None:
-                ops += 1
-                items += batch
-                latencies.append(t1 - t0)
-            else:
-                errors[error] += 1
-    with lock:
-        out.ops += ops
-        out.acked += acked
-        out.items += items
-        out.warmup_ops += warm_ops
-        out.errors.update(errors)
-        out.warmup_errors.update(warm_errors)
-        out.latencies.extend(latencies)
+        tally.done(t0, time.time(), error)
+    tally.add_to(out, lock)
+
+
+async def _async_writer(
+    op: Op,
+    task: dict[str, Any],
+    seed: int,
+    out: RunResult,
+    lock: threading.Lock,
+) -> None:
+    """``_writer`` as a task: ``op`` returns the store's coroutine."""
+    tally = _Tally(task, seed)
+    if tally.delay() > 0:
+        await asyncio.sleep(tally.delay())
+    while (write := tally.next(t0 := time.time())) is not None:
+        error: str | None = None
+        try:
+            await cast(Awaitable[object], op(*write))
+        except Exception as exc:
+            error = type(exc).__name__
+        tally.done(t0, time.time(), error)
+    tally.add_to(out, lock)
 
 
 def _run(
@@ -633,19 +722,29 @@ def _run(
 
     def op(t: int) -> Op:
         tag = f"{os.getpid()}-{t}"
-        return raw.op(task, t, tag) if raw is not None else _store_op(store, task, tag)
+        if raw is not None:
+            return raw.op(task, t, tag)
+        return _store_op(getattr(store, "aio", store), task, tag)
 
     meters = [
         threading.Thread(target=retries_at, args=(task["measure"], "measure")),
         threading.Thread(target=retries_at, args=(task["end"], "end")),
     ]
-    writers = [
-        threading.Thread(
-            target=_writer,
-            args=(op(t), task, hash((task["seed"], index, t)), out, lock),
-        )
-        for t in range(threads)
-    ]
+    seeds = [hash((task["seed"], index, t)) for t in range(threads)]
+    if isinstance(store, AsyncWorkerStore):
+        aio = store
+
+        async def tasks() -> None:
+            await asyncio.gather(
+                *(_async_writer(op(t), task, seeds[t], out, lock) for t in range(threads))
+            )
+
+        writers = [threading.Thread(target=lambda: aio.call(tasks()))]
+    else:
+        writers = [
+            threading.Thread(target=_writer, args=(op(t), task, seeds[t], out, lock))
+            for t in range(threads)
+        ]
     for th in meters + writers:
         th.start()
     for th in meters + writers:
@@ -996,7 +1095,7 @@ def run_revstore(
     attempt: int = 1,
 ) -> Row:
     code = f"-{hashlib.sha1(label.encode()).hexdigest()[:4]}" if label else ""
-    short = strategy[:3] + ("-solo" if strategy.endswith(SOLO) else "")
+    short = strategy[:3] + next((x for x in (SOLO, ASYNC) if strategy.endswith(x)), "")
     # The layout too: each layout's runs start from fresh rows (and --check sees its own).
     layout = f"{pool.procs}x{pool.threads}"
     ns = f"{cfg.prefix}-r{cfg.round}-{layout}-{backend[:2]}-{short}{code}-{sc.name}-{attempt}"
@@ -1502,7 +1601,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(STRATEGIES),
         help=(
             "comma list of strategies; NAME-solo (e.g. counter-solo) runs NAME with "
-            "Store(group_commit=False), the code before group commit, in the same run"
+            "Store(group_commit=False), the code before group commit, in the same run; "
+            "NAME-async (e.g. counter-async) runs it through AsyncStore, each worker's "
+            "writers as tasks of one event loop"
         ),
     )
     p.add_argument(
@@ -1633,7 +1734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if f"--{name.replace('_', '-')}" not in given:
                 setattr(args, name, value)
     backends = choose(args.backends, BACKENDS, "backend")
-    strategies = choose(args.strategies, [*STRATEGIES, *(s + SOLO for s in STRATEGIES)], "strategy")
+    variants = [s + x for s in STRATEGIES for x in (SOLO, ASYNC)]
+    strategies = choose(args.strategies, [*STRATEGIES, *variants], "strategy")
     all_scenarios = {s.name: s for s in scenarios(args.spread)}
     chosen = [all_scenarios[n] for n in choose(args.scenarios, list(all_scenarios), "scenario")]
     layouts = parse_layouts(args.layouts)
