@@ -49,7 +49,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
@@ -73,12 +73,12 @@ RAW = {"postgresql": FLOOR, "sqlite": "sqlite3-only", "mysql": "pymysql-only"}
 """The raw loop per backend (--raw, alias --floor): the write a user codes by hand with
 the same Python driver revstore uses, one write per transaction, the same durability."""
 SOLO = "-solo"
+"""Strategy suffix: that strategy with ``Store(..., group_commit=False)`` (e.g.
+``counter-solo``), the code before group commit, beside it in the same run."""
 ASYNC = "-async"
 """Strategy suffix: that strategy through ``AsyncStore`` (e.g. ``counter-async``). Each
 worker process runs its writers as tasks of one event loop instead of threads, as an
 asyncio service would: ``2x8`` is two processes of eight tasks."""
-"""Strategy suffix: that strategy with ``Store(..., group_commit=False)`` (e.g.
-``counter-solo``), the code before group commit, beside it in the same run."""
 
 # Payloads: a record of ~190 bytes of canonical JSON, stream items of ~90 bytes. The
 # pgbench scripts are given the same texts (with the per-write counter at 0).
@@ -621,20 +621,25 @@ class _Tally:
         self.errors: Counter[str] = Counter()
         self.warm_errors: Counter[str] = Counter()
         self.latencies: list[float] = []
+        self.t0 = 0.0  # when the write in progress started
 
     def delay(self) -> float:
         return float(self.task["start"] - time.time())
 
-    def next(self, now: float) -> tuple[str, int] | None:
-        """The next write's key and number; None once the run's end has passed."""
-        if now >= self.task["end"]:
-            return None
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        """Each write's key and number, until the run's end has passed; the writer
+        reports each one's outcome (``done``) before it asks for the next."""
         keys = self.task["keys"]
-        self.n += 1
-        return ("1" if keys == 1 else str(self.rng.randint(1, keys))), self.n
+        while (t0 := time.time()) < self.task["end"]:
+            self.n += 1
+            self.t0 = t0
+            yield ("1" if keys == 1 else str(self.rng.randint(1, keys))), self.n
 
-    def done(self, t0: float, t1: float, error: str | None) -> None:
+    def done(self, failure: BaseException | None = None) -> None:
+        """The last write's outcome: acknowledged, or ``failure``."""
+        t0, t1 = self.t0, time.time()
         measure, end = self.task["measure"], self.task["end"]
+        error = None if failure is None else type(failure).__name__
         if error is None:
             self.acked += 1
         if t1 < measure:
@@ -671,13 +676,13 @@ def _writer(
     tally = _Tally(task, seed)
     if tally.delay() > 0:
         time.sleep(tally.delay())
-    while (write := tally.next(t0 := time.time())) is not None:
-        error: str | None = None
+    for write in tally:
         try:
             op(*write)
         except Exception as exc:
-            error = type(exc).__name__
-        tally.done(t0, time.time(), error)
+            tally.done(exc)
+        else:
+            tally.done()
     tally.add_to(out, lock)
 
 
@@ -692,13 +697,13 @@ async def _async_writer(
     tally = _Tally(task, seed)
     if tally.delay() > 0:
         await asyncio.sleep(tally.delay())
-    while (write := tally.next(t0 := time.time())) is not None:
-        error: str | None = None
+    for write in tally:
         try:
             await cast(Awaitable[object], op(*write))
         except Exception as exc:
-            error = type(exc).__name__
-        tally.done(t0, time.time(), error)
+            tally.done(exc)
+        else:
+            tally.done()
     tally.add_to(out, lock)
 
 
