@@ -12,6 +12,7 @@ then the hold is released: the leader's successor sends the whole queue as one b
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
@@ -341,6 +342,68 @@ def test_a_lone_write_on_a_row_held_elsewhere_does_not_hold_up_the_queue(
     behind.join(30)
     assert sorted((r.id, r.revision) for r in out) == [("x", 2), ("y", 2)]
     assert gc.stats.locked_writes == locked_before + 1
+
+
+def test_writes_to_other_records_never_wait_for_a_row_held_elsewhere(
+    batched_store: Store, ns: str
+) -> None:
+    """MariaDB, the class of the two tests above: another client holds record X while
+    16 writers put to 48 other records and 4 more to X: the first write to X leads a
+    batch of its own, the others land wherever the queue puts them (alone, a key
+    already busy, or among other writes). No write to another record waits
+    for X longer than a batch's short waits (1 s, twice at most per write to X): they
+    all complete while X is still held, and the writes to X after its release."""
+    s = batched_store
+    if s.backend_name != "mysql":
+        pytest.skip("SQLite has no row locks: its writers share one write lock anyway")
+    keys = [f"free{i}" for i in range(48)]
+    for k in [*keys, "X"]:
+        s.put(k, {"n": 0}, namespace=ns)
+    released = threading.Event()  # set just before X is released
+    lock = threading.Lock()
+    done: list[tuple[str, bool]] = []  # key, completed after the release
+    errors: list[BaseException] = []
+
+    def one(key: str, n: int) -> None:
+        try:
+            s.put(key, {"n": n}, namespace=ns)
+        except BaseException as exc:
+            errors.append(exc)
+            return
+        with lock:
+            done.append((key, released.is_set()))
+
+    def writer(t: int) -> None:
+        rng = random.Random(t)
+        for n in range(1, 7):
+            one(rng.choice(keys), n)
+
+    gc = s.backend.batches
+    assert isinstance(gc, _Batching)
+    x_writes = [threading.Thread(target=one, args=("X", n)) for n in range(1, 5)]
+    threads = [*x_writes, *(threading.Thread(target=writer, args=(t,)) for t in range(16))]
+    with held(s, ns, "X"):
+        # The first write to X leads a batch of its own, the others queue behind it.
+        x_writes[0].start()
+        wait_until(lambda: gc._leaders == 1, "the first write to X to lead")
+        for th in threads[1:]:
+            th.start()
+        # Four writes to X cost the others at most 8 s of short waits; a write waiting
+        # for X with the server's default (50 s) would still be running at 20 s.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not errors:
+            if sum(1 for key, _ in done if key != "X") == 16 * 6:
+                break
+            time.sleep(0.01)
+        released.set()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors[:3]
+    late = [key for key, after in done if key != "X" and after]
+    assert not late, f"{len(late)} writes to other records waited for X"
+    assert len(done) == 16 * 6 + 4
+    assert [after for key, after in done if key == "X"] == [True] * 4
+    assert s.get("X", namespace=ns).revision == 5
 
 
 def test_a_write_failing_after_it_changed_rows_is_taken_out(batched_store: Store, ns: str) -> None:
