@@ -92,6 +92,16 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.002)
 
 
+def wait_leading_alone(gc: _Batching[Any, Any], solo_before: int, who: str) -> None:
+    """Wait until the one leader has taken its batch, of one write. Leading is not
+    enough: a leader takes its batch once it is through ``lead_within`` (SQLite's write
+    gate), and a write that queued before that would join its batch."""
+    wait_until(
+        lambda: gc._leaders == 1 and gc.stats.solo_writes == solo_before + 1,
+        f"{who} to take its batch alone",
+    )
+
+
 def one_batch(store: Store, ns: str, calls: list[Callable[[], Any]]) -> list[Any]:
     """Run ``calls`` (writes) as one batch, in this order; each one's result or error."""
     gc = store.backend.batches
@@ -100,6 +110,7 @@ def one_batch(store: Store, ns: str, calls: list[Callable[[], Any]]) -> list[Any
     # the leader's successor whole, in order.
     gc._max_leaders = 1
     before = (gc.stats.batches, gc.stats.batched_writes)
+    solo_before = gc.stats.solo_writes
     results: list[Any] = [None] * len(calls)
 
     def run(i: int, call: Callable[[], Any]) -> None:
@@ -114,7 +125,7 @@ def one_batch(store: Store, ns: str, calls: list[Callable[[], Any]]) -> list[Any
             target=store.put, args=("blocker", {"b": 1}), kwargs={"namespace": ns}
         )
         leader.start()
-        wait_until(lambda: gc._leaders == 1, "the leader")
+        wait_leading_alone(gc, solo_before, "the leader")
         for i, call in enumerate(calls):
             t = threading.Thread(target=run, args=(i, call))
             t.start()
@@ -328,12 +339,12 @@ def test_a_lone_write_on_a_row_held_elsewhere_does_not_hold_up_the_queue(
     gc = s.backend.batches
     assert isinstance(gc, _Batching)
     gc._max_leaders = 1  # the write to y can only queue behind the lone write to x
-    locked_before = gc.stats.locked_writes
+    locked_before, solo_before = gc.stats.locked_writes, gc.stats.solo_writes
     out: list[Any] = []
     with held(s, ns, "x"):
         lone = threading.Thread(target=lambda: out.append(s.put("x", {"v": 1}, namespace=ns)))
         lone.start()
-        wait_until(lambda: gc._leaders == 1, "the lone write to lead")
+        wait_leading_alone(gc, solo_before, "the lone write")
         behind = threading.Thread(target=lambda: out.append(s.put("y", {"v": 1}, namespace=ns)))
         behind.start()
         wait_until(lambda: s.get("y", namespace=ns).revision == 2, "y to commit while x is held")
@@ -382,10 +393,11 @@ def test_writes_to_other_records_never_wait_for_a_row_held_elsewhere(
     assert isinstance(gc, _Batching)
     x_writes = [threading.Thread(target=one, args=("X", n)) for n in range(1, 5)]
     threads = [*x_writes, *(threading.Thread(target=writer, args=(t,)) for t in range(16))]
+    solo_before = gc.stats.solo_writes
     with held(s, ns, "X"):
         # The first write to X leads a batch of its own, the others queue behind it.
         x_writes[0].start()
-        wait_until(lambda: gc._leaders == 1, "the first write to X to lead")
+        wait_leading_alone(gc, solo_before, "the first write to X")
         for th in threads[1:]:
             th.start()
         # Four writes to X cost the others at most 8 s of short waits; a write waiting
