@@ -39,12 +39,15 @@ class Ledger:
         self.lock = threading.Lock()
         self.in_flight = 0
         self.most_in_flight = 0
+        self.door = threading.Event()  # cleared: a statement sent waits until it is set
+        self.door.set()
 
     def _apply(self, batch: list[tuple[str, int]]) -> list[int | None]:
         with self.lock:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
             self.batches.append(batch)
+        self.door.wait(10)
         time.sleep(self.delay)  # the round trip, during which others queue
         out: list[int | None] = []
         with self.lock:
@@ -453,6 +456,7 @@ def _first_chain_of_three(
     alone, three queued behind it, sent together when it is done."""
     with gc._lock:
         gc._hot["hot"] = time.monotonic() + 60  # found locked: its writes go to chains
+    ledger.door.clear()  # the first write stays in flight until the three queued
     first = threading.Thread(target=gc.submit, args=(("hot", 0),))
     first.start()
     wait_for(lambda: gc._chains.get("hot") is not None)
@@ -460,6 +464,7 @@ def _first_chain_of_three(
     for i, t in enumerate(behind):
         t.start()  # queued in this order
         wait_for(lambda i=i: len(gc._chains.get("hot") or ()) == i + 1)
+    ledger.door.set()
     first.join(10)
     for t in behind:
         t.join(10)
