@@ -25,7 +25,15 @@ from typing import Protocol as Interface
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from revstore.backends.batch import Outcome, Pending, Tainted, lock_wait, one_by_one
+from revstore.backends.batch import (
+    Outcome,
+    Pending,
+    Tainted,
+    append_pending,
+    lock_wait,
+    one_by_one,
+    record_pending,
+)
 from revstore.backends.dialect import Appended, Dialect, Put
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
 from revstore.backends.groupcommit import LOCKED, AsyncGroupCommit, Locked
@@ -39,7 +47,7 @@ from revstore.backends.protocol import (
     written_head,
 )
 from revstore.backends.sql import ensure_schema
-from revstore.backends.strategy import Strategy, Tx, strategy_named
+from revstore.backends.strategy import Strategy, strategy_named
 from revstore.config import MAX_OVERFLOW, POOL_SIZE, DatabaseURL
 from revstore.idempotency import Claim
 from revstore.migrations import Migrator
@@ -361,11 +369,8 @@ class AsyncSqlBackend:
             put = await (self._puts.submit(intent) if self._puts else self._put_one(intent))
             if put is not None:
                 return written_head(intent, *put)
-        together = self.strategy.put_together(self.protocol, intent, transform, claim)
         return await self.commit(
-            lambda: self.strategy.record_write(self.protocol, intent, transform, claim),
-            (intent.namespace, intent.id),
-            intent if together else None,
+            record_pending(self.strategy, self.protocol, intent, transform, claim)
         )
 
     async def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
@@ -378,12 +383,7 @@ class AsyncSqlBackend:
             done = await (self._appends.submit(batch) if self._appends else self._append_one(batch))
             if done is not None:
                 return appended(batch, *done)
-        together = self.strategy.append_together(self.protocol, batch, claim)
-        return await self.commit(
-            lambda: self.strategy.stream_append(self.protocol, batch, claim),
-            (batch.namespace, batch.stream_id),
-            batch if together else None,
-        )
+        return await self.commit(append_pending(self.strategy, self.protocol, batch, claim))
 
     async def _put_one(self, intent: WriteIntent) -> Put | None:
         return await self.run(self_committing(self.dialect.put_one(intent)))
@@ -403,17 +403,11 @@ class AsyncSqlBackend:
     async def _append_chain(self, batches: list[AppendBatch]) -> list[Appended | None]:
         return await self.run(self_committing(self.dialect.append_chain(batches)))
 
-    async def commit(
-        self,
-        make: Callable[[], Tx[T]],
-        key: tuple[str, str],
-        shared: WriteIntent | AppendBatch | None = None,
-    ) -> T:
+    async def commit(self, pending: Pending[T]) -> T:
         """As ``SqlBackend.commit``."""
         if self.batches is None or not self.strategy.batchable:
-            tx = make()
-            return await self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = await self.batches.submit(Pending(key, make, shared))
+            return (await self._commit_alone(pending)).get()
+        outcome: Outcome[T] = await self.batches.submit(pending)
         return outcome.get()
 
     async def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from sqlalchemy import TextClause
 
@@ -54,6 +54,11 @@ from revstore.failures import LockWaitTimedOut, Retryable
 from revstore.record import Record, WriteIntent
 from revstore.stream import AppendBatch, AppendResult
 
+if TYPE_CHECKING:
+    from revstore.backends.protocol import Protocol, Transform
+    from revstore.backends.strategy import Strategy
+    from revstore.idempotency import Claim
+
 T = TypeVar("T")
 
 
@@ -69,6 +74,34 @@ class Pending(Generic[T]):
     shared: WriteIntent | AppendBatch | None = None
     """Set for a plain counter put or append (no claim, no patch, no item ids): what
     ``Together`` needs to send it with the batch's other writes in shared statements."""
+
+
+def record_pending(
+    strategy: Strategy,
+    p: Protocol,
+    intent: WriteIntent,
+    transform: Transform | None,
+    claim: Claim | None,
+) -> Pending[Record]:
+    """A record write's transaction, ready to commit alone or in a batch."""
+    together = strategy.put_together(p, intent, transform, claim)
+    return Pending(
+        (intent.namespace, intent.id),
+        lambda: strategy.record_write(p, intent, transform, claim),
+        intent if together else None,
+    )
+
+
+def append_pending(
+    strategy: Strategy, p: Protocol, batch: AppendBatch, claim: Claim | None
+) -> Pending[AppendResult]:
+    """The same for an append."""
+    together = strategy.append_together(p, batch, claim)
+    return Pending(
+        (batch.namespace, batch.stream_id),
+        lambda: strategy.stream_append(p, batch, claim),
+        batch if together else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

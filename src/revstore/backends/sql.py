@@ -22,7 +22,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
-from revstore.backends.batch import Outcome, Pending, Tainted, lock_wait, one_by_one
+from revstore.backends.batch import (
+    Outcome,
+    Pending,
+    Tainted,
+    append_pending,
+    lock_wait,
+    one_by_one,
+    record_pending,
+)
 from revstore.backends.compiled import Shape, StatementCache, on_cursor
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS, ConnectWait, Stepper, translate_any
@@ -33,7 +41,7 @@ from revstore.backends.protocol import now as now
 from revstore.backends.protocol import page_cut as page_cut
 from revstore.backends.protocol import prefix_upper_bound as prefix_upper_bound
 from revstore.backends.protocol import utc as utc
-from revstore.backends.strategy import Strategy, Tx, strategy_named
+from revstore.backends.strategy import Strategy, strategy_named
 from revstore.errors import AmbiguousCommit, RevstoreError
 from revstore.failures import Disconnected
 from revstore.idempotency import Claim
@@ -327,12 +335,7 @@ class SqlBackend:
             done = self.one_statement_put(intent)
             if done is not None:
                 return done
-        together = self.strategy.put_together(self.protocol, intent, transform, claim)
-        return self.commit(
-            lambda: self.strategy.record_write(self.protocol, intent, transform, claim),
-            (intent.namespace, intent.id),
-            intent if together else None,
-        )
+        return self.commit(record_pending(self.strategy, self.protocol, intent, transform, claim))
 
     def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
         """One attempt at an append with this backend's strategy (the Store retries).
@@ -347,26 +350,14 @@ class SqlBackend:
             done = self.one_statement_append(batch)
             if done is not None:
                 return done
-        together = self.strategy.append_together(self.protocol, batch, claim)
-        return self.commit(
-            lambda: self.strategy.stream_append(self.protocol, batch, claim),
-            (batch.namespace, batch.stream_id),
-            batch if together else None,
-        )
+        return self.commit(append_pending(self.strategy, self.protocol, batch, claim))
 
-    def commit(
-        self,
-        make: Callable[[], Tx[T]],
-        key: tuple[str, str],
-        shared: WriteIntent | AppendBatch | None = None,
-    ) -> T:
+    def commit(self, pending: Pending[T]) -> T:
         """Run a write's transaction: alone, or with group commit in the transaction
-        of a batch (``batch``). ``shared``: the write is a plain put or append
-        (``Pending.shared``)."""
+        of a batch (``batch``)."""
         if self.batches is None or not self.strategy.batchable:
-            tx = make()
-            return self.transaction(tx.step, tx.begin)
-        outcome: Outcome[T] = self.batches.submit(Pending(key, make, shared))
+            return self._commit_alone(pending).get()
+        outcome: Outcome[T] = self.batches.submit(pending)
         return outcome.get()
 
     def _commit_alone(self, pending: Pending[T]) -> Outcome[T]:

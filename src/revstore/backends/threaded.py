@@ -8,6 +8,11 @@ group commit) costs one hop, on SQLAlchemy's sync engine, which is also cheaper 
 statement than its asyncio layer. Measured in-process: see the closing note of issue 9
 and ``benchmarks/results``.
 
+Group commit: the write transactions of the loop's tasks queue on the loop
+(``ThreadedGroupCommit``), and a batch's leader runs the whole batch in one thread, on
+the sync executor's batch (``SqlBackend._commit_together``): one hop per batch, not per
+write.
+
 Point reads (one row by key: a record's head, a stream's info) run on the event loop's
 own thread instead, on a connection of the loop's that never waits for a lock: in WAL a
 reader is never blocked by writers, and one indexed row costs less than the hop to a
@@ -33,9 +38,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
+from revstore.backends.batch import Outcome, Pending, append_pending, record_pending
 from revstore.backends.dialect import Dialect
 from revstore.backends.executor import DB_ERRORS
-from revstore.backends.groupcommit import GroupCommit
+from revstore.backends.groupcommit import ThreadedGroupCommit
 from revstore.backends.ops import Step
 from revstore.backends.protocol import Protocol, Transform
 from revstore.backends.sql import SqlBackend
@@ -54,6 +60,19 @@ class ThreadedBackend:
     def __init__(self, sync: SqlBackend, threads: int) -> None:
         self.sync = sync
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="revstore")
+        dialect = sync.dialect
+        self.batches: ThreadedGroupCommit[Pending[Any], Outcome[Any]] | None = (
+            ThreadedGroupCommit(
+                sync._commit_alone,
+                sync._commit_together,
+                key=id,
+                in_thread=self._in_thread,
+                max_leaders=dialect.batch_leaders,
+                lead_within=lambda: dialect.write_gate(dialect.begin_write),
+            )
+            if sync.batches is not None and sync.strategy.batchable
+            else None
+        )
         self._inline: Connection | None = None
         """The loop's connection for point reads (busy timeout 0); opened on first use."""
 
@@ -77,10 +96,6 @@ class ThreadedBackend:
     @property
     def protocol(self) -> Protocol:
         return self.sync.protocol
-
-    @property
-    def batches(self) -> GroupCommit[Any, Any] | None:
-        return self.sync.batches
 
     @property
     def schema_version(self) -> int | None:
@@ -144,10 +159,24 @@ class ThreadedBackend:
     async def write_record(
         self, intent: WriteIntent, transform: Transform | None = None, claim: Claim | None = None
     ) -> Record:
-        return await self._in_thread(self.sync.write_record, intent, transform, claim)
+        if self.batches is None or self.dialect.one_statement_writes:
+            return await self._in_thread(self.sync.write_record, intent, transform, claim)
+        pending = record_pending(self.strategy, self.protocol, intent, transform, claim)
+        outcome: Outcome[Record] = await self.batches.submit(pending)
+        return outcome.get()
 
     async def append(self, batch: AppendBatch, claim: Claim | None = None) -> AppendResult:
-        return await self._in_thread(self.sync.append, batch, claim)
+        if self.batches is None or self.dialect.one_statement_writes:
+            return await self._in_thread(self.sync.append, batch, claim)
+        if batch.item_ids is not None and claim is None:
+            # A complete re-send is answered from a plain read (as in SqlBackend.append),
+            # here on the loop's own connection.
+            resent = await self.point_read(lambda: self.protocol.resent(batch))
+            if resent is not None:
+                return resent
+        pending = append_pending(self.strategy, self.protocol, batch, claim)
+        done: Outcome[AppendResult] = await self.batches.submit(pending)
+        return done.get()
 
     async def ping(self) -> None:
         await self._in_thread(self.sync.ping)
