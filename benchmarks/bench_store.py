@@ -1666,7 +1666,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GIT_REF",
         default=None,
         help=(
-            "also run the counter strategy with --baseline-paths as of this git ref (the rest "
+            "also run the counter strategy (and counter-async, when chosen) with "
+            "--baseline-paths as of this git ref (the rest "
             "of src/revstore as in the working tree, copied to a temporary directory), "
             "interleaved with the current code: before/after in one run"
         ),
@@ -1775,8 +1776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             create_schema(urls[backend])
             if backend != "sqlite" and not args.keep_data:
                 stack.callback(remove_rows, urls[backend], cfg.prefix)
-        # Other code trees run beside the current one with the counter strategy (on
-        # every backend chosen), right after it: before/after in one run.
+        # Other code trees run beside the current one with the counter strategy (and
+        # counter-async; on every backend chosen), right after it: before/after in one run.
         trees: list[tuple[str, str]] = []
         if args.baseline is not None:
             paths = [p.strip() for p in args.baseline_paths.split(",") if p.strip()]
@@ -1822,7 +1823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raw_row: Row | None = None
                     for strategy in chosen_strategies:
                         runs = [(pool, "")]
-                        if strategy == "counter":
+                        if strategy in ("counter", "counter-async"):
                             runs += [(other, label) for label, other in other_pools]
                         for run_pool, label in runs:
                             row, tries = measured(
