@@ -24,6 +24,7 @@ from revstore.backends.groupcommit import (
     AsyncGroupCommit,
     GroupCommit,
     Locked,
+    ThreadedGroupCommit,
     _ThreadSignal,
 )
 from revstore.errors import AmbiguousCommit, Retryable, Unavailable
@@ -565,3 +566,123 @@ def test_a_new_chain_waits_for_the_writers_of_the_last_one_on_asyncio(
         assert sent == [[0], [1, 2, 3], [4, 5, 6]]
 
     asyncio.run(main())
+
+
+class Hops:
+    """``ThreadedGroupCommit``'s ``in_thread``: runs a call in a pool thread and counts
+    the crossings from the event loop (and the threads that made them)."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(4)
+        self.calls = 0
+        self.threads: set[int] = set()
+
+    async def __call__(self, fn: Callable[[], object]) -> object:
+        self.calls += 1
+
+        def run() -> object:
+            self.threads.add(threading.get_ident())
+            return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+
+def threaded(
+    ledger: Ledger, hops: Hops, **kw: object
+) -> ThreadedGroupCommit[tuple[str, int], int | None]:
+    return ThreadedGroupCommit(
+        ledger.one,
+        ledger.many,
+        key=lambda r: r[0],
+        in_thread=hops,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_tasks_writes_cross_to_a_thread_once_per_batch() -> None:
+    # The sync statements run in the pool's threads, a batch in one call: fewer
+    # crossings than writes, each write applied once with its own result.
+    ledger, hops = Ledger(delay=0.005), Hops()
+
+    async def main() -> list[int | None]:
+        gc = threaded(ledger, hops)
+        return await asyncio.gather(*(gc.submit((f"k{i}", i)) for i in range(200)))
+
+    assert asyncio.run(main()) == [1] * 200
+    assert sorted(v for vs in ledger.values.values() for v in vs) == list(range(200))
+    assert hops.calls == len(ledger.batches) < 40
+    assert threading.get_ident() not in hops.threads
+
+
+def test_threaded_leader_takes_its_batch_inside_lead_within_in_its_thread() -> None:
+    # As in GroupCommit: the writes that queued while the leader waited to enter go in
+    # its batch, and the leader enters in the thread that sends the batch.
+    door = threading.Event()
+    entered: list[int] = []
+
+    @contextmanager
+    def within() -> Iterator[None]:
+        door.wait(10)
+        entered.append(threading.get_ident())
+        yield
+
+    ledger, hops = Ledger(delay=0.0), Hops()
+
+    async def main() -> list[int | None]:
+        gc = threaded(ledger, hops, lead_within=within)
+        tasks = [asyncio.create_task(gc.submit((f"k{i}", i))) for i in range(8)]
+        deadline = time.monotonic() + 10
+        while len(gc._queue) < 7 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)  # the first write leads and waits at the door
+        door.set()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main()) == [1] * 8
+    assert [len(b) for b in ledger.batches] == [8] and len(entered) == 1
+    assert entered[0] in hops.threads
+
+
+def test_threaded_batch_failed_by_one_write_is_split_so_the_others_land() -> None:
+    ledger, hops = Ledger(), Hops()
+
+    def many(reqs: list[tuple[str, int]]) -> list[int | None]:
+        if any(v % 17 == 5 for _, v in reqs):
+            raise Poisoned("check constraint")
+        return ledger.many(reqs)
+
+    async def main() -> list[BaseException | int | None]:
+        gc: ThreadedGroupCommit[tuple[str, int], int | None] = ThreadedGroupCommit(
+            ledger.one,
+            many,
+            key=lambda r: r[0],
+            in_thread=hops,
+            shared=lambda exc: not isinstance(exc, Poisoned),
+        )
+        return await asyncio.gather(
+            *(gc.submit((f"k{i}", i)) for i in range(120)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    for i, r in enumerate(results):
+        assert isinstance(r, Poisoned) if i % 17 == 5 else r == 1, (i, r)
+    assert sorted(v for vs in ledger.values.values() for v in vs) == [
+        i for i in range(120) if i % 17 != 5
+    ]
+
+
+def test_threaded_writes_get_the_error_when_no_thread_can_run_them() -> None:
+    # The pool is shut down (the store is closing): every write gets the error, none
+    # waits for a batch that never runs.
+    ledger, hops = Ledger(delay=0.0), Hops()
+    hops.pool.shutdown()
+
+    async def main() -> list[BaseException | int | None]:
+        gc = threaded(ledger, hops)
+        return await asyncio.wait_for(
+            asyncio.gather(*(gc.submit((f"k{i}", i)) for i in range(20)), return_exceptions=True),
+            10,
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    assert not ledger.batches
