@@ -30,6 +30,13 @@ def test_writes_wait_for_a_restarting_server_and_land(
         # that the write lands, not how fast.
         store.backend.reconnect_seconds = 120
         try:
+            if kind == "mariadb":
+                # Its temporary files in its own folder: parallel servers share no /tmp.
+                conn = server._connect()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT @@tmpdir")
+                    assert cur.fetchone()[0] == str(server.tmp)
+                conn.close()
             store.put("r", {"n": 0}, namespace=ns)
             store.append("s", [{"n": 0}], namespace=ns)
             server.stop(mode)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import logging
 import os
 import pwd
 import shlex
@@ -42,6 +43,8 @@ MODES = ("fast", "immediate")
 """``fast``: a clean shutdown (sessions are told and closed, then a checkpoint);
 ``immediate``: a crash (PostgreSQL ``-m immediate``, MariaDB ``SIGKILL``): the next
 start recovers from the write-ahead log."""
+
+log = logging.getLogger(__name__)
 
 
 class ServerError(RuntimeError):
@@ -340,6 +343,9 @@ class MariadbServer(ThrowawayServer):
         self.install, self.server = install, server
         super().__init__(timeout)
         self.data = self.dir / "data"
+        # Its own temporary folder, not the machine's /tmp: servers made at the same
+        # moment (parallel tests) share nothing.
+        self.tmp = self.dir / "tmp"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -353,18 +359,28 @@ class MariadbServer(ThrowawayServer):
         return [f"--user={self.os_user}"] if self._as_root else []
 
     def _create(self) -> None:
-        self._run(
-            [
-                self.install,
-                "--no-defaults",  # never the machine's my.cnf: its port, socket, datadir
-                f"--datadir={self.data}",
-                *self._user_args(),
-                "--auth-root-authentication-method=normal",  # root, empty password
-                "--skip-test-db",
-                "--skip-name-resolve",
-            ],
-            "mariadb-install-db",
-        )
+        self.tmp.mkdir(exist_ok=True)
+        if self._as_root:
+            entry = pwd.getpwnam(self.os_user)
+            os.chown(self.tmp, entry.pw_uid, entry.pw_gid)
+        install = [
+            self.install,
+            "--no-defaults",  # never the machine's my.cnf: its port, socket, datadir
+            f"--datadir={self.data}",
+            f"--tmpdir={self.tmp}",  # passed on to the bootstrapping server
+            *self._user_args(),
+            "--auth-root-authentication-method=normal",  # root, empty password
+            "--skip-test-db",
+            "--skip-name-resolve",
+        ]
+        try:
+            self._run(install, "mariadb-install-db")
+        except ServerError as first:
+            # Seen once in CI under two parallel bootstraps ("Unknown table
+            # 'mysql.tmp_user_sys'"): a fresh folder, once more, before giving up.
+            log.warning("mariadb-install-db failed, trying once more: %s", first)
+            shutil.rmtree(self.data, ignore_errors=True)
+            self._run(install, "mariadb-install-db")
 
     def _start(self) -> None:
         log = open(self.dir / "stdout.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -374,6 +390,7 @@ class MariadbServer(ThrowawayServer):
                     self.server,
                     "--no-defaults",
                     f"--datadir={self.data}",
+                    f"--tmpdir={self.tmp}",
                     f"--port={self.port}",
                     "--bind-address=127.0.0.1",
                     f"--socket={self.dir / 'mariadbd.sock'}",
