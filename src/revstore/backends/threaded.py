@@ -3,9 +3,9 @@ sync executor (``sql.SqlBackend``) in a thread of a pool of this backend's own.
 
 Why not an async driver: SQLite has no network I/O to wait on, and its async drivers
 (aiosqlite) run sqlite3 in a thread anyway, with one thread hop per statement. Here an
-operation (a read, a whole write transaction, or a batch of them through the sync
-group commit) costs one hop, on SQLAlchemy's sync engine, which is also cheaper per
-statement than its asyncio layer. Measured in-process: see the closing note of issue 9
+operation (a read, a whole write transaction, or a whole batch of them) costs one hop,
+on SQLAlchemy's sync engine, which is also cheaper per statement than its asyncio
+layer. Measured in-process: see the closing note of issue 9
 and ``benchmarks/results``.
 
 Group commit: the write transactions of the loop's tasks queue on the loop
