@@ -164,18 +164,25 @@ def test_waiters_are_served_without_new_traffic() -> None:
     assert len(ledger.batches) < 20  # and they were served in batches
 
 
-def test_writes_queued_while_the_leader_waits_to_enter_join_its_batch() -> None:
-    # ``lead_within`` (SQLite: the write gate another process holds): the leader takes
-    # its batch only once inside, so every write that queued meanwhile goes with it.
+def closed_door() -> tuple[threading.Event, list[int], Callable[[], Iterator[None]]]:
+    """A ``lead_within`` that waits until the door is set (SQLite: the write gate
+    another process holds) and notes the thread that entered."""
     door = threading.Event()
     entered: list[int] = []
 
     @contextmanager
     def within() -> Iterator[None]:
         door.wait(10)
-        entered.append(1)
+        entered.append(threading.get_ident())
         yield
 
+    return door, entered, within
+
+
+def test_writes_queued_while_the_leader_waits_to_enter_join_its_batch() -> None:
+    # ``lead_within``: the leader takes its batch only once inside, so every write that
+    # queued meanwhile goes with it.
+    door, entered, within = closed_door()
     ledger = Ledger(delay=0.0)
     gc = GroupCommit(ledger.one, ledger.many, key=lambda r: r[0], lead_within=within)
     with ThreadPoolExecutor(8) as pool:
@@ -185,7 +192,7 @@ def test_writes_queued_while_the_leader_waits_to_enter_join_its_batch() -> None:
             time.sleep(0.001)  # the first write leads and waits at the door
         door.set()
         assert [f.result(timeout=10) for f in futures] == [1] * 8
-    assert [len(b) for b in ledger.batches] == [8] and entered == [1]
+    assert [len(b) for b in ledger.batches] == [8] and len(entered) == 1
 
 
 def test_max_batch_bounds_a_statement() -> None:
@@ -617,15 +624,7 @@ def test_tasks_writes_cross_to_a_thread_once_per_batch() -> None:
 def test_threaded_leader_takes_its_batch_inside_lead_within_in_its_thread() -> None:
     # As in GroupCommit: the writes that queued while the leader waited to enter go in
     # its batch, and the leader enters in the thread that sends the batch.
-    door = threading.Event()
-    entered: list[int] = []
-
-    @contextmanager
-    def within() -> Iterator[None]:
-        door.wait(10)
-        entered.append(threading.get_ident())
-        yield
-
+    door, entered, within = closed_door()
     ledger, hops = Ledger(delay=0.0), Hops()
 
     async def main() -> list[int | None]:
@@ -686,3 +685,20 @@ def test_threaded_writes_get_the_error_when_no_thread_can_run_them() -> None:
     results = asyncio.run(main())
     assert all(isinstance(r, RuntimeError) for r in results), results
     assert not ledger.batches
+
+
+def test_threaded_group_commit_takes_the_sync_ones_batching_but_no_chains() -> None:
+    ledger, hops = ChainLedger(), Hops()
+    door, entered, within = closed_door()
+    door.set()
+    sync = GroupCommit(ledger.one, ledger.many, key=lambda r: r[0], max_batch=3, lead_within=within)
+    gc = ThreadedGroupCommit.beside(sync, hops)
+    assert (gc._max_batch, gc._max_leaders, gc._lead_within) == (3, 1, within)
+
+    async def main() -> list[int | None]:
+        return await asyncio.gather(*(gc.submit((f"k{i}", i)) for i in range(9)))
+
+    assert asyncio.run(main()) == [1] * 9
+    assert max(len(b) for b in ledger.batches) <= 3 and entered
+    with pytest.raises(ValueError):
+        ThreadedGroupCommit.beside(chained(ledger), hops)

@@ -595,6 +595,27 @@ class ThreadedGroupCommit(AsyncGroupCommit[Req, Res]):
         self._in_thread = in_thread
         self._lead_within = lead_within
 
+    @classmethod
+    def beside(
+        cls,
+        sync: GroupCommit[Req, Res],
+        in_thread: Callable[[Callable[[], Any]], Awaitable[Any]],
+    ) -> ThreadedGroupCommit[Req, Res]:
+        """The batching of ``sync`` (its sends, key, limits and ``lead_within``), for
+        tasks whose batches run through ``in_thread``. Chains are not carried over."""
+        if sync._run_chain is not None:
+            raise ValueError("a ThreadedGroupCommit sends no chains")
+        return cls(
+            sync._run_one,
+            sync._run_many,
+            sync._key,
+            in_thread,
+            sync._lead_within,
+            shared=sync._shared,
+            max_batch=sync._max_batch,
+            max_leaders=sync._max_leaders,
+        )
+
     def _lead_in_thread(self, own: _Slot[Req, Res]) -> list[_Slot[Req, Res]]:
         with self._lead_within():
             return self._take_and_send(own, lambda _own, requests: self._run_many_sync(requests))

@@ -60,16 +60,9 @@ class ThreadedBackend:
     def __init__(self, sync: SqlBackend, threads: int) -> None:
         self.sync = sync
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="revstore")
-        dialect = sync.dialect
+        # The sync executor's batching (its batch, gate and limits), queued on the loop.
         self.batches: ThreadedGroupCommit[Pending[Any], Outcome[Any]] | None = (
-            ThreadedGroupCommit(
-                sync._commit_alone,
-                sync._commit_together,
-                key=id,
-                in_thread=self._in_thread,
-                max_leaders=dialect.batch_leaders,
-                lead_within=lambda: dialect.write_gate(dialect.begin_write),
-            )
+            ThreadedGroupCommit.beside(sync.batches, self._in_thread)
             if sync.batches is not None and sync.strategy.batchable
             else None
         )
